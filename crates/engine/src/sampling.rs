@@ -1,0 +1,344 @@
+//! Logit processing and sampling, per sequence.
+//!
+//! Order, as in vLLM: penalties and logit bias on the raw logits, then
+//! temperature, then top-k / top-p / min-p truncation, then a draw from the
+//! sequence's own seeded RNG (so a seed gives the same output batched or not).
+//! Temperature 0 is greedy. Logprobs are of the raw model distribution.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// Number of choices (n > 1 shares the prompt's KV blocks).
+    pub n: usize,
+    pub max_tokens: usize,
+    pub temperature: f32,
+    /// 0 disables.
+    pub top_k: usize,
+    pub top_p: f32,
+    pub min_p: f32,
+    /// HF-style multiplicative penalty on tokens seen in prompt or output (1 = off).
+    pub repetition_penalty: f32,
+    /// OpenAI-style additive penalties on output tokens.
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub logit_bias: Vec<(u32, f32)>,
+    pub seed: Option<u64>,
+    /// Strings that end generation; they are not part of the output.
+    pub stop: Vec<String>,
+    /// Token ids that end generation, besides the model's end-of-generation tokens.
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    /// Return the chosen token's logprob and this many alternatives.
+    pub logprobs: Option<usize>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            n: 1,
+            max_tokens: 256,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
+            seed: None,
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+            logprobs: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy(max_tokens: usize) -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            max_tokens,
+            ..Default::default()
+        }
+    }
+
+    /// Reject values no sampler can honour.
+    pub fn validate(&self) -> Result<(), String> {
+        let bad = |m: String| Err(m);
+        if self.n == 0 {
+            return bad("n must be at least 1".into());
+        }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad(format!(
+                "temperature must be >= 0, got {}",
+                self.temperature
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad(format!("min_p must be in [0, 1], got {}", self.min_p));
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return bad(format!(
+                "repetition_penalty must be > 0, got {}",
+                self.repetition_penalty
+            ));
+        }
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                return bad(format!("{name} must be in [-2, 2], got {v}"));
+            }
+        }
+        if self.stop.iter().any(|s| s.is_empty()) {
+            return bad("stop strings must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    /// The most likely alternatives, best first.
+    pub top: Vec<(u32, f32)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sampled {
+    pub token: u32,
+    pub logprob: Option<TokenLogprob>,
+}
+
+pub struct Sampler {
+    rng: ChaCha8Rng,
+}
+
+impl Sampler {
+    pub fn new(seed: Option<u64>) -> Self {
+        let rng = match seed {
+            Some(s) => ChaCha8Rng::seed_from_u64(s),
+            None => ChaCha8Rng::from_os_rng(),
+        };
+        Sampler { rng }
+    }
+
+    /// Pick the next token. `context` is prompt + output so far; `output_start`
+    /// is where the output begins in it.
+    pub fn sample(
+        &mut self,
+        logits: &[f32],
+        p: &SamplingParams,
+        context: &[u32],
+        output_start: usize,
+    ) -> Sampled {
+        let logprob_info = p.logprobs.map(|k| (log_softmax(logits), k));
+        let mut l = logits.to_vec();
+        apply_penalties(&mut l, p, context, output_start);
+        for &(tok, bias) in &p.logit_bias {
+            if let Some(x) = l.get_mut(tok as usize) {
+                *x += bias;
+            }
+        }
+        let token = if p.temperature == 0.0 {
+            argmax(&l)
+        } else {
+            self.draw(&mut l, p)
+        };
+        let logprob = logprob_info.map(|(lp, k)| TokenLogprob {
+            token,
+            logprob: lp[token as usize],
+            top: top_k_indices(&lp, k)
+                .into_iter()
+                .map(|i| (i as u32, lp[i]))
+                .collect(),
+        });
+        Sampled { token, logprob }
+    }
+
+    fn draw(&mut self, l: &mut [f32], p: &SamplingParams) -> u32 {
+        let inv_t = 1.0 / p.temperature;
+        // Candidates sorted by logit, truncated by top-k.
+        let mut idx: Vec<usize> = if p.top_k > 0 && p.top_k < l.len() {
+            top_k_indices(l, p.top_k)
+        } else {
+            let mut all: Vec<usize> = (0..l.len()).collect();
+            all.sort_unstable_by(|&a, &b| l[b].total_cmp(&l[a]));
+            all
+        };
+        let max = l[idx[0]];
+        let mut probs: Vec<f32> = idx.iter().map(|&i| ((l[i] - max) * inv_t).exp()).collect();
+        let sum: f32 = probs.iter().sum();
+        probs.iter_mut().for_each(|x| *x /= sum);
+        // min-p: drop tokens below min_p × the best probability.
+        if p.min_p > 0.0 {
+            let floor = p.min_p * probs[0];
+            let keep = probs.iter().take_while(|&&x| x >= floor).count().max(1);
+            idx.truncate(keep);
+            probs.truncate(keep);
+        }
+        // top-p: the smallest prefix whose mass reaches top_p.
+        if p.top_p < 1.0 {
+            let mut acc = 0.0;
+            let mut keep = probs.len();
+            for (i, &x) in probs.iter().enumerate() {
+                acc += x;
+                if acc >= p.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            idx.truncate(keep);
+            probs.truncate(keep);
+        }
+        let total: f32 = probs.iter().sum();
+        let mut r = self.rng.random::<f32>() * total;
+        for (i, &x) in probs.iter().enumerate() {
+            r -= x;
+            if r <= 0.0 {
+                return idx[i] as u32;
+            }
+        }
+        idx[probs.len() - 1] as u32
+    }
+}
+
+fn apply_penalties(l: &mut [f32], p: &SamplingParams, context: &[u32], output_start: usize) {
+    if p.repetition_penalty != 1.0 {
+        let mut seen = vec![false; l.len()];
+        for &t in context {
+            if let Some(s) = seen.get_mut(t as usize) {
+                if !*s {
+                    *s = true;
+                    let x = &mut l[t as usize];
+                    *x = if *x > 0.0 {
+                        *x / p.repetition_penalty
+                    } else {
+                        *x * p.repetition_penalty
+                    };
+                }
+            }
+        }
+    }
+    if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+        let mut counts = std::collections::HashMap::<u32, u32>::new();
+        for &t in &context[output_start.min(context.len())..] {
+            *counts.entry(t).or_default() += 1;
+        }
+        for (t, c) in counts {
+            if let Some(x) = l.get_mut(t as usize) {
+                *x -= p.presence_penalty + p.frequency_penalty * c as f32;
+            }
+        }
+    }
+}
+
+pub fn argmax(l: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in l.iter().enumerate() {
+        if x > l[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+pub fn log_softmax(l: &[f32]) -> Vec<f32> {
+    let max = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let lse = l.iter().map(|&x| (x - max).exp()).sum::<f32>().ln() + max;
+    l.iter().map(|&x| x - lse).collect()
+}
+
+/// Indices of the k largest values, largest first.
+fn top_k_indices(l: &[f32], k: usize) -> Vec<usize> {
+    let k = k.min(l.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut idx: Vec<usize> = (0..l.len()).collect();
+    idx.select_nth_unstable_by(k - 1, |&a, &b| l[b].total_cmp(&l[a]));
+    idx.truncate(k);
+    idx.sort_unstable_by(|&a, &b| l[b].total_cmp(&l[a]));
+    idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_and_bias() {
+        let mut s = Sampler::new(Some(1));
+        let p = SamplingParams::greedy(1);
+        assert_eq!(s.sample(&[0.1, 2.0, 1.0], &p, &[], 0).token, 1);
+        let p = SamplingParams {
+            logit_bias: vec![(2, 5.0)],
+            ..p
+        };
+        assert_eq!(s.sample(&[0.1, 2.0, 1.0], &p, &[], 0).token, 2);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_and_seed_repeats() {
+        let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
+        let p = SamplingParams {
+            top_k: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            Sampler::new(None).sample(&logits, &p, &[], 0).token,
+            argmax(&logits)
+        );
+        let p = SamplingParams {
+            temperature: 1.5,
+            seed: Some(9),
+            ..Default::default()
+        };
+        let draw = |seed| {
+            let mut s = Sampler::new(Some(seed));
+            (0..20)
+                .map(|_| s.sample(&logits, &p, &[], 0).token)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(9), draw(9));
+        assert_ne!(draw(9), draw(10));
+    }
+
+    #[test]
+    fn penalties_discourage_repeats() {
+        let p = SamplingParams {
+            frequency_penalty: 2.0,
+            ..SamplingParams::greedy(1)
+        };
+        let mut s = Sampler::new(Some(0));
+        // Token 0 is best but was generated twice.
+        assert_eq!(s.sample(&[3.0, 0.0], &p, &[0, 0], 0).token, 1);
+        let p = SamplingParams {
+            repetition_penalty: 10.0,
+            ..SamplingParams::greedy(1)
+        };
+        assert_eq!(s.sample(&[3.0, 1.0], &p, &[0], 1).token, 1);
+    }
+
+    #[test]
+    fn logprobs_are_normalised() {
+        let p = SamplingParams {
+            logprobs: Some(2),
+            ..SamplingParams::greedy(1)
+        };
+        let out = Sampler::new(Some(0)).sample(&[1.0, 2.0, 3.0], &p, &[], 0);
+        let lp = out.logprob.unwrap();
+        assert_eq!(lp.token, 2);
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![2, 1]);
+        let z: f32 = log_softmax(&[1.0, 2.0, 3.0]).iter().map(|x| x.exp()).sum();
+        assert!((z - 1.0).abs() < 1e-5);
+    }
+}

@@ -1,0 +1,463 @@
+//! Tokenizers built from GGUF metadata, matching llama.cpp's vocabularies.
+//!
+//! - `gpt2` vocabularies (SmolLM2, Llama 3, Qwen): byte-level BPE from the
+//!   vocab and merges, via the `tokenizers` crate, pre-tokenized with
+//!   `Digits(individual)` + `ByteLevel(no prefix space)`; control tokens split out.
+//! - `llama` vocabularies (Gemma, Llama 2): SentencePiece-style BPE by score
+//!   (repeatedly merge the adjacent pair whose concatenation is the
+//!   best-scoring token), spaces as `▁`, `<0xXX>` byte fallback; control and
+//!   user-defined tokens split out first, as llama.cpp does.
+//!
+//! Decoding is byte-exact for both: every token maps to the bytes it stands
+//! for, so [`IncrementalDecoder`] can emit text as soon as it is valid UTF-8.
+
+use std::collections::HashMap;
+
+use candle_core::quantized::gguf_file;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{AddedToken, PreTokenizerWrapper};
+
+use crate::error::{EngineError, Result};
+
+const TOKEN_TYPE_CONTROL: i32 = 3;
+const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+
+enum Kind {
+    Bpe(Box<tokenizers::Tokenizer>),
+    Spm(Spm),
+}
+
+pub struct Tokenizer {
+    kind: Kind,
+    /// Bytes each token decodes to.
+    token_bytes: Vec<Vec<u8>>,
+    is_control: Vec<bool>,
+    bos: Option<u32>,
+    add_bos: bool,
+    /// Tokens that end generation (EOS and end-of-turn markers).
+    eog: Vec<u32>,
+    vocab: HashMap<String, u32>,
+}
+
+impl Tokenizer {
+    pub fn from_gguf(content: &gguf_file::Content) -> Result<Self> {
+        let md = &content.metadata;
+        let load_err = |m: &str| EngineError::Load(format!("tokenizer: {m}"));
+        let strings = |key: &str| -> Result<Vec<String>> {
+            md.get(key)
+                .ok_or_else(|| load_err(&format!("`{key}` missing")))?
+                .to_vec()
+                .map_err(|e| load_err(&e.to_string()))?
+                .iter()
+                .map(|v| v.to_string().cloned().map_err(|e| load_err(&e.to_string())))
+                .collect()
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let types: Vec<i32> = match md
+            .get("tokenizer.ggml.token_type")
+            .and_then(|v| v.to_vec().ok())
+        {
+            Some(v) => v.iter().map(|x| x.to_i32().unwrap_or(1)).collect(),
+            None => vec![1; tokens.len()],
+        };
+        let get_u32 = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
+        let get_bool = |k: &str| md.get(k).and_then(|v| v.to_bool().ok());
+        let model = md
+            .get("tokenizer.ggml.model")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
+        let vocab: HashMap<String, u32> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let is_control: Vec<bool> = types.iter().map(|&t| t == TOKEN_TYPE_CONTROL).collect();
+        let specials: Vec<u32> = (0..tokens.len() as u32)
+            .filter(|&i| {
+                matches!(
+                    types[i as usize],
+                    TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED
+                ) && !tokens[i as usize].is_empty()
+            })
+            .collect();
+
+        let (kind, token_bytes, default_add_bos) = match model.as_str() {
+            "gpt2" => {
+                let merges = strings("tokenizer.ggml.merges")?;
+                let merges: Vec<(String, String)> = merges
+                    .iter()
+                    .filter_map(|m| {
+                        m.split_once(' ')
+                            .map(|(a, b)| (a.to_string(), b.to_string()))
+                    })
+                    .collect();
+                let bpe = tokenizers::models::bpe::BPE::builder()
+                    .vocab_and_merges(
+                        vocab.clone().into_iter().collect::<ahash::AHashMap<_, _>>(),
+                        merges,
+                    )
+                    .build()
+                    .map_err(|e| load_err(&e.to_string()))?;
+                let mut tk = tokenizers::Tokenizer::new(bpe);
+                tk.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                    PreTokenizerWrapper::Digits(Digits::new(true)),
+                    PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)),
+                ]))));
+                let added: Vec<AddedToken> = specials
+                    .iter()
+                    .map(|&i| AddedToken::from(tokens[i as usize].clone(), true))
+                    .collect();
+                tk.add_special_tokens(&added);
+                let unicode_to_byte = gpt2_unicode_to_byte();
+                let bytes = tokens
+                    .iter()
+                    .zip(&types)
+                    .map(|(t, &ty)| {
+                        if ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED {
+                            t.as_bytes().to_vec()
+                        } else {
+                            t.chars()
+                                .map(|c| unicode_to_byte.get(&c).copied().unwrap_or(b'?'))
+                                .collect()
+                        }
+                    })
+                    .collect();
+                (Kind::Bpe(Box::new(tk)), bytes, false)
+            }
+            "llama" | "gemma" => {
+                let scores: Vec<f32> = match md
+                    .get("tokenizer.ggml.scores")
+                    .and_then(|v| v.to_vec().ok())
+                {
+                    Some(v) => v.iter().map(|x| x.to_f32().unwrap_or(0.0)).collect(),
+                    None => vec![0.0; tokens.len()],
+                };
+                let bytes = tokens.iter().map(|t| spm_token_bytes(t)).collect();
+                let byte_tokens: Vec<Option<u32>> = (0..=255u8)
+                    .map(|b| vocab.get(&format!("<0x{b:02X}>")).copied())
+                    .collect();
+                let add_space_prefix = get_bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+                let mut specials_by_first_byte: HashMap<u8, Vec<(String, u32)>> = HashMap::new();
+                for &i in &specials {
+                    let s = tokens[i as usize].clone();
+                    specials_by_first_byte
+                        .entry(s.as_bytes()[0])
+                        .or_default()
+                        .push((s, i));
+                }
+                for list in specials_by_first_byte.values_mut() {
+                    list.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+                }
+                let unk = get_u32("tokenizer.ggml.unknown_token_id");
+                let spm = Spm {
+                    scores,
+                    byte_tokens,
+                    add_space_prefix,
+                    specials_by_first_byte,
+                    unk,
+                };
+                (Kind::Spm(spm), bytes, true)
+            }
+            other => return Err(load_err(&format!("unsupported tokenizer model `{other}`"))),
+        };
+        let eos = get_u32("tokenizer.ggml.eos_token_id");
+        let mut eog: Vec<u32> = eos.into_iter().collect();
+        for marker in [
+            "<end_of_turn>",
+            "<|im_end|>",
+            "<|eot_id|>",
+            "<|endoftext|>",
+            "<|end|>",
+            "<eos>",
+        ] {
+            if let Some(&id) = vocab.get(marker) {
+                if !eog.contains(&id) {
+                    eog.push(id);
+                }
+            }
+        }
+        Ok(Tokenizer {
+            kind,
+            token_bytes,
+            is_control,
+            bos: get_u32("tokenizer.ggml.bos_token_id"),
+            add_bos: get_bool("tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos),
+            eog,
+            vocab,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.token_bytes.len()
+    }
+
+    /// Tokens that end generation by default.
+    pub fn eog_tokens(&self) -> &[u32] {
+        &self.eog
+    }
+
+    pub fn bos_text(&self) -> Option<String> {
+        self.bos
+            .map(|b| String::from_utf8_lossy(&self.token_bytes[b as usize]).into_owned())
+    }
+
+    pub fn eos_text(&self) -> Option<String> {
+        self.eog
+            .first()
+            .map(|&e| String::from_utf8_lossy(&self.token_bytes[e as usize]).into_owned())
+    }
+
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.vocab.get(text).copied()
+    }
+
+    /// Encode text; special tokens written in the text become their ids.
+    /// `add_bos` adds BOS when the vocabulary asks for it and the text lacks it.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        let bos_wanted = add_bos && self.add_bos && self.bos.is_some();
+        match &self.kind {
+            Kind::Bpe(tk) => {
+                let enc = tk
+                    .encode(text, false)
+                    .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+                ids.extend_from_slice(enc.get_ids());
+            }
+            Kind::Spm(spm) => spm.encode(text, &self.vocab, &mut ids),
+        }
+        if bos_wanted && ids.first() != self.bos.as_ref() {
+            ids.insert(0, self.bos.unwrap_or_default());
+        }
+        Ok(ids)
+    }
+
+    /// The bytes a token stands for.
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        self.token_bytes
+            .get(id as usize)
+            .map(|b| b.as_slice())
+            .unwrap_or(&[])
+    }
+
+    pub fn is_control(&self, id: u32) -> bool {
+        self.is_control.get(id as usize).copied().unwrap_or(false)
+    }
+
+    /// Decode ids to text (invalid UTF-8 replaced), optionally skipping control tokens.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> String {
+        let mut bytes = Vec::new();
+        for &id in ids {
+            if !(skip_special && self.is_control(id)) {
+                bytes.extend_from_slice(self.token_bytes(id));
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// SentencePiece-style BPE by token score, as in llama.cpp's `llm_tokenizer_spm`.
+struct Spm {
+    scores: Vec<f32>,
+    byte_tokens: Vec<Option<u32>>,
+    add_space_prefix: bool,
+    /// Special token strings by first byte, longest first.
+    specials_by_first_byte: HashMap<u8, Vec<(String, u32)>>,
+    unk: Option<u32>,
+}
+
+impl Spm {
+    fn encode(&self, text: &str, vocab: &HashMap<String, u32>, out: &mut Vec<u32>) {
+        // One left-to-right scan; at each char boundary try the specials that
+        // start with this byte, longest first.
+        let bytes = text.as_bytes();
+        let mut plain_start = 0;
+        let mut first = true;
+        let mut i = 0;
+        while i < bytes.len() {
+            let hit = self
+                .specials_by_first_byte
+                .get(&bytes[i])
+                .and_then(|cands| {
+                    cands
+                        .iter()
+                        .find(|(s, _)| bytes[i..].starts_with(s.as_bytes()))
+                });
+            match hit {
+                Some((s, id)) if text.is_char_boundary(i) => {
+                    if plain_start < i {
+                        self.encode_piece(
+                            &text[plain_start..i],
+                            first && self.add_space_prefix,
+                            vocab,
+                            out,
+                        );
+                    }
+                    first = false;
+                    out.push(*id);
+                    i += s.len();
+                    plain_start = i;
+                }
+                _ => i += 1,
+            }
+        }
+        if plain_start < bytes.len() {
+            self.encode_piece(
+                &text[plain_start..],
+                first && self.add_space_prefix,
+                vocab,
+                out,
+            );
+        }
+    }
+
+    fn encode_piece(
+        &self,
+        text: &str,
+        space_prefix: bool,
+        vocab: &HashMap<String, u32>,
+        out: &mut Vec<u32>,
+    ) {
+        let mut normalized = String::with_capacity(text.len() + 3);
+        if space_prefix {
+            normalized.push('▁');
+        }
+        normalized.push_str(&text.replace(' ', "▁"));
+        // Symbols as byte ranges into `normalized`, one per char to start with.
+        let mut syms: Vec<(usize, usize)> = normalized
+            .char_indices()
+            .map(|(i, c)| (i, i + c.len_utf8()))
+            .collect();
+        // Greedy merging: best score first, leftmost on ties. Quadratic in the
+        // piece length, which is fine for the short pieces between specials.
+        loop {
+            let mut best: Option<(f32, usize, u32)> = None;
+            for i in 0..syms.len().saturating_sub(1) {
+                let candidate = &normalized[syms[i].0..syms[i + 1].1];
+                if let Some(&id) = vocab.get(candidate) {
+                    let score = self.scores[id as usize];
+                    if best.is_none_or(|(s, _, _)| score > s) {
+                        best = Some((score, i, id));
+                    }
+                }
+            }
+            let Some((_, i, _)) = best else { break };
+            syms[i].1 = syms[i + 1].1;
+            syms.remove(i + 1);
+        }
+        for (a, b) in syms {
+            let piece = &normalized[a..b];
+            match vocab.get(piece) {
+                Some(&id) => out.push(id),
+                None => {
+                    for byte in piece.bytes() {
+                        match self.byte_tokens[byte as usize].or(self.unk) {
+                            Some(id) => out.push(id),
+                            None => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn spm_token_bytes(token: &str) -> Vec<u8> {
+    if token.len() == 6 && token.starts_with("<0x") && token.ends_with('>') {
+        if let Ok(b) = u8::from_str_radix(&token[3..5], 16) {
+            return vec![b];
+        }
+    }
+    token.replace('▁', " ").into_bytes()
+}
+
+/// GPT-2's byte-to-unicode table, inverted.
+fn gpt2_unicode_to_byte() -> HashMap<char, u8> {
+    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32).collect();
+    printable.extend(0xA1..=0xAC);
+    printable.extend(0xAE..=0xFF);
+    let mut map = HashMap::new();
+    let mut extra = 0;
+    for b in 0..=255u32 {
+        let c = if printable.contains(&b) {
+            b
+        } else {
+            extra += 1;
+            255 + extra
+        };
+        map.insert(char::from_u32(c).unwrap_or('?'), b as u8);
+    }
+    map
+}
+
+/// Turns a stream of token bytes into text, holding back an incomplete UTF-8
+/// sequence until its last byte arrives.
+#[derive(Debug, Default, Clone)]
+pub struct IncrementalDecoder {
+    pending: Vec<u8>,
+}
+
+impl IncrementalDecoder {
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let mut out = String::new();
+        loop {
+            match std::str::from_utf8(&self.pending) {
+                Ok(s) => {
+                    out.push_str(s);
+                    self.pending.clear();
+                    return out;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    out.push_str(std::str::from_utf8(&self.pending[..valid]).unwrap_or_default());
+                    match e.error_len() {
+                        // Incomplete sequence at the end: wait for more bytes.
+                        None => {
+                            self.pending.drain(..valid);
+                            return out;
+                        }
+                        Some(bad) => {
+                            out.push('\u{FFFD}');
+                            self.pending.drain(..valid + bad);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Flush whatever is left (an incomplete sequence becomes U+FFFD).
+    pub fn finish(&mut self) -> String {
+        let s = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incremental_decoder_waits_for_complete_chars() {
+        let mut d = IncrementalDecoder::default();
+        let euro = "€".as_bytes();
+        assert_eq!(d.push(&euro[..1]), "");
+        assert_eq!(d.push(&euro[1..]), "");
+        assert_eq!(d.push(&euro[2..]), "€");
+        assert_eq!(d.push(b"a\xff"), "a\u{FFFD}");
+        assert_eq!(d.push(&euro[..2]), "");
+        assert_eq!(d.finish(), "\u{FFFD}");
+    }
+
+    #[test]
+    fn gpt2_table_is_a_bijection() {
+        let m = gpt2_unicode_to_byte();
+        assert_eq!(m.len(), 256);
+        assert_eq!(m[&'Ġ'], b' ');
+        assert_eq!(m[&'Ċ'], b'\n');
+    }
+}

@@ -1,0 +1,44 @@
+//! Helpers shared by the engine's integration tests: the fetched models.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use switchyard_engine::{Device, Engine, EngineConfig, Event, LoadedModel, SamplingParams};
+
+pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
+
+/// Path of a default model; panics with the fix when it was not fetched.
+pub fn model_path(file: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    let p = root.join(file);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-models first",
+        p.display()
+    );
+    p
+}
+
+pub fn load(file: &str) -> LoadedModel {
+    LoadedModel::from_gguf(&model_path(file), &Device::Cpu).expect("model loads")
+}
+
+pub fn engine(file: &str, cfg: EngineConfig) -> Arc<Engine> {
+    Arc::new(Engine::start(file, load(file), cfg).expect("engine starts"))
+}
+
+/// Output tokens of one choice, run to completion.
+pub fn generate(engine: &Engine, prompt: Vec<u32>, params: SamplingParams) -> Vec<u32> {
+    let mut stream = engine.submit(prompt, params).expect("submit");
+    let mut out = Vec::new();
+    while let Some(ev) = stream.blocking_next() {
+        match ev {
+            Event::Delta { tokens, .. } => out.extend(tokens),
+            Event::Finished { .. } => break,
+            Event::Error { message } => panic!("engine error: {message}"),
+        }
+    }
+    out
+}

@@ -1,0 +1,85 @@
+//! `models.toml`: the catalog of models to load and the engine settings.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use switchyard_engine::{EngineConfig, ModelSource};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Catalog {
+    #[serde(default)]
+    pub engine: EngineSection,
+    pub models: Vec<ModelEntry>,
+    /// Directory that relative model paths are taken from (the file's own).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    pub block_size: usize,
+    pub kv_cache_mb: usize,
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+    pub chunked_prefill: bool,
+    pub prefix_caching: bool,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        let d = EngineConfig::default();
+        EngineSection {
+            block_size: d.block_size,
+            kv_cache_mb: d.kv_cache_bytes >> 20,
+            max_num_seqs: d.max_num_seqs,
+            max_num_batched_tokens: d.max_num_batched_tokens,
+            chunked_prefill: d.chunked_prefill,
+            prefix_caching: d.prefix_caching,
+        }
+    }
+}
+
+impl EngineSection {
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            block_size: self.block_size,
+            kv_cache_bytes: self.kv_cache_mb << 20,
+            num_blocks: None,
+            max_num_seqs: self.max_num_seqs,
+            max_num_batched_tokens: self.max_num_batched_tokens,
+            chunked_prefill: self.chunked_prefill,
+            prefix_caching: self.prefix_caching,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    pub id: String,
+    pub source: String,
+}
+
+impl Catalog {
+    pub fn load(path: &Path) -> anyhow::Result<Catalog> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let mut catalog: Catalog =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        catalog.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        if catalog.models.is_empty() {
+            anyhow::bail!("{}: no [[models]] listed", path.display());
+        }
+        Ok(catalog)
+    }
+
+    pub fn find(&self, id: &str) -> Option<&ModelEntry> {
+        self.models.iter().find(|m| m.id == id)
+    }
+
+    pub fn resolve(&self, entry: &ModelEntry) -> anyhow::Result<PathBuf> {
+        Ok(ModelSource::parse(&entry.source)?.resolve(&self.base_dir)?)
+    }
+}

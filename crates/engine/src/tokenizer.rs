@@ -104,7 +104,7 @@ impl Tokenizer {
                 let mut tk = tokenizers::Tokenizer::new(bpe);
                 tk.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(vec![
                     PreTokenizerWrapper::Digits(Digits::new(true)),
-                    PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)),
+                    PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
                 ]))));
                 let added: Vec<AddedToken> = specials
                     .iter()

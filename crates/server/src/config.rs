@@ -10,6 +10,8 @@ use switchyard_engine::{EngineConfig, ModelSource};
 pub struct Catalog {
     #[serde(default)]
     pub engine: EngineSection,
+    #[serde(default)]
+    pub server: ServerSection,
     pub models: Vec<ModelEntry>,
     /// Directory that relative model paths are taken from (the file's own).
     #[serde(skip)]
@@ -52,6 +54,23 @@ impl EngineSection {
             chunked_prefill: self.chunked_prefill,
             prefix_caching: self.prefix_caching,
         }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Environment variable holding the API key; unset or empty means no auth.
+    pub api_key_env: String,
+    /// Waiting requests per model beyond which new ones get 503 + Retry-After.
+    pub max_waiting: usize,
+    /// Largest accepted request body, in bytes (413 beyond).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection { api_key_env: "SWITCHYARD_API_KEY".into(), max_waiting: 256, max_body_bytes: 4 << 20 }
     }
 }
 

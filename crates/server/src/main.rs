@@ -1,6 +1,10 @@
 //! `switchyard`: serve several local LLMs behind one OpenAI-compatible API.
 
 mod config;
+mod error;
+mod metrics;
+mod openai;
+mod routes;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -20,6 +24,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Load every model in the catalog and serve the OpenAI-compatible API.
+    Serve {
+        #[arg(long, default_value = "models.toml")]
+        config: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+    },
     /// Generate text from one model and print prompt/decode speed.
     Generate {
         /// Model id from the catalog.
@@ -40,6 +51,20 @@ enum Command {
         #[arg(long)]
         raw: bool,
     },
+    /// Measure prefill and decode throughput with synthetic prompts; prints JSON lines.
+    Bench {
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value = "models.toml")]
+        config: PathBuf,
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        gen_tokens: usize,
+        /// Comma-separated numbers of concurrent sequences.
+        #[arg(long, default_value = "1,8")]
+        concurrency: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Serve { config, addr } => serve(&config, &addr)?,
         Command::Generate {
             model,
             prompt,
@@ -106,6 +132,105 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Bench { model, config, prompt_tokens, gen_tokens, concurrency } => {
+            let catalog = Catalog::load(&config)?;
+            let entry = catalog
+                .find(&model)
+                .ok_or_else(|| anyhow::anyhow!("model `{model}` is not in {}", config.display()))?;
+            let loaded = LoadedModel::from_gguf(&catalog.resolve(entry)?, &Device::Cpu)?;
+            let mut cfg = catalog.engine.engine_config();
+            cfg.prefix_caching = false;
+            let engine = Engine::start(&entry.id, loaded, cfg)?;
+            bench(&engine, 1, 16, 4)?; // warm-up
+            for n in concurrency.split(',') {
+                let n: usize = n.trim().parse()?;
+                println!("{}", bench(&engine, n, prompt_tokens, gen_tokens.max(2))?);
+            }
+        }
     }
     Ok(())
+}
+
+fn serve(config: &std::path::Path, addr: &str) -> anyhow::Result<()> {
+    let catalog = Catalog::load(config)?;
+    let mut engines = std::collections::BTreeMap::new();
+    for entry in &catalog.models {
+        let path = catalog.resolve(entry)?;
+        tracing::info!(model = %entry.id, path = %path.display(), "loading");
+        let loaded = LoadedModel::from_gguf(&path, &Device::Cpu)?;
+        let engine = Engine::start(&entry.id, loaded, catalog.engine.engine_config())?;
+        engines.insert(entry.id.clone(), std::sync::Arc::new(engine));
+    }
+    let api_key = std::env::var(&catalog.server.api_key_env).ok().filter(|k| !k.is_empty());
+    let state = std::sync::Arc::new(routes::AppState {
+        engines,
+        metrics: metrics::Metrics::default(),
+        api_key,
+        max_waiting: catalog.server.max_waiting,
+        body_limit: catalog.server.max_body_bytes,
+        started: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
+        tracing::info!("serving {} model(s) on http://{}", state.engines.len(), listener.local_addr()?);
+        axum::serve(listener, routes::router(state))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        Ok(())
+    })
+}
+
+/// Submit `n` requests at once (distinct random prompts, so no prefix reuse)
+/// and time the prefill phase (until every first token) and the decode phase.
+fn bench(engine: &Engine, n: usize, prompt_tokens: usize, gen_tokens: usize) -> anyhow::Result<serde_json::Value> {
+    let vocab = engine.tokenizer().vocab_size() as u64;
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ n as u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (1000 + state % (vocab - 2000)) as u32
+    };
+    let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(gen_tokens) };
+    let started = Instant::now();
+    let mut streams = Vec::with_capacity(n);
+    for _ in 0..n {
+        let prompt: Vec<u32> = (0..prompt_tokens).map(|_| next()).collect();
+        streams.push(engine.submit(prompt, params.clone())?);
+    }
+    let mut first_at = Vec::with_capacity(n);
+    let mut done_at = Vec::with_capacity(n);
+    for s in &mut streams {
+        let mut first = None;
+        while let Some(ev) = s.blocking_next() {
+            match ev {
+                Event::Delta { .. } => {
+                    first.get_or_insert_with(Instant::now);
+                }
+                Event::Finished { .. } => break,
+                Event::Error { message } => anyhow::bail!(message),
+            }
+        }
+        first_at.push(first.unwrap_or_else(Instant::now));
+        done_at.push(Instant::now());
+    }
+    let prefill_end = first_at.iter().max().copied().unwrap_or(started);
+    let end = done_at.iter().max().copied().unwrap_or(started);
+    let prefill_s = (prefill_end - started).as_secs_f64();
+    let decode_s = (end - prefill_end).as_secs_f64();
+    Ok(serde_json::json!({
+        "engine": "switchyard",
+        "concurrency": n,
+        "prompt_tokens": prompt_tokens,
+        "gen_tokens": gen_tokens,
+        "prefill_tok_s": (n * prompt_tokens) as f64 / prefill_s.max(1e-9),
+        "decode_tok_s": (n * (gen_tokens - 1)) as f64 / decode_s.max(1e-9),
+    }))
 }

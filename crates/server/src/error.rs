@@ -1,0 +1,109 @@
+//! Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`
+//! with the matching HTTP status. Every failure the API can produce goes
+//! through [`ApiError`]; a handler never panics on input.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<String>,
+    pub retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into(), kind, param: None, code: None, retry_after_s: None }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+
+    /// A bad value for one request field.
+    pub fn invalid_param(param: &str, message: impl Into<String>) -> Self {
+        ApiError { param: Some(param.into()), ..Self::invalid(message) }
+    }
+
+    pub fn context_length(ctx: usize, prompt: usize, max_tokens: usize) -> Self {
+        ApiError {
+            code: Some("context_length_exceeded".into()),
+            param: Some("messages".into()),
+            ..Self::invalid(format!(
+                "This model's maximum context length is {ctx} tokens. However, you requested {} tokens ({prompt} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
+                prompt + max_tokens
+            ))
+        }
+    }
+
+    pub fn model_not_found(model: &str) -> Self {
+        ApiError {
+            param: Some("model".into()),
+            code: Some("model_not_found".into()),
+            ..Self::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!("The model `{model}` does not exist or you do not have access to it."),
+            )
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
+    }
+
+    pub fn unauthorized() -> Self {
+        ApiError {
+            code: Some("invalid_api_key".into()),
+            ..Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", "Incorrect API key provided.")
+        }
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("Request body is larger than the limit of {limit} bytes."),
+        )
+    }
+
+    pub fn overloaded(model: &str, waiting: usize) -> Self {
+        ApiError {
+            retry_after_s: Some(1),
+            code: Some("overloaded".into()),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                format!("Model `{model}` is overloaded ({waiting} requests waiting). Retry shortly."),
+            )
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, axum::Json(self.body())).into_response();
+        if let Some(s) = self.retry_after_s {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}

@@ -1,0 +1,326 @@
+//! OpenAI request bodies and their translation to engine sampling parameters.
+//!
+//! Unknown fields are ignored (clients send many); known fields are checked
+//! against OpenAI's documented ranges and rejected with the field's name.
+//! vLLM's extensions (`top_k`, `min_p`, `repetition_penalty`, `ignore_eos`,
+//! `stop_token_ids`) are accepted too.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+use switchyard_engine::{ChatMessage, SamplingParams, TokenLogprob, Tokenizer};
+
+use crate::error::ApiError;
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Sampling fields shared by chat and text completions.
+#[derive(Debug, Deserialize, Default)]
+pub struct SamplingFields {
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub n: Option<i64>,
+    pub stop: Option<StopField>,
+    pub seed: Option<i64>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub logit_bias: Option<HashMap<String, f32>>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub ignore_eos: Option<bool>,
+    pub stop_token_ids: Option<Vec<u32>>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<Value>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<i64>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: Value,
+    pub echo: Option<bool>,
+    pub logprobs: Option<i64>,
+    pub suffix: Option<String>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+/// Parse a JSON body into a request type, with OpenAI-shaped errors.
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("We could not parse the JSON body of your request: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::invalid("The request body must be a JSON object."));
+    }
+    serde_json::from_value(value).map_err(|e| {
+        let msg = e.to_string();
+        let param = msg.split('`').nth(1).map(str::to_string);
+        ApiError { param, ..ApiError::invalid(format!("Invalid request: {msg}")) }
+    })
+}
+
+impl SamplingFields {
+    pub fn stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    pub fn include_usage(&self) -> bool {
+        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+    }
+
+    /// Check the fields and build engine parameters. `max_tokens` is resolved
+    /// by the caller once the prompt length is known.
+    pub fn to_params(&self, tokenizer: &Tokenizer, logprobs: Option<usize>) -> Result<SamplingParams, ApiError> {
+        if self.stream_options.is_some() && !self.stream() {
+            return Err(ApiError::invalid_param(
+                "stream_options",
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            ));
+        }
+        let mut p = SamplingParams::default();
+        if let Some(t) = self.temperature {
+            if !(0.0..=2.0).contains(&t) {
+                return Err(ApiError::invalid_param("temperature", format!("{t} is not in [0, 2] - 'temperature'")));
+            }
+            p.temperature = t;
+        }
+        if let Some(v) = self.top_p {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(ApiError::invalid_param("top_p", format!("{v} is not in (0, 1] - 'top_p'")));
+            }
+            p.top_p = v;
+        }
+        if let Some(n) = self.n {
+            if !(1..=128).contains(&n) {
+                return Err(ApiError::invalid_param("n", format!("{n} is not in [1, 128] - 'n'")));
+            }
+            p.n = n as usize;
+        }
+        for (name, v, slot) in [
+            ("presence_penalty", self.presence_penalty, &mut p.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty, &mut p.frequency_penalty),
+        ] {
+            if let Some(v) = v {
+                if !(-2.0..=2.0).contains(&v) {
+                    return Err(ApiError::invalid_param(name, format!("{v} is not in [-2, 2] - '{name}'")));
+                }
+                *slot = v;
+            }
+        }
+        if let Some(k) = self.top_k {
+            if k < -1 {
+                return Err(ApiError::invalid_param("top_k", "top_k must be -1 (off), 0 (off) or positive"));
+            }
+            p.top_k = k.max(0) as usize;
+        }
+        if let Some(m) = self.min_p {
+            if !(0.0..=1.0).contains(&m) {
+                return Err(ApiError::invalid_param("min_p", format!("{m} is not in [0, 1] - 'min_p'")));
+            }
+            p.min_p = m;
+        }
+        if let Some(r) = self.repetition_penalty {
+            if !(r.is_finite() && r > 0.0) {
+                return Err(ApiError::invalid_param("repetition_penalty", "repetition_penalty must be > 0"));
+            }
+            p.repetition_penalty = r;
+        }
+        p.seed = self.seed.map(|s| s as u64);
+        p.stop = match &self.stop {
+            None => Vec::new(),
+            Some(StopField::One(s)) => vec![s.clone()],
+            Some(StopField::Many(v)) => v.clone(),
+        };
+        p.stop.retain(|s| !s.is_empty());
+        if let Some(bias) = &self.logit_bias {
+            for (k, &v) in bias {
+                let id: u32 = k
+                    .parse()
+                    .map_err(|_| ApiError::invalid_param("logit_bias", format!("logit_bias key `{k}` is not a token id")))?;
+                if id as usize >= tokenizer.vocab_size() {
+                    return Err(ApiError::invalid_param("logit_bias", format!("token id {id} is outside the vocabulary")));
+                }
+                if !(-100.0..=100.0).contains(&v) {
+                    return Err(ApiError::invalid_param("logit_bias", format!("logit_bias value {v} is not in [-100, 100]")));
+                }
+                p.logit_bias.push((id, v));
+            }
+        }
+        if let Some(ids) = &self.stop_token_ids {
+            p.stop_token_ids = ids.clone();
+        }
+        p.ignore_eos = self.ignore_eos.unwrap_or(false);
+        p.logprobs = logprobs;
+        Ok(p)
+    }
+
+    /// The requested output budget, if any (`max_completion_tokens` wins).
+    pub fn max_tokens(&self) -> Result<Option<usize>, ApiError> {
+        let (name, v) = match (self.max_completion_tokens, self.max_tokens) {
+            (Some(v), _) => ("max_completion_tokens", v),
+            (None, Some(v)) => ("max_tokens", v),
+            (None, None) => return Ok(None),
+        };
+        if v < 1 {
+            return Err(ApiError::invalid_param(name, format!("{v} is less than the minimum of 1 - '{name}'")));
+        }
+        Ok(Some(v as usize))
+    }
+}
+
+/// Chat messages in the template's terms: content as plain text.
+pub fn chat_messages(messages: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid_param("messages", "'messages' must contain at least one message."));
+    }
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let param = format!("messages.[{i}]");
+            let role = m
+                .get("role")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::invalid_param(&param, format!("messages[{i}] has no 'role'")))?;
+            let role = match role {
+                "system" | "developer" => "system",
+                "user" | "assistant" | "tool" => role,
+                other => {
+                    return Err(ApiError::invalid_param(
+                        &format!("{param}.role"),
+                        format!("Invalid role '{other}' in messages[{i}]: expected system, developer, user, assistant or tool."),
+                    ))
+                }
+            };
+            let content = match m.get("content") {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Array(parts)) => {
+                    let mut text = String::new();
+                    for part in parts {
+                        match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
+                            (Some("text"), Some(t)) => text.push_str(t),
+                            (kind, _) => {
+                                return Err(ApiError::invalid_param(
+                                    &format!("{param}.content"),
+                                    format!("Unsupported content part {:?} in messages[{i}]: only text parts are supported.", kind.unwrap_or("?")),
+                                ))
+                            }
+                        }
+                    }
+                    text
+                }
+                Some(_) => {
+                    return Err(ApiError::invalid_param(
+                        &format!("{param}.content"),
+                        format!("messages[{i}].content must be a string or an array of text parts."),
+                    ))
+                }
+            };
+            Ok(ChatMessage { role: role.to_string(), content })
+        })
+        .collect()
+}
+
+/// Completion prompts: a string, strings, token ids, or lists of token ids.
+pub fn completion_prompts(prompt: &Value, tokenizer: &Tokenizer) -> Result<Vec<Vec<u32>>, ApiError> {
+    let bad = || ApiError::invalid_param("prompt", "'prompt' must be a string, an array of strings, an array of token ids, or an array of token-id arrays.");
+    let ids = |v: &[Value]| -> Result<Vec<u32>, ApiError> {
+        v.iter()
+            .map(|x| x.as_u64().filter(|&t| t < tokenizer.vocab_size() as u64).map(|t| t as u32))
+            .collect::<Option<Vec<u32>>>()
+            .ok_or_else(|| ApiError::invalid_param("prompt", "token ids must be integers inside the vocabulary"))
+    };
+    let text = |s: &str| tokenizer.encode(s, true).map_err(|e| ApiError::invalid_param("prompt", e.to_string()));
+    let prompts = match prompt {
+        Value::String(s) => vec![text(s)?],
+        Value::Array(items) if items.is_empty() => return Err(bad()),
+        Value::Array(items) => match &items[0] {
+            Value::String(_) => items.iter().map(|i| i.as_str().ok_or_else(bad).and_then(text)).collect::<Result<_, _>>()?,
+            Value::Number(_) => vec![ids(items)?],
+            Value::Array(_) => items.iter().map(|i| i.as_array().ok_or_else(bad).and_then(|a| ids(a))).collect::<Result<_, _>>()?,
+            _ => return Err(bad()),
+        },
+        _ => return Err(bad()),
+    };
+    if prompts.iter().any(Vec::is_empty) {
+        return Err(ApiError::invalid_param("prompt", "prompts must not be empty"));
+    }
+    Ok(prompts)
+}
+
+/// A token's text for logprobs (lossy where a token is part of a UTF-8 char).
+pub fn token_text(tokenizer: &Tokenizer, id: u32) -> String {
+    String::from_utf8_lossy(tokenizer.token_bytes(id)).into_owned()
+}
+
+/// Chat-format logprob entries (`choices[].logprobs.content`).
+pub fn chat_logprobs(tokenizer: &Tokenizer, lps: &[TokenLogprob]) -> Vec<Value> {
+    let entry = |id: u32, lp: f32| {
+        serde_json::json!({
+            "token": token_text(tokenizer, id),
+            "logprob": lp,
+            "bytes": tokenizer.token_bytes(id),
+        })
+    };
+    lps.iter()
+        .map(|l| {
+            let mut e = entry(l.token, l.logprob);
+            e["top_logprobs"] = Value::Array(l.top.iter().map(|&(id, lp)| entry(id, lp)).collect());
+            e
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_parts_and_roles() {
+        let msgs = vec![
+            serde_json::json!({"role": "developer", "content": "be brief"}),
+            serde_json::json!({"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}),
+        ];
+        let out = chat_messages(&msgs).unwrap();
+        assert_eq!(out[0], ChatMessage::new("system", "be brief"));
+        assert_eq!(out[1].content, "ab");
+        assert!(chat_messages(&[serde_json::json!({"role": "wizard", "content": "x"})]).is_err());
+        assert!(chat_messages(&[]).is_err());
+    }
+
+    #[test]
+    fn malformed_bodies_are_400s() {
+        let e = parse_body::<ChatRequest>(b"{not json").unwrap_err();
+        assert_eq!(e.status, 400);
+        let e = parse_body::<ChatRequest>(br#"{"model": "m"}"#).unwrap_err();
+        assert!(e.message.contains("messages"), "{}", e.message);
+        let e = parse_body::<ChatRequest>(br#"[1]"#).unwrap_err();
+        assert_eq!(e.status, 400);
+    }
+}

@@ -36,6 +36,8 @@ pub struct EngineConfig {
     pub max_num_batched_tokens: usize,
     pub chunked_prefill: bool,
     pub prefix_caching: bool,
+    /// Cap the context window below the model's own (vLLM's `max_model_len`).
+    pub max_model_len: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +50,7 @@ impl Default for EngineConfig {
             max_num_batched_tokens: 512,
             chunked_prefill: true,
             prefix_caching: true,
+            max_model_len: None,
         }
     }
 }

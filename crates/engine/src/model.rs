@@ -275,6 +275,11 @@ impl Model {
         &self.config
     }
 
+    /// Serve a shorter context window than the model supports.
+    pub fn cap_context_length(&mut self, cap: usize) {
+        self.config.context_length = self.config.context_length.min(cap.max(1));
+    }
+
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm(x, w, self.config.rms_eps as f32)?)
     }

@@ -53,6 +53,7 @@ impl EngineSection {
             max_num_batched_tokens: self.max_num_batched_tokens,
             chunked_prefill: self.chunked_prefill,
             prefix_caching: self.prefix_caching,
+            max_model_len: None,
         }
     }
 }
@@ -79,6 +80,14 @@ impl Default for ServerSection {
 pub struct ModelEntry {
     pub id: String,
     pub source: String,
+    /// Serve a shorter context window than the model's own.
+    pub max_model_len: Option<usize>,
+}
+
+impl ModelEntry {
+    pub fn engine_config(&self, engine: &EngineSection) -> EngineConfig {
+        EngineConfig { max_model_len: self.max_model_len, ..engine.engine_config() }
+    }
 }
 
 impl Catalog {

@@ -91,7 +91,7 @@ fn main() -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow::anyhow!("model `{model}` is not in {}", config.display()))?;
             let path = catalog.resolve(entry)?;
             let loaded = LoadedModel::from_gguf(&path, &Device::Cpu)?;
-            let engine = Engine::start(&entry.id, loaded, catalog.engine.engine_config())?;
+            let engine = Engine::start(&entry.id, loaded, entry.engine_config(&catalog.engine))?;
             let tokens = if raw {
                 engine.tokenizer().encode(&prompt, true)?
             } else {
@@ -138,12 +138,17 @@ fn main() -> anyhow::Result<()> {
                 .find(&model)
                 .ok_or_else(|| anyhow::anyhow!("model `{model}` is not in {}", config.display()))?;
             let loaded = LoadedModel::from_gguf(&catalog.resolve(entry)?, &Device::Cpu)?;
-            let mut cfg = catalog.engine.engine_config();
+            let levels: Vec<usize> = concurrency.split(',').map(|n| n.trim().parse()).collect::<Result<_, _>>()?;
+            let most = levels.iter().copied().max().unwrap_or(1);
+            // Like llama-batched-bench: every prompt is prefilled in the same
+            // step, then every later step is pure decode, so the phases time cleanly.
+            let mut cfg = entry.engine_config(&catalog.engine);
             cfg.prefix_caching = false;
+            cfg.max_num_batched_tokens = cfg.max_num_batched_tokens.max(most * prompt_tokens);
+            cfg.max_num_seqs = cfg.max_num_seqs.max(most);
             let engine = Engine::start(&entry.id, loaded, cfg)?;
             bench(&engine, 1, 16, 4)?; // warm-up
-            for n in concurrency.split(',') {
-                let n: usize = n.trim().parse()?;
+            for n in levels {
                 println!("{}", bench(&engine, n, prompt_tokens, gen_tokens.max(2))?);
             }
         }
@@ -158,7 +163,7 @@ fn serve(config: &std::path::Path, addr: &str) -> anyhow::Result<()> {
         let path = catalog.resolve(entry)?;
         tracing::info!(model = %entry.id, path = %path.display(), "loading");
         let loaded = LoadedModel::from_gguf(&path, &Device::Cpu)?;
-        let engine = Engine::start(&entry.id, loaded, catalog.engine.engine_config())?;
+        let engine = Engine::start(&entry.id, loaded, entry.engine_config(&catalog.engine))?;
         engines.insert(entry.id.clone(), std::sync::Arc::new(engine));
     }
     let api_key = std::env::var(&catalog.server.api_key_env).ok().filter(|k| !k.is_empty());
@@ -205,21 +210,32 @@ fn bench(engine: &Engine, n: usize, prompt_tokens: usize, gen_tokens: usize) -> 
         let prompt: Vec<u32> = (0..prompt_tokens).map(|_| next()).collect();
         streams.push(engine.submit(prompt, params.clone())?);
     }
+    // One reader per stream, so each event is timed when it is produced.
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| {
+            std::thread::spawn(move || -> Result<(Instant, Instant), String> {
+                let mut first = None;
+                while let Some(ev) = s.blocking_next() {
+                    match ev {
+                        Event::Delta { .. } => {
+                            first.get_or_insert_with(Instant::now);
+                        }
+                        Event::Finished { .. } => break,
+                        Event::Error { message } => return Err(message),
+                    }
+                }
+                let done = Instant::now();
+                Ok((first.unwrap_or(done), done))
+            })
+        })
+        .collect();
     let mut first_at = Vec::with_capacity(n);
     let mut done_at = Vec::with_capacity(n);
-    for s in &mut streams {
-        let mut first = None;
-        while let Some(ev) = s.blocking_next() {
-            match ev {
-                Event::Delta { .. } => {
-                    first.get_or_insert_with(Instant::now);
-                }
-                Event::Finished { .. } => break,
-                Event::Error { message } => anyhow::bail!(message),
-            }
-        }
-        first_at.push(first.unwrap_or_else(Instant::now));
-        done_at.push(Instant::now());
+    for r in readers {
+        let (first, done) = r.join().map_err(|_| anyhow::anyhow!("reader panicked"))?.map_err(anyhow::Error::msg)?;
+        first_at.push(first);
+        done_at.push(done);
     }
     let prefill_end = first_at.iter().max().copied().unwrap_or(started);
     let end = done_at.iter().max().copied().unwrap_or(started);

@@ -1,0 +1,36 @@
+// The server through the official OpenAI Node SDK (run by tests/e2e/run).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import OpenAI from "openai";
+
+const url = process.env.SWITCHYARD_URL;
+const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "unused", maxRetries: 0 });
+const model = "smollm2-135m-instruct";
+const messages = [{ role: "user", content: "Name a fruit." }];
+
+test("chat completion shape", { skip: !url }, async () => {
+  const r = await client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 0 });
+  assert.equal(r.object, "chat.completion");
+  assert.equal(r.choices[0].message.role, "assistant");
+  assert.ok(["stop", "length"].includes(r.choices[0].finish_reason));
+  assert.equal(r.usage.total_tokens, r.usage.prompt_tokens + r.usage.completion_tokens);
+});
+
+test("stream helper finalChatCompletion", { skip: !url }, async () => {
+  const plain = await client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 0 });
+  const final = await client.chat.completions.stream({ model, messages, max_tokens: 8, temperature: 0 }).finalChatCompletion();
+  assert.equal(final.choices[0].message.role, "assistant");
+  assert.ok(final.choices[0].finish_reason);
+  assert.equal(final.choices[0].message.content, plain.choices[0].message.content);
+});
+
+test("errors keep their message", { skip: !url }, async () => {
+  await assert.rejects(
+    client.chat.completions.create({ model: "no-such-model", messages }),
+    (e) => e.status === 404 && e.message.includes("no-such-model") && e.error?.code === "model_not_found",
+  );
+  await assert.rejects(
+    client.chat.completions.create({ model, messages, temperature: 9 }),
+    (e) => e.status === 400 && e.message.includes("temperature"),
+  );
+});

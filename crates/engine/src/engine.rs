@@ -365,8 +365,8 @@ impl EngineCore {
             } => {
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                let max_total = prompt.len() + params.max_tokens;
-                if let Err(e) = self.scheduler.add(seq, prompt.clone(), max_total) {
+                let prompt_len = prompt.len();
+                if let Err(e) = self.scheduler.add(seq, prompt, prompt_len + params.max_tokens) {
                     let _ = events.send(Event::Error {
                         message: e.to_string(),
                     });
@@ -379,7 +379,7 @@ impl EngineCore {
                         request,
                         choice: 0,
                         sampler: Sampler::new(params.seed),
-                        prompt_len: prompt.len(),
+                        prompt_len,
                         generated: 0,
                         forks_pending: params.n - 1,
                         cached_tokens: 0,

@@ -48,12 +48,13 @@ def test_stream_equals_non_stream(client):
 
 
 def test_stream_helper_gives_final_completion(client):
-    with client.chat.completions.stream(model=SMOL, messages=HELLO, max_tokens=8, temperature=0) as s:
+    # The SDK's helper raises on finish_reason "length": give it room to stop.
+    with client.chat.completions.stream(model=SMOL, messages=HELLO, max_tokens=64, temperature=0) as s:
         for _ in s:
             pass
         final = s.get_final_completion()
     assert final.choices[0].message.role == "assistant"
-    assert final.choices[0].finish_reason in ("stop", "length")
+    assert final.choices[0].finish_reason == "stop"
 
 
 def test_usage_chunk(client, http):

@@ -198,7 +198,7 @@ impl Engine {
             num_blocks,
             block_size = cfg.block_size,
             "KV pool: {} MiB",
-            num_blocks * per_block >> 20
+            (num_blocks * per_block) >> 20
         );
         let stats = Arc::new(Mutex::new(EngineStats {
             kv_blocks_total: num_blocks,
@@ -366,7 +366,10 @@ impl EngineCore {
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 let prompt_len = prompt.len();
-                if let Err(e) = self.scheduler.add(seq, prompt, prompt_len + params.max_tokens) {
+                if let Err(e) = self
+                    .scheduler
+                    .add(seq, prompt, prompt_len + params.max_tokens)
+                {
                     let _ = events.send(Event::Error {
                         message: e.to_string(),
                     });

@@ -125,7 +125,7 @@ impl ModelConfig {
 
     /// Does layer `i` use the sliding window (Gemma 3: all but every 6th)?
     pub fn is_sliding(&self, layer: usize) -> bool {
-        self.sliding_window.is_some() && (layer + 1) % self.swa_pattern.max(1) != 0
+        self.sliding_window.is_some() && !(layer + 1).is_multiple_of(self.swa_pattern.max(1))
     }
 }
 

@@ -639,7 +639,7 @@ mod tests {
             let mut limits: HashMap<SeqId, usize> = HashMap::new();
             let mut live: Vec<SeqId> = Vec::new();
             let mut ended: Vec<SeqId> = Vec::new();
-            let mut finish = |s: &mut Scheduler, id: SeqId, live: &mut Vec<SeqId>, ended: &mut Vec<SeqId>| {
+            let finish = |s: &mut Scheduler, id: SeqId, live: &mut Vec<SeqId>, ended: &mut Vec<SeqId>| {
                 assert!(s.remove(id), "sequence {id} ended twice");
                 live.retain(|&x| x != id);
                 ended.push(id);

@@ -71,7 +71,11 @@ pub struct ServerSection {
 
 impl Default for ServerSection {
     fn default() -> Self {
-        ServerSection { api_key_env: "SWITCHYARD_API_KEY".into(), max_waiting: 256, max_body_bytes: 4 << 20 }
+        ServerSection {
+            api_key_env: "SWITCHYARD_API_KEY".into(),
+            max_waiting: 256,
+            max_body_bytes: 4 << 20,
+        }
     }
 }
 
@@ -86,7 +90,10 @@ pub struct ModelEntry {
 
 impl ModelEntry {
     pub fn engine_config(&self, engine: &EngineSection) -> EngineConfig {
-        EngineConfig { max_model_len: self.max_model_len, ..engine.engine_config() }
+        EngineConfig {
+            max_model_len: self.max_model_len,
+            ..engine.engine_config()
+        }
     }
 }
 

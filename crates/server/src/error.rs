@@ -18,7 +18,14 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), kind, param: None, code: None, retry_after_s: None }
+        ApiError {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+            retry_after_s: None,
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -27,7 +34,10 @@ impl ApiError {
 
     /// A bad value for one request field.
     pub fn invalid_param(param: &str, message: impl Into<String>) -> Self {
-        ApiError { param: Some(param.into()), ..Self::invalid(message) }
+        ApiError {
+            param: Some(param.into()),
+            ..Self::invalid(message)
+        }
     }
 
     pub fn context_length(ctx: usize, prompt: usize, max_tokens: usize) -> Self {
@@ -60,7 +70,11 @@ impl ApiError {
     pub fn unauthorized() -> Self {
         ApiError {
             code: Some("invalid_api_key".into()),
-            ..Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", "Incorrect API key provided.")
+            ..Self::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "Incorrect API key provided.",
+            )
         }
     }
 
@@ -79,7 +93,9 @@ impl ApiError {
             ..Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
-                format!("Model `{model}` is overloaded ({waiting} requests waiting). Retry shortly."),
+                format!(
+                    "Model `{model}` is overloaded ({waiting} requests waiting). Retry shortly."
+                ),
             )
         }
     }
@@ -102,7 +118,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, axum::Json(self.body())).into_response();
         if let Some(s) = self.retry_after_s {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         resp
     }

@@ -132,13 +132,22 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Bench { model, config, prompt_tokens, gen_tokens, concurrency } => {
+        Command::Bench {
+            model,
+            config,
+            prompt_tokens,
+            gen_tokens,
+            concurrency,
+        } => {
             let catalog = Catalog::load(&config)?;
             let entry = catalog
                 .find(&model)
                 .ok_or_else(|| anyhow::anyhow!("model `{model}` is not in {}", config.display()))?;
             let loaded = LoadedModel::from_gguf(&catalog.resolve(entry)?, &Device::Cpu)?;
-            let levels: Vec<usize> = concurrency.split(',').map(|n| n.trim().parse()).collect::<Result<_, _>>()?;
+            let levels: Vec<usize> = concurrency
+                .split(',')
+                .map(|n| n.trim().parse())
+                .collect::<Result<_, _>>()?;
             let most = levels.iter().copied().max().unwrap_or(1);
             // Like llama-batched-bench: every prompt is prefilled in the same
             // step, then every later step is pure decode, so the phases time cleanly.
@@ -166,7 +175,9 @@ fn serve(config: &std::path::Path, addr: &str) -> anyhow::Result<()> {
         let engine = Engine::start(&entry.id, loaded, entry.engine_config(&catalog.engine))?;
         engines.insert(entry.id.clone(), std::sync::Arc::new(engine));
     }
-    let api_key = std::env::var(&catalog.server.api_key_env).ok().filter(|k| !k.is_empty());
+    let api_key = std::env::var(&catalog.server.api_key_env)
+        .ok()
+        .filter(|k| !k.is_empty());
     let state = std::sync::Arc::new(routes::AppState {
         engines,
         metrics: metrics::Metrics::default(),
@@ -177,12 +188,18 @@ fn serve(config: &std::path::Path, addr: &str) -> anyhow::Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
-        tracing::info!("serving {} model(s) on http://{}", state.engines.len(), listener.local_addr()?);
+        tracing::info!(
+            "serving {} model(s) on http://{}",
+            state.engines.len(),
+            listener.local_addr()?
+        );
         axum::serve(listener, routes::router(state))
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -194,7 +211,12 @@ fn serve(config: &std::path::Path, addr: &str) -> anyhow::Result<()> {
 
 /// Submit `n` requests at once (distinct random prompts, so no prefix reuse)
 /// and time the prefill phase (until every first token) and the decode phase.
-fn bench(engine: &Engine, n: usize, prompt_tokens: usize, gen_tokens: usize) -> anyhow::Result<serde_json::Value> {
+fn bench(
+    engine: &Engine,
+    n: usize,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+) -> anyhow::Result<serde_json::Value> {
     let vocab = engine.tokenizer().vocab_size() as u64;
     let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ n as u64;
     let mut next = move || {
@@ -203,7 +225,10 @@ fn bench(engine: &Engine, n: usize, prompt_tokens: usize, gen_tokens: usize) -> 
         state ^= state << 17;
         (1000 + state % (vocab - 2000)) as u32
     };
-    let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(gen_tokens) };
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(gen_tokens)
+    };
     let started = Instant::now();
     let mut streams = Vec::with_capacity(n);
     for _ in 0..n {
@@ -233,7 +258,10 @@ fn bench(engine: &Engine, n: usize, prompt_tokens: usize, gen_tokens: usize) -> 
     let mut first_at = Vec::with_capacity(n);
     let mut done_at = Vec::with_capacity(n);
     for r in readers {
-        let (first, done) = r.join().map_err(|_| anyhow::anyhow!("reader panicked"))?.map_err(anyhow::Error::msg)?;
+        let (first, done) = r
+            .join()
+            .map_err(|_| anyhow::anyhow!("reader panicked"))?
+            .map_err(anyhow::Error::msg)?;
         first_at.push(first);
         done_at.push(done);
     }

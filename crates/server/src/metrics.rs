@@ -10,7 +10,17 @@ use std::sync::Mutex;
 
 use switchyard_engine::Engine;
 
-const TTFT_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+/// A per-engine gauge or counter: name, type, help, how to read it from stats.
+type Gauge = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&switchyard_engine::EngineStats) -> f64,
+);
+
+const TTFT_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 const ITL_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 
 #[derive(Debug, Clone, Default)]
@@ -39,7 +49,11 @@ impl Histogram {
             let c = self.counts.get(i).copied().unwrap_or(0);
             let _ = writeln!(out, "{name}_bucket{{model=\"{model}\",le=\"{b}\"}} {c}");
         }
-        let _ = writeln!(out, "{name}_bucket{{model=\"{model}\",le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{model=\"{model}\",le=\"+Inf\"}} {}",
+            self.count
+        );
         let _ = writeln!(out, "{name}_sum{{model=\"{model}\"}} {}", self.sum);
         let _ = writeln!(out, "{name}_count{{model=\"{model}\"}} {}", self.count);
     }
@@ -68,15 +82,29 @@ impl Metrics {
 
     /// One finished request: `status` is the HTTP status or `cancelled`.
     pub fn request(&self, model: &str, status: &str) {
-        self.with(|m| *m.requests.entry((model.to_string(), status.to_string())).or_default() += 1);
+        self.with(|m| {
+            *m.requests
+                .entry((model.to_string(), status.to_string()))
+                .or_default() += 1
+        });
     }
 
     pub fn ttft(&self, model: &str, seconds: f64) {
-        self.with(|m| m.ttft.entry(model.to_string()).or_default().observe(TTFT_BUCKETS, seconds));
+        self.with(|m| {
+            m.ttft
+                .entry(model.to_string())
+                .or_default()
+                .observe(TTFT_BUCKETS, seconds)
+        });
     }
 
     pub fn inter_token(&self, model: &str, seconds: f64) {
-        self.with(|m| m.itl.entry(model.to_string()).or_default().observe(ITL_BUCKETS, seconds));
+        self.with(|m| {
+            m.itl
+                .entry(model.to_string())
+                .or_default()
+                .observe(ITL_BUCKETS, seconds)
+        });
     }
 
     pub fn tokens(&self, model: &str, prompt: usize, generated: usize) {
@@ -91,19 +119,40 @@ impl Metrics {
         let Ok(m) = self.inner.lock() else { return out };
         out.push_str("# HELP switchyard_requests_total Requests by model and final status.\n# TYPE switchyard_requests_total counter\n");
         for ((model, status), n) in &m.requests {
-            let _ = writeln!(out, "switchyard_requests_total{{model=\"{model}\",status=\"{status}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "switchyard_requests_total{{model=\"{model}\",status=\"{status}\"}} {n}"
+            );
         }
         out.push_str("# HELP switchyard_time_to_first_token_seconds Time to first token.\n# TYPE switchyard_time_to_first_token_seconds histogram\n");
         for (model, h) in &m.ttft {
-            h.render(&mut out, "switchyard_time_to_first_token_seconds", model, TTFT_BUCKETS);
+            h.render(
+                &mut out,
+                "switchyard_time_to_first_token_seconds",
+                model,
+                TTFT_BUCKETS,
+            );
         }
         out.push_str("# HELP switchyard_inter_token_latency_seconds Time between streamed tokens.\n# TYPE switchyard_inter_token_latency_seconds histogram\n");
         for (model, h) in &m.itl {
-            h.render(&mut out, "switchyard_inter_token_latency_seconds", model, ITL_BUCKETS);
+            h.render(
+                &mut out,
+                "switchyard_inter_token_latency_seconds",
+                model,
+                ITL_BUCKETS,
+            );
         }
         for (name, help, map) in [
-            ("switchyard_prompt_tokens_total", "Prompt tokens received.", &m.prompt_tokens),
-            ("switchyard_generation_tokens_total", "Tokens generated.", &m.generation_tokens),
+            (
+                "switchyard_prompt_tokens_total",
+                "Prompt tokens received.",
+                &m.prompt_tokens,
+            ),
+            (
+                "switchyard_generation_tokens_total",
+                "Tokens generated.",
+                &m.generation_tokens,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for (model, n) in map {
@@ -112,15 +161,48 @@ impl Metrics {
         }
         drop(m);
         let engines: Vec<&Engine> = engines.collect();
-        let gauges: [(&str, &str, &str, fn(&switchyard_engine::EngineStats) -> f64); 6] = [
-            ("switchyard_queue_depth", "gauge", "Requests waiting for a slot.", |s| s.waiting as f64),
-            ("switchyard_running_sequences", "gauge", "Sequences in the running batch.", |s| s.running as f64),
-            ("switchyard_kv_blocks_used", "gauge", "KV cache blocks in use.", |s| (s.kv_blocks_total - s.kv_blocks_free) as f64),
-            ("switchyard_kv_blocks_free", "gauge", "KV cache blocks free.", |s| s.kv_blocks_free as f64),
-            ("switchyard_preemptions_total", "counter", "Sequences preempted for recompute.", |s| s.preemptions as f64),
-            ("switchyard_prefix_cache_hit_tokens_total", "counter", "Prompt tokens served from the prefix cache.", |s| s.prefix_cache_hit_tokens as f64),
+        let gauges: [Gauge; 6] = [
+            (
+                "switchyard_queue_depth",
+                "gauge",
+                "Requests waiting for a slot.",
+                |s| s.waiting as f64,
+            ),
+            (
+                "switchyard_running_sequences",
+                "gauge",
+                "Sequences in the running batch.",
+                |s| s.running as f64,
+            ),
+            (
+                "switchyard_kv_blocks_used",
+                "gauge",
+                "KV cache blocks in use.",
+                |s| (s.kv_blocks_total - s.kv_blocks_free) as f64,
+            ),
+            (
+                "switchyard_kv_blocks_free",
+                "gauge",
+                "KV cache blocks free.",
+                |s| s.kv_blocks_free as f64,
+            ),
+            (
+                "switchyard_preemptions_total",
+                "counter",
+                "Sequences preempted for recompute.",
+                |s| s.preemptions as f64,
+            ),
+            (
+                "switchyard_prefix_cache_hit_tokens_total",
+                "counter",
+                "Prompt tokens served from the prefix cache.",
+                |s| s.prefix_cache_hit_tokens as f64,
+            ),
         ];
-        let stats: Vec<_> = engines.iter().map(|e| (e.id().to_string(), e.stats())).collect();
+        let stats: Vec<_> = engines
+            .iter()
+            .map(|e| (e.id().to_string(), e.stats()))
+            .collect();
         for (name, kind, help, f) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (id, s) in &stats {

@@ -72,15 +72,21 @@ pub struct CompletionRequest {
 
 /// Parse a JSON body into a request type, with OpenAI-shaped errors.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(format!("We could not parse the JSON body of your request: {e}")))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid(format!(
+            "We could not parse the JSON body of your request: {e}"
+        ))
+    })?;
     if !value.is_object() {
         return Err(ApiError::invalid("The request body must be a JSON object."));
     }
     serde_json::from_value(value).map_err(|e| {
         let msg = e.to_string();
         let param = msg.split('`').nth(1).map(str::to_string);
-        ApiError { param, ..ApiError::invalid(format!("Invalid request: {msg}")) }
+        ApiError {
+            param,
+            ..ApiError::invalid(format!("Invalid request: {msg}"))
+        }
     })
 }
 
@@ -90,12 +96,18 @@ impl SamplingFields {
     }
 
     pub fn include_usage(&self) -> bool {
-        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
     }
 
     /// Check the fields and build engine parameters. `max_tokens` is resolved
     /// by the caller once the prompt length is known.
-    pub fn to_params(&self, tokenizer: &Tokenizer, logprobs: Option<usize>) -> Result<SamplingParams, ApiError> {
+    pub fn to_params(
+        &self,
+        tokenizer: &Tokenizer,
+        logprobs: Option<usize>,
+    ) -> Result<SamplingParams, ApiError> {
         if self.stream_options.is_some() && !self.stream() {
             return Err(ApiError::invalid_param(
                 "stream_options",
@@ -105,48 +117,77 @@ impl SamplingFields {
         let mut p = SamplingParams::default();
         if let Some(t) = self.temperature {
             if !(0.0..=2.0).contains(&t) {
-                return Err(ApiError::invalid_param("temperature", format!("{t} is not in [0, 2] - 'temperature'")));
+                return Err(ApiError::invalid_param(
+                    "temperature",
+                    format!("{t} is not in [0, 2] - 'temperature'"),
+                ));
             }
             p.temperature = t;
         }
         if let Some(v) = self.top_p {
             if !(v > 0.0 && v <= 1.0) {
-                return Err(ApiError::invalid_param("top_p", format!("{v} is not in (0, 1] - 'top_p'")));
+                return Err(ApiError::invalid_param(
+                    "top_p",
+                    format!("{v} is not in (0, 1] - 'top_p'"),
+                ));
             }
             p.top_p = v;
         }
         if let Some(n) = self.n {
             if !(1..=128).contains(&n) {
-                return Err(ApiError::invalid_param("n", format!("{n} is not in [1, 128] - 'n'")));
+                return Err(ApiError::invalid_param(
+                    "n",
+                    format!("{n} is not in [1, 128] - 'n'"),
+                ));
             }
             p.n = n as usize;
         }
         for (name, v, slot) in [
-            ("presence_penalty", self.presence_penalty, &mut p.presence_penalty),
-            ("frequency_penalty", self.frequency_penalty, &mut p.frequency_penalty),
+            (
+                "presence_penalty",
+                self.presence_penalty,
+                &mut p.presence_penalty,
+            ),
+            (
+                "frequency_penalty",
+                self.frequency_penalty,
+                &mut p.frequency_penalty,
+            ),
         ] {
             if let Some(v) = v {
                 if !(-2.0..=2.0).contains(&v) {
-                    return Err(ApiError::invalid_param(name, format!("{v} is not in [-2, 2] - '{name}'")));
+                    return Err(ApiError::invalid_param(
+                        name,
+                        format!("{v} is not in [-2, 2] - '{name}'"),
+                    ));
                 }
                 *slot = v;
             }
         }
         if let Some(k) = self.top_k {
             if k < -1 {
-                return Err(ApiError::invalid_param("top_k", "top_k must be -1 (off), 0 (off) or positive"));
+                return Err(ApiError::invalid_param(
+                    "top_k",
+                    "top_k must be -1 (off), 0 (off) or positive",
+                ));
             }
             p.top_k = k.max(0) as usize;
         }
         if let Some(m) = self.min_p {
             if !(0.0..=1.0).contains(&m) {
-                return Err(ApiError::invalid_param("min_p", format!("{m} is not in [0, 1] - 'min_p'")));
+                return Err(ApiError::invalid_param(
+                    "min_p",
+                    format!("{m} is not in [0, 1] - 'min_p'"),
+                ));
             }
             p.min_p = m;
         }
         if let Some(r) = self.repetition_penalty {
             if !(r.is_finite() && r > 0.0) {
-                return Err(ApiError::invalid_param("repetition_penalty", "repetition_penalty must be > 0"));
+                return Err(ApiError::invalid_param(
+                    "repetition_penalty",
+                    "repetition_penalty must be > 0",
+                ));
             }
             p.repetition_penalty = r;
         }
@@ -159,14 +200,23 @@ impl SamplingFields {
         p.stop.retain(|s| !s.is_empty());
         if let Some(bias) = &self.logit_bias {
             for (k, &v) in bias {
-                let id: u32 = k
-                    .parse()
-                    .map_err(|_| ApiError::invalid_param("logit_bias", format!("logit_bias key `{k}` is not a token id")))?;
+                let id: u32 = k.parse().map_err(|_| {
+                    ApiError::invalid_param(
+                        "logit_bias",
+                        format!("logit_bias key `{k}` is not a token id"),
+                    )
+                })?;
                 if id as usize >= tokenizer.vocab_size() {
-                    return Err(ApiError::invalid_param("logit_bias", format!("token id {id} is outside the vocabulary")));
+                    return Err(ApiError::invalid_param(
+                        "logit_bias",
+                        format!("token id {id} is outside the vocabulary"),
+                    ));
                 }
                 if !(-100.0..=100.0).contains(&v) {
-                    return Err(ApiError::invalid_param("logit_bias", format!("logit_bias value {v} is not in [-100, 100]")));
+                    return Err(ApiError::invalid_param(
+                        "logit_bias",
+                        format!("logit_bias value {v} is not in [-100, 100]"),
+                    ));
                 }
                 p.logit_bias.push((id, v));
             }
@@ -187,7 +237,10 @@ impl SamplingFields {
             (None, None) => return Ok(None),
         };
         if v < 1 {
-            return Err(ApiError::invalid_param(name, format!("{v} is less than the minimum of 1 - '{name}'")));
+            return Err(ApiError::invalid_param(
+                name,
+                format!("{v} is less than the minimum of 1 - '{name}'"),
+            ));
         }
         Ok(Some(v as usize))
     }
@@ -196,7 +249,10 @@ impl SamplingFields {
 /// Chat messages in the template's terms: content as plain text.
 pub fn chat_messages(messages: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
     if messages.is_empty() {
-        return Err(ApiError::invalid_param("messages", "'messages' must contain at least one message."));
+        return Err(ApiError::invalid_param(
+            "messages",
+            "'messages' must contain at least one message.",
+        ));
     }
     messages
         .iter()
@@ -248,34 +304,65 @@ pub fn chat_messages(messages: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
 }
 
 /// Completion prompts: a string, strings, token ids, or lists of token ids.
-pub fn completion_prompts(prompt: &Value, tokenizer: &Tokenizer) -> Result<Vec<Vec<u32>>, ApiError> {
-    let bad = || ApiError::invalid_param("prompt", "'prompt' must be a string, an array of strings, an array of token ids, or an array of token-id arrays.");
+pub fn completion_prompts(
+    prompt: &Value,
+    tokenizer: &Tokenizer,
+) -> Result<Vec<Vec<u32>>, ApiError> {
+    let bad = || {
+        ApiError::invalid_param("prompt", "'prompt' must be a string, an array of strings, an array of token ids, or an array of token-id arrays.")
+    };
     let ids = |v: &[Value]| -> Result<Vec<u32>, ApiError> {
         v.iter()
-            .map(|x| x.as_u64().filter(|&t| t < tokenizer.vocab_size() as u64).map(|t| t as u32))
+            .map(|x| {
+                x.as_u64()
+                    .filter(|&t| t < tokenizer.vocab_size() as u64)
+                    .map(|t| t as u32)
+            })
             .collect::<Option<Vec<u32>>>()
-            .ok_or_else(|| ApiError::invalid_param("prompt", "token ids must be integers inside the vocabulary"))
+            .ok_or_else(|| {
+                ApiError::invalid_param(
+                    "prompt",
+                    "token ids must be integers inside the vocabulary",
+                )
+            })
     };
-    let text = |s: &str| tokenizer.encode(s, true).map_err(|e| ApiError::invalid_param("prompt", e.to_string()));
+    let text = |s: &str| {
+        tokenizer
+            .encode(s, true)
+            .map_err(|e| ApiError::invalid_param("prompt", e.to_string()))
+    };
     let prompts = match prompt {
         Value::String(s) => vec![text(s)?],
         Value::Array(items) if items.is_empty() => return Err(bad()),
         Value::Array(items) => match &items[0] {
-            Value::String(_) => items.iter().map(|i| i.as_str().ok_or_else(bad).and_then(text)).collect::<Result<_, _>>()?,
+            Value::String(_) => items
+                .iter()
+                .map(|i| i.as_str().ok_or_else(bad).and_then(text))
+                .collect::<Result<_, _>>()?,
             Value::Number(_) => vec![ids(items)?],
-            Value::Array(_) => items.iter().map(|i| i.as_array().ok_or_else(bad).and_then(|a| ids(a))).collect::<Result<_, _>>()?,
+            Value::Array(_) => items
+                .iter()
+                .map(|i| i.as_array().ok_or_else(bad).and_then(|a| ids(a)))
+                .collect::<Result<_, _>>()?,
             _ => return Err(bad()),
         },
         _ => return Err(bad()),
     };
     if prompts.iter().any(Vec::is_empty) {
-        return Err(ApiError::invalid_param("prompt", "prompts must not be empty"));
+        return Err(ApiError::invalid_param(
+            "prompt",
+            "prompts must not be empty",
+        ));
     }
     Ok(prompts)
 }
 
-/// A token's text for logprobs (lossy where a token is part of a UTF-8 char).
+/// A token's text for logprobs (lossy where a token is part of a UTF-8 char;
+/// empty for control tokens such as end-of-turn, which the text never shows).
 pub fn token_text(tokenizer: &Tokenizer, id: u32) -> String {
+    if tokenizer.is_control(id) {
+        return String::new();
+    }
     String::from_utf8_lossy(tokenizer.token_bytes(id)).into_owned()
 }
 
@@ -285,7 +372,7 @@ pub fn chat_logprobs(tokenizer: &Tokenizer, lps: &[TokenLogprob]) -> Vec<Value> 
         serde_json::json!({
             "token": token_text(tokenizer, id),
             "logprob": lp,
-            "bytes": tokenizer.token_bytes(id),
+            "bytes": if tokenizer.is_control(id) { &[][..] } else { tokenizer.token_bytes(id) },
         })
     };
     lps.iter()

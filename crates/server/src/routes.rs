@@ -22,7 +22,9 @@ use axum::{Json, Router};
 use futures_util::stream;
 use rand::Rng;
 use serde_json::{json, Value};
-use switchyard_engine::{Engine, Event, FinishReason, RequestStream, SamplingParams, TokenLogprob, Usage};
+use switchyard_engine::{
+    Engine, Event, FinishReason, RequestStream, SamplingParams, TokenLogprob, Usage,
+};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -56,7 +58,9 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn random_id(prefix: &str) -> String {
@@ -107,25 +111,41 @@ fn model_card(id: &str, created: u64, engine: &Engine) -> Value {
 }
 
 async fn list_models(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let data: Vec<Value> = state.engines.iter().map(|(id, e)| model_card(id, state.started, e)).collect();
+    let data: Vec<Value> = state
+        .engines
+        .iter()
+        .map(|(id, e)| model_card(id, state.started, e))
+        .collect();
     Json(json!({"object": "list", "data": data}))
 }
 
-async fn get_model(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let e = state.engines.get(&id).ok_or_else(|| ApiError::model_not_found(&id))?;
+async fn get_model(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let e = state
+        .engines
+        .get(&id)
+        .ok_or_else(|| ApiError::model_not_found(&id))?;
     Ok(Json(model_card(&id, state.started, e)))
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let models: Vec<&String> = state.engines.keys().collect();
     if models.is_empty() {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "loading"}))).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "loading"})),
+        )
+            .into_response();
     }
     Json(json!({"status": "ready", "models": models})).into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let body = state.metrics.render(state.engines.values().map(|e| e.as_ref()));
+    let body = state
+        .metrics
+        .render(state.engines.values().map(|e| e.as_ref()));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -159,7 +179,11 @@ struct Job {
 }
 
 fn engine_for(state: &AppState, model: &str) -> Result<Arc<Engine>, ApiError> {
-    state.engines.get(model).cloned().ok_or_else(|| ApiError::model_not_found(model))
+    state
+        .engines
+        .get(model)
+        .cloned()
+        .ok_or_else(|| ApiError::model_not_found(model))
 }
 
 /// Resolve max_tokens against the context window and the KV pool; refuse
@@ -189,23 +213,34 @@ fn finish_job(state: &AppState, mut job: Job, fields: &SamplingFields) -> Result
     Ok(job)
 }
 
-async fn chat_completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let prepared = (|| {
         let req: ChatRequest = openai::parse_body(&body_bytes(&state, body)?)?;
         let engine = engine_for(&state, &req.model)?;
         let top = match (req.logprobs, req.top_logprobs) {
             (_, Some(k)) if !(0..=20).contains(&k) => {
-                return Err(ApiError::invalid_param("top_logprobs", format!("{k} is not in [0, 20] - 'top_logprobs'")))
+                return Err(ApiError::invalid_param(
+                    "top_logprobs",
+                    format!("{k} is not in [0, 20] - 'top_logprobs'"),
+                ))
             }
             (Some(true), k) => Some(k.unwrap_or(0) as usize),
             (_, Some(_)) => {
-                return Err(ApiError::invalid_param("top_logprobs", "'top_logprobs' requires 'logprobs' to be true."))
+                return Err(ApiError::invalid_param(
+                    "top_logprobs",
+                    "'top_logprobs' requires 'logprobs' to be true.",
+                ))
             }
             _ => None,
         };
         let params = req.sampling.to_params(engine.tokenizer(), top)?;
         let messages = openai::chat_messages(&req.messages)?;
-        let prompt = engine.encode_chat(&messages).map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
+        let prompt = engine
+            .encode_chat(&messages)
+            .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
         let job = Job {
             kind: Kind::Chat,
             model: req.model.clone(),
@@ -222,7 +257,10 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Result<Bytes
     run(state, prepared).await
 }
 
-async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let prepared = (|| {
         let req: CompletionRequest = openai::parse_body(&body_bytes(&state, body)?)?;
         let engine = engine_for(&state, &req.model)?;
@@ -230,11 +268,17 @@ async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes, Byt
             return Err(ApiError::invalid_param("echo", "'echo' is not supported."));
         }
         if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
-            return Err(ApiError::invalid_param("suffix", "'suffix' is not supported."));
+            return Err(ApiError::invalid_param(
+                "suffix",
+                "'suffix' is not supported.",
+            ));
         }
         let top = match req.logprobs {
             Some(k) if !(0..=20).contains(&k) => {
-                return Err(ApiError::invalid_param("logprobs", format!("{k} is not in [0, 20] - 'logprobs'")))
+                return Err(ApiError::invalid_param(
+                    "logprobs",
+                    format!("{k} is not in [0, 20] - 'logprobs'"),
+                ))
             }
             k => k.map(|k| k as usize),
         };
@@ -344,25 +388,42 @@ fn completion_logprobs(engine: &Engine, lps: &[TokenLogprob], offset: usize) -> 
 }
 
 /// Wait for every choice of every prompt; one JSON response.
-async fn collect(state: &AppState, job: &Job, streams: Vec<RequestStream>) -> Result<Value, ApiError> {
+async fn collect(
+    state: &AppState,
+    job: &Job,
+    streams: Vec<RequestStream>,
+) -> Result<Value, ApiError> {
     let n = job.params.n;
     let started = Instant::now();
-    let mut outs: Vec<ChoiceOut> = (0..n * streams.len()).map(|_| ChoiceOut::default()).collect();
+    let mut outs: Vec<ChoiceOut> = (0..n * streams.len())
+        .map(|_| ChoiceOut::default())
+        .collect();
     let mut first_token = true;
     for (pi, mut s) in streams.into_iter().enumerate() {
         let mut remaining = n;
         while remaining > 0 {
             match s.next().await {
-                Some(Event::Delta { choice, text, logprobs, .. }) => {
+                Some(Event::Delta {
+                    choice,
+                    text,
+                    logprobs,
+                    ..
+                }) => {
                     if first_token {
-                        state.metrics.ttft(&job.model, started.elapsed().as_secs_f64());
+                        state
+                            .metrics
+                            .ttft(&job.model, started.elapsed().as_secs_f64());
                         first_token = false;
                     }
                     let o = &mut outs[pi * n + choice];
                     o.text.push_str(&text);
                     o.logprobs.extend(logprobs);
                 }
-                Some(Event::Finished { choice, reason, usage }) => {
+                Some(Event::Finished {
+                    choice,
+                    reason,
+                    usage,
+                }) => {
                     let o = &mut outs[pi * n + choice];
                     o.finish = Some(reason);
                     o.usage = usage;
@@ -378,7 +439,10 @@ async fn collect(state: &AppState, job: &Job, streams: Vec<RequestStream>) -> Re
         let _ = pi;
         prompt_tokens += chunk[0].usage.prompt_tokens;
         cached += chunk[0].usage.cached_tokens;
-        completion += chunk.iter().map(|o| o.usage.completion_tokens).sum::<usize>();
+        completion += chunk
+            .iter()
+            .map(|o| o.usage.completion_tokens)
+            .sum::<usize>();
     }
     state.metrics.tokens(&job.model, prompt_tokens, completion);
     let want_logprobs = job.params.logprobs.is_some();
@@ -447,7 +511,14 @@ impl SseState {
         SseEvent::default().data(c.to_string())
     }
 
-    fn choice(&self, index: usize, text: Option<&str>, first: bool, logprobs: Option<Value>, finish: Option<FinishReason>) -> Value {
+    fn choice(
+        &self,
+        index: usize,
+        text: Option<&str>,
+        first: bool,
+        logprobs: Option<Value>,
+        finish: Option<FinishReason>,
+    ) -> Value {
         let mut v = match self.job.kind {
             Kind::Chat => {
                 let mut delta = serde_json::Map::new();
@@ -459,7 +530,9 @@ impl SseState {
                 }
                 json!({"index": index, "delta": delta, "finish_reason": finish_str(finish)})
             }
-            Kind::Completion => json!({"index": index, "text": text.unwrap_or(""), "logprobs": Value::Null, "finish_reason": finish_str(finish)}),
+            Kind::Completion => {
+                json!({"index": index, "text": text.unwrap_or(""), "logprobs": Value::Null, "finish_reason": finish_str(finish)})
+            }
         };
         if let Some(lp) = logprobs {
             v["logprobs"] = lp;
@@ -470,11 +543,22 @@ impl SseState {
     /// Turn one engine event into zero or more SSE events.
     fn on_event(&mut self, base: usize, ev: Event) {
         match ev {
-            Event::Delta { choice, text, logprobs, tokens } => {
+            Event::Delta {
+                choice,
+                text,
+                logprobs,
+                tokens,
+            } => {
                 let now = Instant::now();
                 match self.last_token {
-                    None => self.state.metrics.ttft(&self.job.model, (now - self.started).as_secs_f64()),
-                    Some(t) => self.state.metrics.inter_token(&self.job.model, (now - t).as_secs_f64()),
+                    None => self
+                        .state
+                        .metrics
+                        .ttft(&self.job.model, (now - self.started).as_secs_f64()),
+                    Some(t) => self
+                        .state
+                        .metrics
+                        .inter_token(&self.job.model, (now - t).as_secs_f64()),
                 }
                 self.last_token = Some(now);
                 let want_lp = self.job.params.logprobs.is_some() && !tokens.is_empty();
@@ -490,7 +574,11 @@ impl SseState {
                 let c = self.choice(index, Some(&text), false, lp, None);
                 self.pending.push_back(self.chunk(vec![c]));
             }
-            Event::Finished { choice, reason, usage } => {
+            Event::Finished {
+                choice,
+                reason,
+                usage,
+            } => {
                 self.usage.0 += if choice == 0 { usage.prompt_tokens } else { 0 };
                 self.usage.1 += usage.completion_tokens;
                 self.usage.2 += if choice == 0 { usage.cached_tokens } else { 0 };
@@ -498,7 +586,9 @@ impl SseState {
                     Kind::Chat => {
                         json!({"index": base + choice, "delta": {}, "finish_reason": finish_str(Some(reason))})
                     }
-                    Kind::Completion => self.choice(base + choice, Some(""), false, None, Some(reason)),
+                    Kind::Completion => {
+                        self.choice(base + choice, Some(""), false, None, Some(reason))
+                    }
                 };
                 self.pending.push_back(self.chunk(vec![c]));
             }
@@ -509,7 +599,8 @@ impl SseState {
     fn fail(&mut self, message: &str) {
         let err = ApiError::internal(message);
         self.state.metrics.request(&self.job.model, "500");
-        self.pending.push_back(SseEvent::default().data(err.body().to_string()));
+        self.pending
+            .push_back(SseEvent::default().data(err.body().to_string()));
         self.pending.push_back(SseEvent::default().data("[DONE]"));
         self.streams.clear();
         self.finished = true;
@@ -530,7 +621,8 @@ impl SseState {
             if self.job.kind == Kind::Completion {
                 chunk["choices"] = json!([]);
             }
-            self.pending.push_back(SseEvent::default().data(chunk.to_string()));
+            self.pending
+                .push_back(SseEvent::default().data(chunk.to_string()));
         }
         self.pending.push_back(SseEvent::default().data("[DONE]"));
         self.state.metrics.request(&self.job.model, "200");
@@ -543,7 +635,11 @@ fn stream_response(state: Arc<AppState>, job: Job, streams: Vec<RequestStream>) 
     let total = n * streams.len();
     let mut st = SseState {
         state,
-        streams: streams.into_iter().enumerate().map(|(i, s)| (i * n, s)).collect(),
+        streams: streams
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| (i * n, s))
+            .collect(),
         pending: VecDeque::new(),
         text_offsets: vec![0; total],
         started: Instant::now(),
@@ -561,33 +657,38 @@ fn stream_response(state: Arc<AppState>, job: Job, streams: Vec<RequestStream>) 
         }
     }
     let remaining_in_front = n;
-    let body = stream::unfold((st, remaining_in_front), |(mut st, mut remaining)| async move {
-        loop {
-            if let Some(ev) = st.pending.pop_front() {
-                return Some((Ok::<_, Infallible>(ev), (st, remaining)));
-            }
-            if st.finished {
-                return None;
-            }
-            let Some((base, front)) = st.streams.front_mut() else {
-                st.end();
-                continue;
-            };
-            let base = *base;
-            match front.next().await {
-                Some(ev) => {
-                    if matches!(ev, Event::Finished { .. }) {
-                        remaining -= 1;
-                    }
-                    st.on_event(base, ev);
-                    if remaining == 0 {
-                        st.streams.pop_front();
-                        remaining = st.job.params.n;
-                    }
+    let body = stream::unfold(
+        (st, remaining_in_front),
+        |(mut st, mut remaining)| async move {
+            loop {
+                if let Some(ev) = st.pending.pop_front() {
+                    return Some((Ok::<_, Infallible>(ev), (st, remaining)));
                 }
-                None => st.fail("the engine stopped"),
+                if st.finished {
+                    return None;
+                }
+                let Some((base, front)) = st.streams.front_mut() else {
+                    st.end();
+                    continue;
+                };
+                let base = *base;
+                match front.next().await {
+                    Some(ev) => {
+                        if matches!(ev, Event::Finished { .. }) {
+                            remaining -= 1;
+                        }
+                        st.on_event(base, ev);
+                        if remaining == 0 {
+                            st.streams.pop_front();
+                            remaining = st.job.params.n;
+                        }
+                    }
+                    None => st.fail("the engine stopped"),
+                }
             }
-        }
-    });
-    Sse::new(body).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+        },
+    );
+    Sse::new(body)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
 }

@@ -14,7 +14,6 @@ use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use common::*;
-use switchyard_engine::kv_cache::{KvCache, KvLayout, SeqView};
 use switchyard_engine::{EngineConfig, SamplingParams};
 
 const PROMPTS: &[&str] = &[
@@ -55,26 +54,9 @@ fn argmax(v: &[f32]) -> usize {
 #[test]
 fn prefill_logits_match_candle_quantized_llama() {
     let loaded = load(SMOLLM2);
-    let c = loaded.model.config().clone();
     for prompt in PROMPTS {
         let tokens = loaded.tokenizer.encode(prompt, true).unwrap();
-        let mut cache = KvCache::new(KvLayout {
-            num_layers: c.num_layers,
-            num_blocks: 8,
-            block_size: 16,
-            num_kv_heads: c.num_kv_heads,
-            head_dim: c.head_dim,
-        });
-        let table = [3u32, 0, 6, 1, 2, 4, 5, 7];
-        let seqs = [SeqView {
-            token_range: 0..tokens.len(),
-            start_pos: 0,
-            block_table: &table,
-        }];
-        let ours = loaded
-            .model
-            .forward(&tokens, &seqs, &[tokens.len() - 1], &mut cache)
-            .unwrap();
+        let ours = [prefill_logits(&loaded, &tokens)];
         let theirs = reference_logits(&mut reference(), &tokens, 0);
         let diffs: Vec<f32> = ours[0]
             .iter()

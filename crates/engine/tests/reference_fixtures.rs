@@ -7,7 +7,6 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use switchyard_engine::kv_cache::{KvCache, KvLayout, SeqView};
 use switchyard_engine::{EngineConfig, SamplingParams};
 
 fn fixture(name: &str) -> Value {
@@ -141,7 +140,6 @@ fn gemma3_greedy_matches_llama_cpp() {
 #[test]
 fn gemma3_prefill_logits_match_llama_cpp() {
     let loaded = load(GEMMA3);
-    let c = loaded.model.config().clone();
     for case in fixture("gemma3_greedy.json")["cases"].as_array().unwrap() {
         let tokens: Vec<u32> = case["prompt_ids"]
             .as_array()
@@ -149,25 +147,7 @@ fn gemma3_prefill_logits_match_llama_cpp() {
             .iter()
             .map(|x| x.as_u64().unwrap() as u32)
             .collect();
-        let blocks = tokens.len().div_ceil(16);
-        let mut cache = KvCache::new(KvLayout {
-            num_layers: c.num_layers,
-            num_blocks: blocks,
-            block_size: 16,
-            num_kv_heads: c.num_kv_heads,
-            head_dim: c.head_dim,
-        });
-        let table: Vec<u32> = (0..blocks as u32).rev().collect();
-        let seqs = [SeqView {
-            token_range: 0..tokens.len(),
-            start_pos: 0,
-            block_table: &table,
-        }];
-        let ours = loaded
-            .model
-            .forward(&tokens, &seqs, &[tokens.len() - 1], &mut cache)
-            .unwrap()
-            .remove(0);
+        let ours = prefill_logits(&loaded, &tokens);
         let top = case["prompt_top10_logits"].as_array().unwrap();
         let mut max_diff = 0.0f32;
         for pair in top {

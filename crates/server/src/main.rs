@@ -11,9 +11,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use switchyard_engine::{ChatMessage, Device, Engine, Event, LoadedModel, SamplingParams};
+use switchyard_engine::{
+    ChatMessage, Device, Engine, EngineConfig, Event, LoadedModel, SamplingParams,
+};
 
-use crate::config::Catalog;
+use crate::config::{Catalog, ModelEntry};
 
 #[derive(Parser)]
 #[command(name = "switchyard", version, about)]
@@ -85,13 +87,7 @@ fn main() -> anyhow::Result<()> {
             seed,
             raw,
         } => {
-            let catalog = Catalog::load(&config)?;
-            let entry = catalog
-                .find(&model)
-                .ok_or_else(|| anyhow::anyhow!("model `{model}` is not in {}", config.display()))?;
-            let path = catalog.resolve(entry)?;
-            let loaded = LoadedModel::from_gguf(&path, &Device::Cpu)?;
-            let engine = Engine::start(&entry.id, loaded, entry.engine_config(&catalog.engine))?;
+            let engine = load_engine(&config, &model, |_| {})?;
             let tokens = if raw {
                 engine.tokenizer().encode(&prompt, true)?
             } else {
@@ -139,11 +135,6 @@ fn main() -> anyhow::Result<()> {
             gen_tokens,
             concurrency,
         } => {
-            let catalog = Catalog::load(&config)?;
-            let entry = catalog
-                .find(&model)
-                .ok_or_else(|| anyhow::anyhow!("model `{model}` is not in {}", config.display()))?;
-            let loaded = LoadedModel::from_gguf(&catalog.resolve(entry)?, &Device::Cpu)?;
             let levels: Vec<usize> = concurrency
                 .split(',')
                 .map(|n| n.trim().parse())
@@ -151,11 +142,11 @@ fn main() -> anyhow::Result<()> {
             let most = levels.iter().copied().max().unwrap_or(1);
             // Like llama-batched-bench: every prompt is prefilled in the same
             // step, then every later step is pure decode, so the phases time cleanly.
-            let mut cfg = entry.engine_config(&catalog.engine);
-            cfg.prefix_caching = false;
-            cfg.max_num_batched_tokens = cfg.max_num_batched_tokens.max(most * prompt_tokens);
-            cfg.max_num_seqs = cfg.max_num_seqs.max(most);
-            let engine = Engine::start(&entry.id, loaded, cfg)?;
+            let engine = load_engine(&config, &model, |cfg| {
+                cfg.prefix_caching = false;
+                cfg.max_num_batched_tokens = cfg.max_num_batched_tokens.max(most * prompt_tokens);
+                cfg.max_num_seqs = cfg.max_num_seqs.max(most);
+            })?;
             bench(&engine, 1, 16, 4)?; // warm-up
             for n in levels {
                 println!("{}", bench(&engine, n, prompt_tokens, gen_tokens.max(2))?);
@@ -165,14 +156,38 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Load one catalog entry and start its engine.
+fn start_engine(
+    catalog: &Catalog,
+    entry: &ModelEntry,
+    tweak: impl FnOnce(&mut EngineConfig),
+) -> anyhow::Result<Engine> {
+    let path = catalog.resolve(entry)?;
+    tracing::info!(model = %entry.id, path = %path.display(), "loading");
+    let loaded = LoadedModel::from_gguf(&path, &Device::Cpu)?;
+    let mut cfg = entry.engine_config(&catalog.engine);
+    tweak(&mut cfg);
+    Ok(Engine::start(&entry.id, loaded, cfg)?)
+}
+
+/// Start the engine of the catalog model named `model`.
+fn load_engine(
+    config: &std::path::Path,
+    model: &str,
+    tweak: impl FnOnce(&mut EngineConfig),
+) -> anyhow::Result<Engine> {
+    let catalog = Catalog::load(config)?;
+    let entry = catalog
+        .find(model)
+        .ok_or_else(|| anyhow::anyhow!("model `{model}` is not in {}", config.display()))?;
+    start_engine(&catalog, entry, tweak)
+}
+
 fn serve(config: &std::path::Path, addr: &str) -> anyhow::Result<()> {
     let catalog = Catalog::load(config)?;
     let mut engines = std::collections::BTreeMap::new();
     for entry in &catalog.models {
-        let path = catalog.resolve(entry)?;
-        tracing::info!(model = %entry.id, path = %path.display(), "loading");
-        let loaded = LoadedModel::from_gguf(&path, &Device::Cpu)?;
-        let engine = Engine::start(&entry.id, loaded, entry.engine_config(&catalog.engine))?;
+        let engine = start_engine(&catalog, entry, |_| {})?;
         engines.insert(entry.id.clone(), std::sync::Arc::new(engine));
     }
     let api_key = std::env::var(&catalog.server.api_key_env)

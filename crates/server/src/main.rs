@@ -53,6 +53,19 @@ enum Command {
         #[arg(long)]
         raw: bool,
     },
+    /// Train the router's request classifier and write its weights.
+    RouterTrain {
+        /// The RouteLLM data directory (../shared/data/routellm).
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "crates/router/data/classifier.json")]
+        out: PathBuf,
+    },
+    /// Report the committed classifier's accuracy on the held-out split.
+    RouterEval {
+        #[arg(long)]
+        data: PathBuf,
+    },
     /// Measure prefill and decode throughput with synthetic prompts; prints JSON lines.
     Bench {
         #[arg(long)]
@@ -78,6 +91,20 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve { config, addr } => serve(&config, &addr)?,
+        Command::RouterTrain { data, out } => {
+            let (classifier, eval) = switchyard_router::training::train_and_evaluate(&data)
+                .map_err(anyhow::Error::msg)?;
+            classifier.save(&out)?;
+            print_evaluation(&eval);
+            println!("wrote {}", out.display());
+        }
+        Command::RouterEval { data } => {
+            let classifier =
+                switchyard_router::Classifier::embedded().map_err(anyhow::Error::msg)?;
+            let ds =
+                switchyard_router::training::Dataset::load(&data).map_err(anyhow::Error::msg)?;
+            print_evaluation(&switchyard_router::training::evaluate(&classifier, &ds));
+        }
         Command::Generate {
             model,
             prompt,
@@ -154,6 +181,16 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_evaluation(e: &switchyard_router::training::Evaluation) {
+    println!(
+        "held-out family accuracy {:.3} (macro {:.3}), difficulty AUC {:.3}",
+        e.family_accuracy, e.family_macro_accuracy, e.difficulty_auc
+    );
+    for (family, n, acc) in &e.per_family {
+        println!("  {:<18} n={n:<5} accuracy {acc:.3}", family.as_str());
+    }
 }
 
 /// Load one catalog entry and start its engine.

@@ -36,7 +36,7 @@ fn held_out(text: &str) -> bool {
         h ^= b as u64;
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    h % 5 == 0
+    h.is_multiple_of(5)
 }
 
 fn mmlu_family(subject: &str) -> TaskFamily {

@@ -19,6 +19,7 @@ pub mod scheduler;
 pub mod stop;
 pub mod tokenizer;
 
+pub use candle_core::quantized::gguf_file as candle_gguf;
 pub use candle_core::Device;
 pub use chat::{ChatMessage, ChatTemplate};
 pub use engine::{Engine, EngineConfig, EngineStats, Event, FinishReason, RequestStream, Usage};

@@ -1,11 +1,24 @@
-//! The router: picks the model that serves each `model="auto"` request
-//! (see ARCHITECTURE.md). This crate knows nothing of candle: it classifies
-//! text, and (next) scores catalog models against live load reported through
-//! a narrow trait.
+//! The router: picks the model that serves each `model="auto"` request.
+//!
+//! 1. [`classifier`]: task family and difficulty of the prompt, with confidences;
+//! 2. [`decide`]: hard filters, then quality/cost/latency scores under the
+//!    caller's objective, with latency from live engine load ([`decide::LiveLoad`]);
+//! 3. [`audit`]: every decision and its outcome in SQLite.
+//!
+//! The model facts come from [`catalog`]. This crate knows nothing of candle or
+//! the engine: the server adapts its engines to [`decide::LiveLoad`].
 
+pub mod audit;
+pub mod catalog;
 pub mod classifier;
+pub mod decide;
 pub mod taxonomy;
 pub mod training;
 
+pub use audit::{AuditLog, DecisionRecord, Outcome};
+pub use catalog::{ModelProfile, RoutingProfile};
 pub use classifier::{Classification, Classifier};
+pub use decide::{
+    decide, Decision, LiveLoad, LoadSnapshot, Objective, RouteRequest, RoutingOptions,
+};
 pub use taxonomy::{Difficulty, TaskFamily};

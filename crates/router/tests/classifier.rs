@@ -56,6 +56,8 @@ fn obvious_prompts() {
     let c = Classifier::embedded().unwrap();
     let cases = [
         ("Translate to German: where is the library?", TaskFamily::Translation),
+        ("What is the capital of Australia?", TaskFamily::KnowledgeQa),
+        ("Hello! How are you doing today?", TaskFamily::Chat),
         ("Write a Rust function to parse a CSV file.", TaskFamily::Code),
         ("Natalia sold 48 clips in April and half as many in May. How many clips did she sell altogether?", TaskFamily::Math),
         ("Write a short poem about the sea at night.", TaskFamily::CreativeWriting),

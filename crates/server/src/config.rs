@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use switchyard_engine::{EngineConfig, ModelSource};
+use switchyard_router::{Objective, RoutingProfile};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -12,6 +13,8 @@ pub struct Catalog {
     pub engine: EngineSection,
     #[serde(default)]
     pub server: ServerSection,
+    #[serde(default)]
+    pub router: RouterSection,
     pub models: Vec<ModelEntry>,
     /// Directory that relative model paths are taken from (the file's own).
     #[serde(skip)]
@@ -80,12 +83,39 @@ impl Default for ServerSection {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterSection {
+    /// Objective for `model: "auto"` without one.
+    pub default_objective: Objective,
+    /// SQLite file for decision records (relative to this file).
+    pub audit_db: PathBuf,
+    /// Keep the prompt text in decision records (only its hash otherwise).
+    pub store_prompts: bool,
+}
+
+impl Default for RouterSection {
+    fn default() -> Self {
+        RouterSection {
+            default_objective: Objective::Balanced,
+            audit_db: PathBuf::from("switchyard-audit.db"),
+            store_prompts: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelEntry {
     pub id: String,
     pub source: String,
     /// Serve a shorter context window than the model's own.
     pub max_model_len: Option<usize>,
+    /// Context window for routing previews of models that are not loaded
+    /// (a loaded model's own window always wins).
+    pub context_window: Option<usize>,
+    /// What the router knows: capabilities, cost, performance, quality evidence.
+    #[serde(default)]
+    pub routing: RoutingProfile,
 }
 
 impl ModelEntry {
@@ -112,6 +142,15 @@ impl Catalog {
 
     pub fn find(&self, id: &str) -> Option<&ModelEntry> {
         self.models.iter().find(|m| m.id == id)
+    }
+
+    /// The audit database's path, relative paths taken from the catalog's directory.
+    pub fn audit_db(&self) -> PathBuf {
+        if self.router.audit_db.is_absolute() {
+            self.router.audit_db.clone()
+        } else {
+            self.base_dir.join(&self.router.audit_db)
+        }
     }
 
     pub fn resolve(&self, entry: &ModelEntry) -> anyhow::Result<PathBuf> {

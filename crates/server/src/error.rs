@@ -100,6 +100,15 @@ impl ApiError {
         }
     }
 
+    /// Every routing candidate failed.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError {
+            code: Some("all_candidates_failed".into()),
+            retry_after_s: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }

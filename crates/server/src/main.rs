@@ -4,6 +4,7 @@ mod config;
 mod error;
 mod metrics;
 mod openai;
+mod routed;
 mod routes;
 
 use std::io::Write;
@@ -53,6 +54,15 @@ enum Command {
         #[arg(long)]
         raw: bool,
     },
+    /// Dry run: print the routing decision for each request (one OpenAI chat
+    /// body per input line) without running any model.
+    Route {
+        #[arg(long, default_value = "models.toml")]
+        config: PathBuf,
+        /// JSONL file of chat request bodies; `-` for standard input.
+        #[arg(long)]
+        input: PathBuf,
+    },
     /// Train the router's request classifier and write its weights.
     RouterTrain {
         /// The RouteLLM data directory (../shared/data/routellm).
@@ -91,6 +101,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve { config, addr } => serve(&config, &addr)?,
+        Command::Route { config, input } => route_dry_run(&config, &input)?,
         Command::RouterTrain { data, out } => {
             let (classifier, eval) = switchyard_router::training::train_and_evaluate(&data)
                 .map_err(anyhow::Error::msg)?;
@@ -193,6 +204,141 @@ fn print_evaluation(e: &switchyard_router::training::Evaluation) {
     }
 }
 
+/// Context window of a catalog entry without loading its weights: the GGUF's
+/// metadata when the file is local, else the entry's `context_window`.
+fn preview_context_window(catalog: &Catalog, entry: &ModelEntry) -> anyhow::Result<usize> {
+    let from_file = catalog.resolve(entry).ok().and_then(|path| {
+        let mut f = std::fs::File::open(path).ok()?;
+        let content = switchyard_engine::candle_gguf::Content::read(&mut f).ok()?;
+        switchyard_engine::ModelConfig::from_gguf(&content)
+            .ok()
+            .map(|c| c.context_length)
+    });
+    let window = from_file.or(entry.context_window).ok_or_else(|| {
+        anyhow::anyhow!(
+            "model `{}`: set context_window (its weights are not local)",
+            entry.id
+        )
+    })?;
+    Ok(entry.max_model_len.map_or(window, |m| window.min(m)))
+}
+
+/// Nobody is waiting anywhere: a preview assumes idle engines at nominal speed.
+struct IdleLoad;
+
+impl switchyard_router::LiveLoad for IdleLoad {
+    fn load(&self, _: &str) -> Option<switchyard_router::LoadSnapshot> {
+        Some(switchyard_router::LoadSnapshot {
+            healthy: true,
+            ..Default::default()
+        })
+    }
+    fn max_waiting(&self) -> usize {
+        usize::MAX
+    }
+}
+
+fn route_dry_run(config: &std::path::Path, input: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let catalog = Catalog::load(config)?;
+    let profiles: Vec<switchyard_router::ModelProfile> = catalog
+        .models
+        .iter()
+        .map(|m| {
+            Ok(switchyard_router::ModelProfile {
+                id: m.id.clone(),
+                context_window: preview_context_window(&catalog, m)?,
+                routing: m.routing.clone(),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let classifier = switchyard_router::Classifier::embedded().map_err(anyhow::Error::msg)?;
+    let reader: Box<dyn BufRead> = if input.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(input).map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?,
+        ))
+    };
+    for (n, line) in reader.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record = match preview_one(&catalog, &profiles, &classifier, &line) {
+            Ok(d) => serde_json::json!({"line": n + 1, "decision": d}),
+            Err(e) => serde_json::json!({"line": n + 1, "error": e.message}),
+        };
+        println!("{record}");
+    }
+    Ok(())
+}
+
+fn preview_one(
+    catalog: &Catalog,
+    profiles: &[switchyard_router::ModelProfile],
+    classifier: &switchyard_router::Classifier,
+    line: &str,
+) -> Result<switchyard_router::Decision, error::ApiError> {
+    let req: openai::ChatRequest = openai::parse_body(line.as_bytes())?;
+    let messages = openai::chat_messages(&req.messages)?;
+    let mut options = req.routing.clone().unwrap_or_default();
+    if options.objective.is_none() {
+        options.objective = routed::parse_auto(&req.model)?.flatten();
+    }
+    let text = routed::routing_text(&messages);
+    // Without the tokenizers, estimate: ~4 characters a token plus template overhead.
+    let chars: usize = messages.iter().map(|m| m.content.chars().count()).sum();
+    let estimate = chars.div_ceil(4) + 8 * messages.len() + 8;
+    let rr = switchyard_router::RouteRequest {
+        classification: classifier.classify(&text),
+        prompt_tokens: vec![("*".into(), estimate)],
+        max_tokens: req.sampling.max_tokens()?,
+        needs_tools: req.tools.as_ref().is_some_and(|t| !t.is_empty()),
+        needs_json: req.response_format.is_some(),
+        options,
+        default_objective: catalog.router.default_objective,
+    };
+    Ok(switchyard_router::decide(profiles, &rr, &IdleLoad))
+}
+
+/// The router over the loaded engines: profiles from the catalog (context
+/// windows from the engines), the committed classifier, the audit database.
+fn router_state(
+    catalog: &Catalog,
+    engines: &std::collections::BTreeMap<String, std::sync::Arc<Engine>>,
+) -> anyhow::Result<routed::RouterState> {
+    let profiles = catalog
+        .models
+        .iter()
+        .filter_map(|m| {
+            let engine = engines.get(&m.id)?;
+            Some(switchyard_router::ModelProfile {
+                id: m.id.clone(),
+                context_window: engine.context_length(),
+                routing: m.routing.clone(),
+            })
+        })
+        .collect();
+    let audit_path = catalog.audit_db();
+    Ok(routed::RouterState {
+        classifier: switchyard_router::Classifier::embedded().map_err(anyhow::Error::msg)?,
+        profiles,
+        audit: switchyard_router::AuditLog::open(&audit_path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", audit_path.display()))?,
+        default_objective: catalog.router.default_objective,
+        store_prompts: catalog.router.store_prompts,
+        fault_models: std::env::var("SWITCHYARD_FAULT_MODELS")
+            .map(|v| {
+                v.split(',')
+                    .map(|m| m.trim().to_string())
+                    .filter(|m| !m.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
 /// Load one catalog entry and start its engine.
 fn start_engine(
     catalog: &Catalog,
@@ -230,12 +376,14 @@ fn serve(config: &std::path::Path, addr: &str) -> anyhow::Result<()> {
     let api_key = std::env::var(&catalog.server.api_key_env)
         .ok()
         .filter(|k| !k.is_empty());
+    let router = router_state(&catalog, &engines)?;
     let state = std::sync::Arc::new(routes::AppState {
         engines,
         metrics: metrics::Metrics::default(),
         api_key,
         max_waiting: catalog.server.max_waiting,
         body_limit: catalog.server.max_body_bytes,
+        router: Some(router),
         started: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),

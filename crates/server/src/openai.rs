@@ -55,6 +55,10 @@ pub struct ChatRequest {
     pub messages: Vec<Value>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<i64>,
+    /// switchyard's routing options, for `model: "auto"`.
+    pub routing: Option<switchyard_router::RoutingOptions>,
+    pub tools: Option<Vec<Value>>,
+    pub response_format: Option<Value>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }

@@ -29,6 +29,7 @@ use switchyard_engine::{
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::openai::{self, ChatRequest, CompletionRequest, SamplingFields};
+use crate::routed::{self, RouteCtx, RoutedChat, RouterState};
 
 pub struct AppState {
     pub engines: BTreeMap<String, Arc<Engine>>,
@@ -39,6 +40,28 @@ pub struct AppState {
     pub max_waiting: usize,
     pub body_limit: usize,
     pub started: u64,
+    /// The router for `model: "auto"` (None: only pinned models).
+    pub router: Option<RouterState>,
+}
+
+/// An engine stream whose first event may already have been received
+/// (routing waits for it so that a failing model can still fall back).
+pub struct Pending {
+    first: Option<Event>,
+    stream: RequestStream,
+}
+
+impl Pending {
+    pub fn new(stream: RequestStream, first: Option<Event>) -> Self {
+        Pending { first, stream }
+    }
+
+    async fn next(&mut self) -> Option<Event> {
+        match self.first.take() {
+            Some(e) => Some(e),
+            None => self.stream.next().await,
+        }
+    }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -47,6 +70,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
+        .route("/v1/routing/decisions", get(list_decisions))
+        .route("/v1/routing/decisions/{id}", get(get_decision))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -57,13 +82,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-fn random_id(prefix: &str) -> String {
+pub(crate) fn random_id(prefix: &str) -> String {
     let n: u128 = rand::rng().random();
     format!("{prefix}{:024x}", n & ((1u128 << 96) - 1))
 }
@@ -111,23 +136,68 @@ fn model_card(id: &str, created: u64, engine: &Engine) -> Value {
 }
 
 async fn list_models(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let data: Vec<Value> = state
+    let mut data: Vec<Value> = state
         .engines
         .iter()
         .map(|(id, e)| model_card(id, state.started, e))
         .collect();
+    if state.router.is_some() {
+        data.push(auto_card(state.started));
+    }
     Json(json!({"object": "list", "data": data}))
+}
+
+fn auto_card(created: u64) -> Value {
+    json!({
+        "id": "auto",
+        "object": "model",
+        "created": created,
+        "owned_by": "switchyard",
+        "description": "Routes each request to the best loaded model; auto:quality, auto:cost, auto:latency and auto:balanced pick the objective.",
+    })
 }
 
 async fn get_model(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    if id == "auto" && state.router.is_some() {
+        return Ok(Json(auto_card(state.started)));
+    }
     let e = state
         .engines
         .get(&id)
         .ok_or_else(|| ApiError::model_not_found(&id))?;
     Ok(Json(model_card(&id, state.started, e)))
+}
+
+async fn get_decision(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    routed::get_decision(&state, &id).map(Json)
+}
+
+#[derive(serde::Deserialize)]
+struct DecisionQuery {
+    limit: Option<usize>,
+    model: Option<String>,
+    task: Option<String>,
+    since: Option<f64>,
+}
+
+async fn list_decisions(
+    State(state): State<Arc<AppState>>,
+    query: Result<axum::extract::Query<DecisionQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::invalid(e.to_string()))?;
+    let q = switchyard_router::audit::Query {
+        limit: q.limit.unwrap_or(20).min(1000),
+        model: q.model,
+        task: q.task,
+        since: q.since,
+    };
+    routed::list_decisions(&state, q).map(Json)
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
@@ -160,22 +230,24 @@ fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<B
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Chat,
     Completion,
 }
 
 /// A validated request, ready to submit.
-struct Job {
-    kind: Kind,
-    model: String,
-    engine: Arc<Engine>,
-    prompts: Vec<Vec<u32>>,
-    params: SamplingParams,
-    stream: bool,
-    include_usage: bool,
-    id: String,
-    created: u64,
+pub(crate) struct Job {
+    pub kind: Kind,
+    pub model: String,
+    pub engine: Arc<Engine>,
+    pub prompts: Vec<Vec<u32>>,
+    pub params: SamplingParams,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub id: String,
+    pub created: u64,
+    /// Set for `model: "auto"` requests.
+    pub route: Option<RouteCtx>,
 }
 
 fn engine_for(state: &AppState, model: &str) -> Result<Arc<Engine>, ApiError> {
@@ -188,7 +260,11 @@ fn engine_for(state: &AppState, model: &str) -> Result<Arc<Engine>, ApiError> {
 
 /// Resolve max_tokens against the context window and the KV pool; refuse
 /// requests that cannot fit, and shed load when the queue is too deep.
-fn finish_job(state: &AppState, mut job: Job, fields: &SamplingFields) -> Result<Job, ApiError> {
+pub(crate) fn finish_job(
+    state: &AppState,
+    mut job: Job,
+    fields: &SamplingFields,
+) -> Result<Job, ApiError> {
     let ctx = job.engine.context_length();
     let longest = job.prompts.iter().map(Vec::len).max().unwrap_or(0);
     let max_tokens = match fields.max_tokens()? {
@@ -217,44 +293,101 @@ async fn chat_completions(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let prepared = (|| {
-        let req: ChatRequest = openai::parse_body(&body_bytes(&state, body)?)?;
-        let engine = engine_for(&state, &req.model)?;
-        let top = match (req.logprobs, req.top_logprobs) {
-            (_, Some(k)) if !(0..=20).contains(&k) => {
-                return Err(ApiError::invalid_param(
-                    "top_logprobs",
-                    format!("{k} is not in [0, 20] - 'top_logprobs'"),
-                ))
+    let req = match body_bytes(&state, body).and_then(|b| openai::parse_body::<ChatRequest>(&b)) {
+        Ok(r) => r,
+        Err(e) => return run(state, Err(e)).await,
+    };
+    let top = match (req.logprobs, req.top_logprobs) {
+        (_, Some(k)) if !(0..=20).contains(&k) => Err(ApiError::invalid_param(
+            "top_logprobs",
+            format!("{k} is not in [0, 20] - 'top_logprobs'"),
+        )),
+        (Some(true), k) => Ok(Some(k.unwrap_or(0) as usize)),
+        (_, Some(_)) => Err(ApiError::invalid_param(
+            "top_logprobs",
+            "'top_logprobs' requires 'logprobs' to be true.",
+        )),
+        _ => Ok(None),
+    };
+    let top = match top {
+        Ok(t) => t,
+        Err(e) => return run(state, Err(e)).await,
+    };
+    match routed::parse_auto(&req.model) {
+        Err(e) => run(state, Err(e)).await,
+        Ok(Some(objective)) => routed_chat(state, req, objective, top).await,
+        Ok(None) => {
+            let prepared = (|| {
+                let engine = engine_for(&state, &req.model)?;
+                let params = req.sampling.to_params(engine.tokenizer(), top)?;
+                let messages = openai::chat_messages(&req.messages)?;
+                let prompt = engine
+                    .encode_chat(&messages)
+                    .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
+                let job = Job {
+                    kind: Kind::Chat,
+                    model: req.model.clone(),
+                    engine,
+                    prompts: vec![prompt],
+                    params,
+                    stream: req.sampling.stream(),
+                    include_usage: req.sampling.include_usage(),
+                    id: random_id("chatcmpl-"),
+                    created: now_secs(),
+                    route: None,
+                };
+                finish_job(&state, job, &req.sampling)
+            })();
+            run(state, prepared).await
+        }
+    }
+}
+
+async fn routed_chat(
+    state: Arc<AppState>,
+    req: ChatRequest,
+    objective: Option<switchyard_router::Objective>,
+    top: Option<usize>,
+) -> Response {
+    let messages = match openai::chat_messages(&req.messages) {
+        Ok(m) => m,
+        Err(e) => return run(state, Err(e)).await,
+    };
+    let mut options = req.routing.clone().unwrap_or_default();
+    if options.objective.is_none() {
+        options.objective = objective;
+    }
+    let needs_json = req
+        .response_format
+        .as_ref()
+        .is_some_and(|f| f.get("type").and_then(Value::as_str) != Some("text"));
+    let routed = RoutedChat {
+        messages,
+        fields: &req.sampling,
+        top_logprobs: top,
+        needs_tools: req.tools.as_ref().is_some_and(|t| !t.is_empty()),
+        needs_json,
+        options,
+    };
+    match routed::route_chat(&state, routed).await {
+        Ok((mut job, pending, ctx)) => {
+            let id = ctx.decision_id.clone();
+            job.route = Some(ctx);
+            let mut resp = serve(state, job, vec![pending]).await;
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                resp.headers_mut().insert("x-switchyard-decision-id", v);
             }
-            (Some(true), k) => Some(k.unwrap_or(0) as usize),
-            (_, Some(_)) => {
-                return Err(ApiError::invalid_param(
-                    "top_logprobs",
-                    "'top_logprobs' requires 'logprobs' to be true.",
-                ))
+            resp
+        }
+        Err((e, id)) => {
+            state.metrics.request("auto", e.status.as_str());
+            let mut resp = e.into_response();
+            if let Some(v) = id.and_then(|id| HeaderValue::from_str(id.as_str()).ok()) {
+                resp.headers_mut().insert("x-switchyard-decision-id", v);
             }
-            _ => None,
-        };
-        let params = req.sampling.to_params(engine.tokenizer(), top)?;
-        let messages = openai::chat_messages(&req.messages)?;
-        let prompt = engine
-            .encode_chat(&messages)
-            .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
-        let job = Job {
-            kind: Kind::Chat,
-            model: req.model.clone(),
-            engine,
-            prompts: vec![prompt],
-            params,
-            stream: req.sampling.stream(),
-            include_usage: req.sampling.include_usage(),
-            id: random_id("chatcmpl-"),
-            created: now_secs(),
-        };
-        finish_job(&state, job, &req.sampling)
-    })();
-    run(state, prepared).await
+            resp
+        }
+    }
 }
 
 async fn completions(
@@ -294,6 +427,7 @@ async fn completions(
             include_usage: req.sampling.include_usage(),
             id: random_id("cmpl-"),
             created: now_secs(),
+            route: None,
         };
         finish_job(&state, job, &req.sampling)
     })();
@@ -311,7 +445,7 @@ async fn run(state: Arc<AppState>, job: Result<Job, ApiError>) -> Response {
     let mut streams = Vec::with_capacity(job.prompts.len());
     for p in &job.prompts {
         match job.engine.submit(p.clone(), job.params.clone()) {
-            Ok(s) => streams.push(s),
+            Ok(s) => streams.push(Pending::new(s, None)),
             Err(e) => {
                 let err = ApiError::invalid(e.to_string());
                 state.metrics.request(&job.model, err.status.as_str());
@@ -319,10 +453,16 @@ async fn run(state: Arc<AppState>, job: Result<Job, ApiError>) -> Response {
             }
         }
     }
+    serve(state, job, streams).await
+}
+
+/// Answer from submitted streams: one JSON body, or SSE.
+async fn serve(state: Arc<AppState>, job: Job, streams: Vec<Pending>) -> Response {
     if job.stream {
         stream_response(state, job, streams)
     } else {
-        match collect(&state, &job, streams).await {
+        let mut job = job;
+        match collect(&state, &mut job, streams).await {
             Ok(body) => {
                 state.metrics.request(&job.model, "200");
                 Json(body).into_response()
@@ -390,11 +530,31 @@ fn completion_logprobs(engine: &Engine, lps: &[TokenLogprob], offset: usize) -> 
 /// Wait for every choice of every prompt; one JSON response.
 async fn collect(
     state: &AppState,
-    job: &Job,
-    streams: Vec<RequestStream>,
+    job: &mut Job,
+    streams: Vec<Pending>,
 ) -> Result<Value, ApiError> {
+    let result = collect_inner(state, job, streams).await;
+    match (&result, job.route.as_mut()) {
+        (Ok((_, usage, ttft)), Some(route)) => route.finish(state, usage.0, usage.1, *ttft, None),
+        (Err(e), Some(route)) => route.finish(state, 0, 0, None, Some(e.message.clone())),
+        _ => {}
+    }
+    let (mut body, _, _) = result?;
+    if let Some(route) = &job.route {
+        body["routing"] = route.summary.clone();
+    }
+    Ok(body)
+}
+
+/// The response body, (prompt, completion) tokens and time to first token.
+async fn collect_inner(
+    state: &AppState,
+    job: &Job,
+    streams: Vec<Pending>,
+) -> Result<(Value, (usize, usize), Option<f64>), ApiError> {
     let n = job.params.n;
-    let started = Instant::now();
+    let started = job.route.as_ref().map_or_else(Instant::now, |r| r.started);
+    let mut ttft_ms = None;
     let mut outs: Vec<ChoiceOut> = (0..n * streams.len())
         .map(|_| ChoiceOut::default())
         .collect();
@@ -410,9 +570,9 @@ async fn collect(
                     ..
                 }) => {
                     if first_token {
-                        state
-                            .metrics
-                            .ttft(&job.model, started.elapsed().as_secs_f64());
+                        let t = started.elapsed().as_secs_f64();
+                        state.metrics.ttft(&job.model, t);
+                        ttft_ms = Some(t * 1000.0);
                         first_token = false;
                     }
                     let o = &mut outs[pi * n + choice];
@@ -435,8 +595,7 @@ async fn collect(
         }
     }
     let (mut prompt_tokens, mut completion, mut cached) = (0, 0, 0);
-    for (pi, chunk) in outs.chunks(n).enumerate() {
-        let _ = pi;
+    for chunk in outs.chunks(n) {
         prompt_tokens += chunk[0].usage.prompt_tokens;
         cached += chunk[0].usage.cached_tokens;
         completion += chunk
@@ -464,14 +623,15 @@ async fn collect(
             }),
         })
         .collect();
-    Ok(json!({
+    let body = json!({
         "id": job.id,
         "object": if job.kind == Kind::Chat { "chat.completion" } else { "text_completion" },
         "created": job.created,
         "model": job.model,
         "choices": choices,
         "usage": usage_json(prompt_tokens, completion, cached),
-    }))
+    });
+    Ok((body, (prompt_tokens, completion), ttft_ms))
 }
 
 /// State of one SSE response; records the request as cancelled if the client
@@ -479,12 +639,15 @@ async fn collect(
 struct SseState {
     state: Arc<AppState>,
     job: Job,
-    streams: VecDeque<(usize, RequestStream)>,
+    streams: VecDeque<(usize, Pending)>,
     pending: VecDeque<SseEvent>,
+    ttft_ms: Option<f64>,
     text_offsets: Vec<usize>,
     started: Instant,
     last_token: Option<Instant>,
     usage: (usize, usize, usize),
+    /// Choices of the front stream still to finish.
+    remaining: usize,
     finished: bool,
 }
 
@@ -492,12 +655,26 @@ impl Drop for SseState {
     fn drop(&mut self) {
         if !self.finished {
             self.state.metrics.request(&self.job.model, "cancelled");
+            if let Some(mut route) = self.job.route.take() {
+                let (p, c, _) = self.usage;
+                route.finish(
+                    &self.state,
+                    p,
+                    c,
+                    self.ttft_ms,
+                    Some("cancelled by the client".into()),
+                );
+            }
         }
     }
 }
 
 impl SseState {
     fn chunk(&self, choices: Vec<Value>) -> SseEvent {
+        SseEvent::default().data(self.chunk_json(choices).to_string())
+    }
+
+    fn chunk_json(&self, choices: Vec<Value>) -> Value {
         let mut c = json!({
             "id": self.job.id,
             "object": if self.job.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" },
@@ -508,7 +685,7 @@ impl SseState {
         if self.job.include_usage {
             c["usage"] = Value::Null;
         }
-        SseEvent::default().data(c.to_string())
+        c
     }
 
     fn choice(
@@ -551,10 +728,11 @@ impl SseState {
             } => {
                 let now = Instant::now();
                 match self.last_token {
-                    None => self
-                        .state
-                        .metrics
-                        .ttft(&self.job.model, (now - self.started).as_secs_f64()),
+                    None => {
+                        let t = (now - self.started).as_secs_f64();
+                        self.ttft_ms = Some(t * 1000.0);
+                        self.state.metrics.ttft(&self.job.model, t)
+                    }
                     Some(t) => self
                         .state
                         .metrics
@@ -582,6 +760,7 @@ impl SseState {
                 self.usage.0 += if choice == 0 { usage.prompt_tokens } else { 0 };
                 self.usage.1 += usage.completion_tokens;
                 self.usage.2 += if choice == 0 { usage.cached_tokens } else { 0 };
+                let last = self.streams.len() <= 1 && self.remaining == 1;
                 let c = match self.job.kind {
                     Kind::Chat => {
                         json!({"index": base + choice, "delta": {}, "finish_reason": finish_str(Some(reason))})
@@ -590,7 +769,13 @@ impl SseState {
                         self.choice(base + choice, Some(""), false, None, Some(reason))
                     }
                 };
-                self.pending.push_back(self.chunk(vec![c]));
+                let mut chunk = self.chunk_json(vec![c]);
+                if let (true, false, Some(route)) = (last, self.job.include_usage, &self.job.route)
+                {
+                    chunk["routing"] = route.summary.clone();
+                }
+                self.pending
+                    .push_back(SseEvent::default().data(chunk.to_string()));
             }
             Event::Error { message } => self.fail(&message),
         }
@@ -604,6 +789,10 @@ impl SseState {
         self.pending.push_back(SseEvent::default().data("[DONE]"));
         self.streams.clear();
         self.finished = true;
+        if let Some(mut route) = self.job.route.take() {
+            let (p, c, _) = self.usage;
+            route.finish(&self.state, p, c, self.ttft_ms, Some(message.to_string()));
+        }
     }
 
     fn end(&mut self) {
@@ -618,8 +807,8 @@ impl SseState {
                 "choices": [],
                 "usage": usage_json(p, c, cached),
             });
-            if self.job.kind == Kind::Completion {
-                chunk["choices"] = json!([]);
+            if let Some(route) = &self.job.route {
+                chunk["routing"] = route.summary.clone();
             }
             self.pending
                 .push_back(SseEvent::default().data(chunk.to_string()));
@@ -627,10 +816,13 @@ impl SseState {
         self.pending.push_back(SseEvent::default().data("[DONE]"));
         self.state.metrics.request(&self.job.model, "200");
         self.finished = true;
+        if let Some(mut route) = self.job.route.take() {
+            route.finish(&self.state, p, c, self.ttft_ms, None);
+        }
     }
 }
 
-fn stream_response(state: Arc<AppState>, job: Job, streams: Vec<RequestStream>) -> Response {
+fn stream_response(state: Arc<AppState>, job: Job, streams: Vec<Pending>) -> Response {
     let n = job.params.n;
     let total = n * streams.len();
     let mut st = SseState {
@@ -642,9 +834,11 @@ fn stream_response(state: Arc<AppState>, job: Job, streams: Vec<RequestStream>) 
             .collect(),
         pending: VecDeque::new(),
         text_offsets: vec![0; total],
-        started: Instant::now(),
+        started: job.route.as_ref().map_or_else(Instant::now, |r| r.started),
         last_token: None,
+        ttft_ms: None,
         usage: (0, 0, 0),
+        remaining: n,
         finished: false,
         job,
     };
@@ -656,38 +850,35 @@ fn stream_response(state: Arc<AppState>, job: Job, streams: Vec<RequestStream>) 
             st.pending.push_back(ev);
         }
     }
-    let remaining_in_front = n;
-    let body = stream::unfold(
-        (st, remaining_in_front),
-        |(mut st, mut remaining)| async move {
-            loop {
-                if let Some(ev) = st.pending.pop_front() {
-                    return Some((Ok::<_, Infallible>(ev), (st, remaining)));
-                }
-                if st.finished {
-                    return None;
-                }
-                let Some((base, front)) = st.streams.front_mut() else {
-                    st.end();
-                    continue;
-                };
-                let base = *base;
-                match front.next().await {
-                    Some(ev) => {
-                        if matches!(ev, Event::Finished { .. }) {
-                            remaining -= 1;
-                        }
-                        st.on_event(base, ev);
-                        if remaining == 0 {
+    let body = stream::unfold(st, |mut st| async move {
+        loop {
+            if let Some(ev) = st.pending.pop_front() {
+                return Some((Ok::<_, Infallible>(ev), st));
+            }
+            if st.finished {
+                return None;
+            }
+            let Some((base, front)) = st.streams.front_mut() else {
+                st.end();
+                continue;
+            };
+            let base = *base;
+            match front.next().await {
+                Some(ev) => {
+                    let finished = matches!(ev, Event::Finished { .. });
+                    st.on_event(base, ev);
+                    if finished {
+                        st.remaining -= 1;
+                        if st.remaining == 0 {
                             st.streams.pop_front();
-                            remaining = st.job.params.n;
+                            st.remaining = st.job.params.n;
                         }
                     }
-                    None => st.fail("the engine stopped"),
                 }
+                None => st.fail("the engine stopped"),
             }
-        },
-    );
+        }
+    });
     Sse::new(body)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()

@@ -33,6 +33,9 @@ enum Command {
         config: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: String,
+        /// Override `[router] audit_db`.
+        #[arg(long)]
+        audit_db: Option<PathBuf>,
     },
     /// Generate text from one model and print prompt/decode speed.
     Generate {
@@ -100,7 +103,11 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve { config, addr } => serve(&config, &addr)?,
+        Command::Serve {
+            config,
+            addr,
+            audit_db,
+        } => serve(&config, &addr, audit_db)?,
         Command::Route { config, input } => route_dry_run(&config, &input)?,
         Command::RouterTrain { data, out } => {
             let (classifier, eval) = switchyard_router::training::train_and_evaluate(&data)
@@ -366,8 +373,11 @@ fn load_engine(
     start_engine(&catalog, entry, tweak)
 }
 
-fn serve(config: &std::path::Path, addr: &str) -> anyhow::Result<()> {
-    let catalog = Catalog::load(config)?;
+fn serve(config: &std::path::Path, addr: &str, audit_db: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut catalog = Catalog::load(config)?;
+    if let Some(p) = audit_db {
+        catalog.router.audit_db = p;
+    }
     let mut engines = std::collections::BTreeMap::new();
     for entry in &catalog.models {
         let engine = start_engine(&catalog, entry, |_| {})?;

@@ -62,6 +62,16 @@ def test_scope_and_exclude(client, routing, want):
     assert r.model == want and r.model_extra["routing"]["served_model"] == want
 
 
+def test_pinned_model_with_routing_options_is_recorded_as_pinned(client, http):
+    raw = client.chat.completions.with_raw_response.create(
+        model=GEMMA, messages=KNOWLEDGE, max_tokens=3, extra_body={"routing": {"objective": "cost"}})
+    r = raw.parse()
+    assert r.model == GEMMA and r.model_extra["routing"]["pinned"] is True
+    rec = http.get(f"/v1/routing/decisions/{raw.headers['x-switchyard-decision-id']}").json()
+    assert rec["decision"]["pinned"] is True and rec["decision"]["candidates"] == []
+    assert rec["outcome"]["served_model"] == GEMMA
+
+
 def test_bad_routing_requests(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="auto:fastest", messages=KNOWLEDGE, max_tokens=3)

@@ -167,3 +167,52 @@ impl AuditLog {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classifier::Classification;
+    use crate::decide::{pinned, Objective, RoutingOptions};
+    use crate::taxonomy::{Difficulty, TaskFamily};
+
+    #[test]
+    fn records_survive_reopening_and_filter() {
+        let path =
+            std::env::temp_dir().join(format!("switchyard-audit-test-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let c = Classification {
+            family: TaskFamily::Math,
+            family_confidence: 0.9,
+            difficulty: Difficulty::Hard,
+            difficulty_confidence: 0.7,
+            p_hard: 0.8,
+        };
+        let d = pinned("m1", c, RoutingOptions::default(), Objective::Cost);
+        {
+            let log = AuditLog::open(&path).unwrap();
+            log.record("dec-1", &d, "what is 2+2", true).unwrap();
+            let outcome = Outcome {
+                served_model: Some("m1".into()),
+                completion_tokens: 3,
+                ..Default::default()
+            };
+            log.complete("dec-1", &outcome).unwrap();
+            log.record("dec-2", &d, "other", false).unwrap();
+        }
+        let log = AuditLog::open(&path).unwrap();
+        let rec = log.get("dec-1").unwrap().unwrap();
+        assert_eq!(rec.outcome.completion_tokens, 3);
+        assert_eq!(rec.prompt.as_deref(), Some("what is 2+2"));
+        assert_eq!(log.get("dec-2").unwrap().unwrap().prompt, None);
+        let q = |model: Option<&str>, task: Option<&str>| Query {
+            limit: 10,
+            model: model.map(Into::into),
+            task: task.map(Into::into),
+            since: None,
+        };
+        assert_eq!(log.list(&q(Some("m1"), None)).unwrap().len(), 1);
+        assert_eq!(log.list(&q(None, Some("math"))).unwrap().len(), 2);
+        assert_eq!(log.list(&q(None, Some("code"))).unwrap().len(), 0);
+        let _ = std::fs::remove_file(&path);
+    }
+}

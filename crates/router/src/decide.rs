@@ -125,6 +125,8 @@ pub struct Candidate {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
+    /// The request named a concrete model: recorded, not scored.
+    pub pinned: bool,
     pub objective: Objective,
     pub options: RoutingOptions,
     pub classification: Classification,
@@ -293,12 +295,31 @@ pub fn decide(models: &[ModelProfile], req: &RouteRequest, live: &dyn LiveLoad) 
         }
     };
     Decision {
+        pinned: false,
         objective,
         options: req.options.clone(),
         classification: req.classification.clone(),
         order: order.iter().map(|&i| candidates[i].model.clone()).collect(),
         candidates,
         why,
+    }
+}
+
+/// The record for a request that named its model: no scoring, no fallback.
+pub fn pinned(
+    model: &str,
+    classification: Classification,
+    options: RoutingOptions,
+    objective: Objective,
+) -> Decision {
+    Decision {
+        pinned: true,
+        objective,
+        options,
+        classification,
+        candidates: Vec::new(),
+        order: vec![model.to_string()],
+        why: format!("{model} was named by the request (pinned; no scoring)"),
     }
 }
 

@@ -143,6 +143,7 @@ fn summary(id: &str, d: &Decision, served: &str, fallbacks: &[(String, String)])
         "objective": d.objective,
         "served_model": served,
         "fallbacks": fallbacks.iter().map(|(m, r)| json!({"model": m, "reason": r})).collect::<Vec<_>>(),
+        "pinned": d.pinned,
         "why": d.why,
     })
 }
@@ -313,6 +314,44 @@ fn exclusions(d: &Decision) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Record a pinned request that carried routing options, and attach the
+/// routing context to its job. Returns the decision id.
+pub fn pin(
+    state: &AppState,
+    job: &mut Job,
+    messages: &[ChatMessage],
+    options: RoutingOptions,
+) -> Option<String> {
+    let router = state.router.as_ref()?;
+    let profile = router.profiles.iter().find(|p| p.id == job.model)?.clone();
+    let text = routing_text(messages);
+    let objective = options.objective.unwrap_or(router.default_objective);
+    let decision = switchyard_router::decide::pinned(
+        &job.model,
+        router.classifier.classify(&text),
+        options,
+        objective,
+    );
+    let id = random_id("dec-");
+    if let Err(e) = router
+        .audit
+        .record(&id, &decision, &text, router.store_prompts)
+    {
+        tracing::warn!("audit: {e}");
+    }
+    job.route = Some(RouteCtx {
+        summary: summary(&id, &decision, &job.model, &[]),
+        decision_id: id.clone(),
+        outcome: Outcome {
+            served_model: Some(job.model.clone()),
+            ..Default::default()
+        },
+        started: Instant::now(),
+        profile,
+    });
+    Some(id)
 }
 
 pub fn get_decision(state: &AppState, id: &str) -> Result<Value, ApiError> {

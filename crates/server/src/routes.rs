@@ -338,7 +338,21 @@ async fn chat_completions(
                 };
                 finish_job(&state, job, &req.sampling)
             })();
-            run(state, prepared).await
+            // A concrete model with routing options: recorded as pinned.
+            let mut decision_id = None;
+            let prepared = prepared.map(|mut job| {
+                if let (Some(options), Ok(messages)) =
+                    (&req.routing, openai::chat_messages(&req.messages))
+                {
+                    decision_id = routed::pin(&state, &mut job, &messages, options.clone());
+                }
+                job
+            });
+            let mut resp = run(state, prepared).await;
+            if let Some(v) = decision_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+                resp.headers_mut().insert("x-switchyard-decision-id", v);
+            }
+            resp
         }
     }
 }

@@ -40,7 +40,7 @@ pub struct DecisionRecord {
     pub id: String,
     /// Unix seconds.
     pub created: f64,
-    /// SHA-free FNV-1a hash of the prompt text (the text itself only if configured).
+    /// FNV-1a hash of the prompt text (the text itself only if configured).
     pub request_hash: String,
     pub prompt: Option<String>,
     pub decision: serde_json::Value,
@@ -60,12 +60,7 @@ pub struct AuditLog {
 }
 
 pub fn request_hash(text: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", crate::classifier::fnv1a(text.bytes()))
 }
 
 impl AuditLog {

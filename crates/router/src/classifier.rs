@@ -19,6 +19,16 @@ use crate::taxonomy::{Difficulty, TaskFamily};
 pub const DIM: usize = 1 << 12;
 const SHAPE_FEATURES: usize = 6;
 
+/// FNV-1a: a fixed, portable hash (features, data splits, request hashes).
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 /// Sparse features: (index, value), L2-normalised.
 pub fn features(text: &str) -> Vec<(usize, f32)> {
     let mut counts: HashMap<usize, f32> = HashMap::new();
@@ -28,14 +38,11 @@ pub fn features(text: &str) -> Vec<(usize, f32)> {
         .filter(|w| !w.is_empty())
         .collect();
     let hash = |s: &[&str]| -> usize {
-        // FNV-1a over the words with a separator.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for w in s {
-            for b in w.bytes().chain(std::iter::once(0xff)) {
-                h ^= b as u64;
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
-        }
+        // The words, each followed by a separator byte.
+        let h = fnv1a(
+            s.iter()
+                .flat_map(|w| w.bytes().chain(std::iter::once(0xff))),
+        );
         SHAPE_FEATURES + (h % (DIM - SHAPE_FEATURES) as u64) as usize
     };
     // Long prompts: the head and tail carry the instruction; cap the work.

@@ -31,12 +31,7 @@ pub struct Dataset {
 }
 
 fn held_out(text: &str) -> bool {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h.is_multiple_of(5)
+    crate::classifier::fnv1a(text.bytes()).is_multiple_of(5)
 }
 
 fn mmlu_family(subject: &str) -> TaskFamily {

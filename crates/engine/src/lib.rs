@@ -17,7 +17,9 @@ pub mod model;
 pub mod sampling;
 pub mod scheduler;
 pub mod stop;
+pub mod testing;
 pub mod tokenizer;
+pub mod weights;
 
 pub use candle_core::quantized::gguf_file as candle_gguf;
 pub use candle_core::Device;

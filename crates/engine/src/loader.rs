@@ -117,6 +117,90 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
+    /// A GGUF file, or a Hugging Face model folder (safetensors).
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        if path.is_dir() {
+            Self::from_hf_dir(path, device)
+        } else {
+            Self::from_gguf(path, device)
+        }
+    }
+
+    /// A Hugging Face folder: `config.json`, `tokenizer.json`,
+    /// `tokenizer_config.json` (chat template), `generation_config.json` (EOS),
+    /// and `model.safetensors` or shards listed in `model.safetensors.index.json`.
+    pub fn from_hf_dir(dir: &Path, device: &Device) -> Result<Self> {
+        let started = Instant::now();
+        let read_json = |name: &str| -> Result<Option<serde_json::Value>> {
+            let p = dir.join(name);
+            if !p.exists() {
+                return Ok(None);
+            }
+            let text = std::fs::read_to_string(&p)?;
+            serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| EngineError::Load(format!("{}: {e}", p.display())))
+        };
+        let config = read_json("config.json")?
+            .ok_or_else(|| EngineError::Load(format!("{}: no config.json", dir.display())))?;
+        let mc = crate::model::ModelConfig::from_hf(&config)?;
+        let files = match read_json("model.safetensors.index.json")? {
+            Some(index) => {
+                let mut shards: Vec<String> = index["weight_map"]
+                    .as_object()
+                    .map(|m| {
+                        m.values()
+                            .filter_map(|v| v.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                shards.sort();
+                shards.dedup();
+                shards.into_iter().map(|f| dir.join(f)).collect()
+            }
+            None => vec![dir.join("model.safetensors")],
+        };
+        let mut weights = crate::weights::SafetensorsWeights::open(&files, device)?;
+        let model = Model::from_weights(mc, &mut weights)?;
+        let ids = |v: &serde_json::Value| -> Vec<u32> {
+            match v {
+                serde_json::Value::Number(n) => {
+                    n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
+                }
+                serde_json::Value::Array(a) => a
+                    .iter()
+                    .filter_map(|x| x.as_u64().map(|x| x as u32))
+                    .collect(),
+                _ => Vec::new(),
+            }
+        };
+        let mut eos = ids(&config["eos_token_id"]);
+        if let Some(g) = read_json("generation_config.json")? {
+            for id in ids(&g["eos_token_id"]) {
+                if !eos.contains(&id) {
+                    eos.push(id);
+                }
+            }
+        }
+        let tok_cfg = read_json("tokenizer_config.json")?;
+        let tokenizer = Tokenizer::from_hf(&dir.join("tokenizer.json"), tok_cfg.as_ref(), &eos)?;
+        let template_src = tok_cfg
+            .as_ref()
+            .and_then(|c| c["chat_template"].as_str().map(str::to_string));
+        let template = ChatTemplate::new(
+            template_src,
+            model.config().arch,
+            tokenizer.bos_text().unwrap_or_default(),
+            tokenizer.eos_text().unwrap_or_default(),
+        )?;
+        tracing::info!(path = %dir.display(), "loaded in {:.2}s", started.elapsed().as_secs_f64());
+        Ok(LoadedModel {
+            model,
+            tokenizer: Arc::new(tokenizer),
+            template,
+        })
+    }
+
     pub fn from_gguf(path: &Path, device: &Device) -> Result<Self> {
         let started = Instant::now();
         let mut file = std::fs::File::open(path)

@@ -21,6 +21,16 @@ use crate::kv_cache::{AttentionParams, KvCache, SeqView};
 pub enum Arch {
     Llama,
     Gemma3,
+    /// Llama plus biases on Q, K and V.
+    Qwen2,
+    /// Llama plus per-head RMS norms on Q and K.
+    Qwen3,
+}
+
+impl Arch {
+    fn has_qk_norm(self) -> bool {
+        matches!(self, Arch::Gemma3 | Arch::Qwen3)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +69,8 @@ impl ModelConfig {
         let arch = match arch_name.as_str() {
             "llama" => Arch::Llama,
             "gemma3" => Arch::Gemma3,
+            "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
             other => {
                 return Err(EngineError::Load(format!(
                     "unsupported GGUF architecture `{other}`"
@@ -111,7 +123,8 @@ impl ModelConfig {
             } else {
                 1.0
             },
-            rope_neox: gemma,
+            // llama.cpp permutes Llama's Q/K for interleaved RoPE; the others rotate halves.
+            rope_neox: arch != Arch::Llama,
             sliding_window: if gemma {
                 get_u("attention.sliding_window").ok()
             } else {
@@ -120,6 +133,49 @@ impl ModelConfig {
             swa_pattern: get_u("attention.sliding_window_pattern").unwrap_or(6),
             attn_softcap: get_f("attn_logit_softcapping"),
             final_softcap: get_f("final_logit_softcapping"),
+        })
+    }
+
+    /// From a Hugging Face `config.json` (Llama, Qwen2, Qwen3 layouts).
+    pub fn from_hf(cfg: &serde_json::Value) -> Result<Self> {
+        let model_type = cfg["model_type"].as_str().unwrap_or_default();
+        let arch = match model_type {
+            "llama" | "mistral" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
+            other => {
+                return Err(EngineError::Load(format!(
+                    "unsupported model_type `{other}` in config.json"
+                )))
+            }
+        };
+        let get = |k: &str| -> Result<usize> {
+            cfg[k]
+                .as_u64()
+                .map(|v| v as usize)
+                .ok_or_else(|| EngineError::Load(format!("config.json: `{k}` missing")))
+        };
+        let hidden_size = get("hidden_size")?;
+        let num_heads = get("num_attention_heads")?;
+        Ok(ModelConfig {
+            arch,
+            vocab_size: get("vocab_size")?,
+            hidden_size,
+            num_layers: get("num_hidden_layers")?,
+            num_heads,
+            num_kv_heads: get("num_key_value_heads").unwrap_or(num_heads),
+            head_dim: get("head_dim").unwrap_or(hidden_size / num_heads),
+            rms_eps: cfg["rms_norm_eps"].as_f64().unwrap_or(1e-6),
+            context_length: get("max_position_embeddings").unwrap_or(4096),
+            rope_theta: cfg["rope_theta"].as_f64().unwrap_or(10_000.0) as f32,
+            rope_theta_local: 10_000.0,
+            rope_linear_factor: 1.0,
+            // Hugging Face checkpoints rotate halves.
+            rope_neox: true,
+            sliding_window: None,
+            swa_pattern: 1,
+            attn_softcap: None,
+            final_softcap: None,
         })
     }
 
@@ -135,6 +191,9 @@ struct Layer {
     wk: QMatMul,
     wv: QMatMul,
     wo: QMatMul,
+    bq: Option<Tensor>,
+    bk: Option<Tensor>,
+    bv: Option<Tensor>,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
     post_attn_norm: Option<Tensor>,
@@ -205,60 +264,69 @@ impl RopeTable {
 }
 
 impl Model {
+    /// Load from a GGUF file (quantized weights stay quantized).
     pub fn load<R: std::io::Read + std::io::Seek>(
         content: &gguf_file::Content,
         reader: &mut R,
         device: &Device,
     ) -> Result<Self> {
         let config = ModelConfig::from_gguf(content)?;
-        let mut qt = |name: &str| -> Result<_> {
-            content
-                .tensor(reader, name, device)
-                .map_err(|e| EngineError::Load(format!("tensor `{name}`: {e}")))
+        Self::from_weights(
+            config,
+            &mut crate::weights::GgufWeights {
+                content,
+                reader,
+                device,
+            },
+        )
+    }
+
+    /// Build the model from any weight source, by llama.cpp's tensor names.
+    pub fn from_weights(
+        config: ModelConfig,
+        w: &mut dyn crate::weights::WeightSource,
+    ) -> Result<Self> {
+        let device = w.device().clone();
+        let embed = w.tensor("token_embd.weight")?;
+        let output_norm = w.tensor("output_norm.weight")?;
+        let lm_head = if w.has("output.weight") {
+            w.matmul("output.weight")?
+        } else {
+            w.matmul("token_embd.weight")? // tied embeddings
         };
-        let embed_q = qt("token_embd.weight")?;
-        let embed = embed_q.dequantize(device)?;
-        let output_norm = qt("output_norm.weight")?.dequantize(device)?;
-        let lm_head = match qt("output.weight") {
-            Ok(w) => QMatMul::from_qtensor(w)?,
-            Err(_) => QMatMul::from_qtensor(embed_q)?, // tied embeddings
-        };
-        let gemma = config.arch == Arch::Gemma3;
+        let arch = config.arch;
         let mut layers = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
-            let p = format!("blk.{i}");
-            let mut norm = |n: &str| -> Result<Tensor> {
-                Ok(qt(&format!("{p}.{n}.weight"))?.dequantize(device)?)
+            let name = |n: &str| format!("blk.{i}.{n}");
+            let opt = |w: &mut dyn crate::weights::WeightSource,
+                       n: &str,
+                       wanted: bool|
+             -> Result<Option<Tensor>> {
+                if wanted {
+                    Ok(Some(w.tensor(&name(n))?))
+                } else {
+                    Ok(None)
+                }
             };
-            let attn_norm = norm("attn_norm")?;
-            let ffn_norm = norm("ffn_norm")?;
-            let (q_norm, k_norm, post_attn_norm, post_ffn_norm) = if gemma {
-                (
-                    Some(norm("attn_q_norm")?),
-                    Some(norm("attn_k_norm")?),
-                    Some(norm("post_attention_norm")?),
-                    Some(norm("post_ffw_norm")?),
-                )
-            } else {
-                (None, None, None, None)
-            };
-            let mut mm = |n: &str| -> Result<QMatMul> {
-                Ok(QMatMul::from_qtensor(qt(&format!("{p}.{n}.weight"))?)?)
-            };
+            let gemma = arch == Arch::Gemma3;
+            let qwen2 = arch == Arch::Qwen2;
             layers.push(Layer {
-                attn_norm,
-                wq: mm("attn_q")?,
-                wk: mm("attn_k")?,
-                wv: mm("attn_v")?,
-                wo: mm("attn_output")?,
-                q_norm,
-                k_norm,
-                post_attn_norm,
-                ffn_norm,
-                post_ffn_norm,
-                w_gate: mm("ffn_gate")?,
-                w_up: mm("ffn_up")?,
-                w_down: mm("ffn_down")?,
+                attn_norm: w.tensor(&name("attn_norm.weight"))?,
+                wq: w.matmul(&name("attn_q.weight"))?,
+                wk: w.matmul(&name("attn_k.weight"))?,
+                wv: w.matmul(&name("attn_v.weight"))?,
+                wo: w.matmul(&name("attn_output.weight"))?,
+                bq: opt(w, "attn_q.bias", qwen2)?,
+                bk: opt(w, "attn_k.bias", qwen2)?,
+                bv: opt(w, "attn_v.bias", qwen2)?,
+                q_norm: opt(w, "attn_q_norm.weight", arch.has_qk_norm())?,
+                k_norm: opt(w, "attn_k_norm.weight", arch.has_qk_norm())?,
+                post_attn_norm: opt(w, "post_attention_norm.weight", gemma)?,
+                ffn_norm: w.tensor(&name("ffn_norm.weight"))?,
+                post_ffn_norm: opt(w, "post_ffw_norm.weight", gemma)?,
+                w_gate: w.matmul(&name("ffn_gate.weight"))?,
+                w_up: w.matmul(&name("ffn_up.weight"))?,
+                w_down: w.matmul(&name("ffn_down.weight"))?,
             });
         }
         Ok(Model {
@@ -267,7 +335,7 @@ impl Model {
             layers,
             output_norm,
             lm_head,
-            device: device.clone(),
+            device,
         })
     }
 
@@ -317,9 +385,15 @@ impl Model {
         for (li, layer) in self.layers.iter().enumerate() {
             let _span = tracing::trace_span!("layer", li).entered();
             let h = self.rms_norm(&x, &layer.attn_norm)?;
-            let mut q = layer.wq.forward(&h)?;
-            let mut k = layer.wk.forward(&h)?;
-            let v = layer.wv.forward(&h)?;
+            let bias = |x: Tensor, b: &Option<Tensor>| -> Result<Tensor> {
+                Ok(match b {
+                    Some(b) => x.broadcast_add(b)?,
+                    None => x,
+                })
+            };
+            let mut q = bias(layer.wq.forward(&h)?, &layer.bq)?;
+            let mut k = bias(layer.wk.forward(&h)?, &layer.bk)?;
+            let v = bias(layer.wv.forward(&h)?, &layer.bv)?;
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
                 q = self.rms_norm(&q.reshape((n * nh, hd))?, qn)?;
                 k = self.rms_norm(&k.reshape((n * kvh, hd))?, kn)?;
@@ -352,7 +426,7 @@ impl Model {
             let gate = layer.w_gate.forward(&h)?;
             let gate = match c.arch {
                 Arch::Gemma3 => gate.gelu()?, // tanh approximation, as Gemma needs
-                Arch::Llama => candle_nn::ops::silu(&gate)?,
+                Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => candle_nn::ops::silu(&gate)?,
             };
             let mut m = layer.w_down.forward(&(gate * layer.w_up.forward(&h)?)?)?;
             if let Some(pn) = &layer.post_ffn_norm {

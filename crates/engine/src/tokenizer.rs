@@ -190,6 +190,78 @@ impl Tokenizer {
         })
     }
 
+    /// From a Hugging Face `tokenizer.json`, with `tokenizer_config.json`'s
+    /// BOS settings and the model's end-of-generation ids.
+    pub fn from_hf(
+        tokenizer_json: &std::path::Path,
+        tokenizer_config: Option<&serde_json::Value>,
+        eos_ids: &[u32],
+    ) -> Result<Self> {
+        let err = |m: String| EngineError::Load(format!("tokenizer: {m}"));
+        let tk = tokenizers::Tokenizer::from_file(tokenizer_json)
+            .map_err(|e| err(format!("{}: {e}", tokenizer_json.display())))?;
+        let raw: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(tokenizer_json).map_err(|e| err(e.to_string()))?,
+        )
+        .map_err(|e| err(e.to_string()))?;
+        let byte_level = raw["decoder"]["type"] == "ByteLevel"
+            || raw["pre_tokenizer"].to_string().contains("ByteLevel");
+        let n = tk.get_vocab_size(true);
+        let added = tk.get_added_tokens_decoder();
+        let unicode_to_byte = gpt2_unicode_to_byte();
+        let mut token_bytes = Vec::with_capacity(n);
+        let mut is_control = Vec::with_capacity(n);
+        for id in 0..n as u32 {
+            let text = tk.id_to_token(id).unwrap_or_default();
+            match added.get(&id) {
+                Some(a) => {
+                    token_bytes.push(a.content.as_bytes().to_vec());
+                    is_control.push(a.special);
+                }
+                None => {
+                    token_bytes.push(if byte_level {
+                        text.chars()
+                            .map(|c| unicode_to_byte.get(&c).copied().unwrap_or(b'?'))
+                            .collect()
+                    } else {
+                        spm_token_bytes(&text)
+                    });
+                    is_control.push(false);
+                }
+            }
+        }
+        let vocab: HashMap<String, u32> = tk.get_vocab(true).into_iter().collect();
+        let token_text = |v: &serde_json::Value| -> Option<String> {
+            v.as_str()
+                .map(str::to_string)
+                .or_else(|| v["content"].as_str().map(str::to_string))
+        };
+        let bos = tokenizer_config
+            .and_then(|c| token_text(&c["bos_token"]))
+            .and_then(|t| vocab.get(&t).copied());
+        let add_bos = tokenizer_config
+            .and_then(|c| c["add_bos_token"].as_bool())
+            .unwrap_or(false);
+        let mut eog: Vec<u32> = eos_ids.to_vec();
+        if let Some(e) = tokenizer_config
+            .and_then(|c| token_text(&c["eos_token"]))
+            .and_then(|t| vocab.get(&t).copied())
+        {
+            if !eog.contains(&e) {
+                eog.push(e);
+            }
+        }
+        Ok(Tokenizer {
+            kind: Kind::Bpe(Box::new(tk)),
+            token_bytes,
+            is_control,
+            bos,
+            add_bos,
+            eog,
+            vocab,
+        })
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.token_bytes.len()
     }

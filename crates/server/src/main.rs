@@ -212,14 +212,18 @@ fn print_evaluation(e: &switchyard_router::training::Evaluation) {
 }
 
 /// Context window of a catalog entry without loading its weights: the GGUF's
-/// metadata when the file is local, else the entry's `context_window`.
+/// metadata or `config.json` when the weights are local, else the entry's `context_window`.
 fn preview_context_window(catalog: &Catalog, entry: &ModelEntry) -> anyhow::Result<usize> {
     let from_file = catalog.resolve(entry).ok().and_then(|path| {
-        let mut f = std::fs::File::open(path).ok()?;
-        let content = switchyard_engine::candle_gguf::Content::read(&mut f).ok()?;
-        switchyard_engine::ModelConfig::from_gguf(&content)
-            .ok()
-            .map(|c| c.context_length)
+        let config = if path.is_dir() {
+            let json = std::fs::read_to_string(path.join("config.json")).ok()?;
+            switchyard_engine::ModelConfig::from_hf(&serde_json::from_str(&json).ok()?).ok()?
+        } else {
+            let mut f = std::fs::File::open(path).ok()?;
+            let content = switchyard_engine::candle_gguf::Content::read(&mut f).ok()?;
+            switchyard_engine::ModelConfig::from_gguf(&content).ok()?
+        };
+        Some(config.context_length)
     });
     let window = from_file.or(entry.context_window).ok_or_else(|| {
         anyhow::anyhow!(
@@ -354,7 +358,7 @@ fn start_engine(
 ) -> anyhow::Result<Engine> {
     let path = catalog.resolve(entry)?;
     tracing::info!(model = %entry.id, path = %path.display(), "loading");
-    let loaded = LoadedModel::from_gguf(&path, &Device::Cpu)?;
+    let loaded = LoadedModel::load(&path, &Device::Cpu)?;
     let mut cfg = entry.engine_config(&catalog.engine);
     tweak(&mut cfg);
     Ok(Engine::start(&entry.id, loaded, cfg)?)

@@ -1,0 +1,176 @@
+//! Small random-weight Hugging Face checkpoints (Llama, Qwen2, Qwen3 layouts)
+//! for tests and demos: real config keys, bf16 safetensors, a byte-level BPE
+//! `tokenizer.json`. Deterministic: the same call writes the same bytes.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use serde_json::json;
+
+use crate::error::Result;
+
+pub const HIDDEN: usize = 64;
+pub const HEADS: usize = 4;
+pub const KV_HEADS: usize = 2;
+pub const HEAD_DIM: usize = 16;
+pub const FFN: usize = 96;
+pub const LAYERS: usize = 2;
+pub const VOCAB: usize = 300;
+
+/// A byte-level BPE tokenizer.json over the 256 byte symbols (ids 0-255) plus
+/// `<|endoftext|>` (256), `<|im_start|>` (257) and `<|im_end|>` (258).
+fn write_tokenizer(dir: &Path) -> Result<()> {
+    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32).collect();
+    printable.extend(0xA1..=0xAC);
+    printable.extend(0xAE..=0xFF);
+    let mut vocab = serde_json::Map::new();
+    let mut extra = 0;
+    for b in 0..=255u32 {
+        let c = if printable.contains(&b) {
+            b
+        } else {
+            extra += 1;
+            255 + extra
+        };
+        vocab.insert(char::from_u32(c).unwrap_or('?').to_string(), json!(b));
+    }
+    let special = |id: u32, content: &str| json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true});
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let tokenizer = json!({
+        "version": "1.0",
+        "added_tokens": [special(256, "<|endoftext|>"), special(257, "<|im_start|>"), special(258, "<|im_end|>")],
+        "normalizer": null,
+        "pre_tokenizer": byte_level,
+        "post_processor": null,
+        "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "vocab": vocab, "merges": []}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string())?;
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        json!({"eos_token": "<|im_end|>", "add_bos_token": false}).to_string(),
+    )?;
+    Ok(())
+}
+
+/// Write a random checkpoint of `model_type` (`llama`, `qwen2`, `qwen3`) into
+/// `dir`; returns its `config.json`.
+pub fn write_random_checkpoint(
+    dir: &Path,
+    model_type: &str,
+    tied: bool,
+) -> Result<serde_json::Value> {
+    std::fs::create_dir_all(dir)?;
+    let dev = Device::Cpu;
+    let mut seed = 0u64;
+    let mut rand = |shape: &[usize], scale: f32, offset: f32| -> Result<Tensor> {
+        seed += 1;
+        let n: usize = shape.iter().product();
+        // A fixed LCG keeps the checkpoint identical across runs.
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                offset + ((s >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 2.0 * scale
+            })
+            .collect();
+        Ok(Tensor::from_vec(v, shape, &dev)?)
+    };
+    let mut t: HashMap<String, Tensor> = HashMap::new();
+    t.insert(
+        "model.embed_tokens.weight".into(),
+        rand(&[VOCAB, HIDDEN], 0.5, 0.0)?,
+    );
+    t.insert("model.norm.weight".into(), rand(&[HIDDEN], 0.1, 1.0)?);
+    if !tied {
+        t.insert("lm_head.weight".into(), rand(&[VOCAB, HIDDEN], 0.2, 0.0)?);
+    }
+    for l in 0..LAYERS {
+        let p = format!("model.layers.{l}");
+        let mut shapes: Vec<(&str, Vec<usize>, f32, f32)> = vec![
+            (
+                "self_attn.q_proj.weight",
+                vec![HEADS * HEAD_DIM, HIDDEN],
+                0.2,
+                0.0,
+            ),
+            (
+                "self_attn.k_proj.weight",
+                vec![KV_HEADS * HEAD_DIM, HIDDEN],
+                0.2,
+                0.0,
+            ),
+            (
+                "self_attn.v_proj.weight",
+                vec![KV_HEADS * HEAD_DIM, HIDDEN],
+                0.2,
+                0.0,
+            ),
+            (
+                "self_attn.o_proj.weight",
+                vec![HIDDEN, HEADS * HEAD_DIM],
+                0.2,
+                0.0,
+            ),
+            ("mlp.gate_proj.weight", vec![FFN, HIDDEN], 0.2, 0.0),
+            ("mlp.up_proj.weight", vec![FFN, HIDDEN], 0.2, 0.0),
+            ("mlp.down_proj.weight", vec![HIDDEN, FFN], 0.2, 0.0),
+            ("input_layernorm.weight", vec![HIDDEN], 0.1, 1.0),
+            ("post_attention_layernorm.weight", vec![HIDDEN], 0.1, 1.0),
+        ];
+        if model_type == "qwen2" {
+            shapes.push(("self_attn.q_proj.bias", vec![HEADS * HEAD_DIM], 0.1, 0.0));
+            shapes.push(("self_attn.k_proj.bias", vec![KV_HEADS * HEAD_DIM], 0.1, 0.0));
+            shapes.push(("self_attn.v_proj.bias", vec![KV_HEADS * HEAD_DIM], 0.1, 0.0));
+        }
+        if model_type == "qwen3" {
+            shapes.push(("self_attn.q_norm.weight", vec![HEAD_DIM], 0.1, 1.0));
+            shapes.push(("self_attn.k_norm.weight", vec![HEAD_DIM], 0.1, 1.0));
+        }
+        for (name, shape, scale, offset) in shapes {
+            t.insert(format!("{p}.{name}"), rand(&shape, scale, offset)?);
+        }
+    }
+    // bf16 on disk, as real checkpoints are.
+    let t = t
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_dtype(DType::BF16)?)))
+        .collect::<Result<HashMap<String, Tensor>>>()?;
+    candle_core::safetensors::save(&t, dir.join("model.safetensors"))?;
+    let architecture = match model_type {
+        "qwen2" => "Qwen2ForCausalLM",
+        "qwen3" => "Qwen3ForCausalLM",
+        _ => "LlamaForCausalLM",
+    };
+    let config = json!({
+        "model_type": model_type,
+        "architectures": [architecture],
+        "vocab_size": VOCAB,
+        "hidden_size": HIDDEN,
+        "intermediate_size": FFN,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS,
+        "head_dim": HEAD_DIM,
+        "max_position_embeddings": 512,
+        "rope_theta": 10000.0,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": tied,
+        "hidden_act": "silu",
+        "sliding_window": 4096,
+        "max_window_layers": LAYERS,
+        "use_sliding_window": false,
+        "attention_bias": false,
+        "eos_token_id": 258,
+        "bos_token_id": 256
+    });
+    std::fs::write(dir.join("config.json"), config.to_string())?;
+    write_tokenizer(dir)?;
+    Ok(config)
+}

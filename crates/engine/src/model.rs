@@ -56,6 +56,7 @@ pub struct ModelConfig {
     pub swa_pattern: usize,
     pub attn_softcap: Option<f32>,
     pub final_softcap: Option<f32>,
+    pub moe: Option<MoeConfig>,
 }
 
 impl ModelConfig {
@@ -133,6 +134,7 @@ impl ModelConfig {
             swa_pattern: get_u("attention.sliding_window_pattern").unwrap_or(6),
             attn_softcap: get_f("attn_logit_softcapping"),
             final_softcap: get_f("final_logit_softcapping"),
+            moe: None,
         })
     }
 
@@ -142,7 +144,7 @@ impl ModelConfig {
         let arch = match model_type {
             "llama" | "mistral" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
-            "qwen3" => Arch::Qwen3,
+            "qwen3" | "qwen3_moe" => Arch::Qwen3,
             other => {
                 return Err(EngineError::Load(format!(
                     "unsupported model_type `{other}` in config.json"
@@ -176,6 +178,15 @@ impl ModelConfig {
             swa_pattern: 1,
             attn_softcap: None,
             final_softcap: None,
+            moe: match get("num_experts") {
+                Ok(n) if n > 0 => Some(MoeConfig {
+                    num_experts: n,
+                    top_k: get("num_experts_per_tok")?,
+                    norm_topk_prob: cfg["norm_topk_prob"].as_bool().unwrap_or(false),
+                    sparse_step: get("decoder_sparse_step").unwrap_or(1).max(1),
+                }),
+                _ => None,
+            },
         })
     }
 
@@ -199,9 +210,35 @@ struct Layer {
     post_attn_norm: Option<Tensor>,
     ffn_norm: Tensor,
     post_ffn_norm: Option<Tensor>,
-    w_gate: QMatMul,
-    w_up: QMatMul,
-    w_down: QMatMul,
+    ffn: Ffn,
+}
+
+/// A gated MLP: `down(act(gate(x)) * up(x))`.
+struct Mlp {
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+}
+
+enum Ffn {
+    Dense(Mlp),
+    /// Mixture of experts (Qwen3-MoE): softmax router, top-k experts per token.
+    Moe {
+        router: QMatMul,
+        experts: Vec<Mlp>,
+        top_k: usize,
+        norm_topk_prob: bool,
+    },
+}
+
+/// Mixture-of-experts settings from the config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeConfig {
+    pub num_experts: usize,
+    pub top_k: usize,
+    pub norm_topk_prob: bool,
+    /// Layer `i` is sparse when `(i + 1) % sparse_step == 0`.
+    pub sparse_step: usize,
 }
 
 pub struct Model {
@@ -324,9 +361,29 @@ impl Model {
                 post_attn_norm: opt(w, "post_attention_norm.weight", gemma)?,
                 ffn_norm: w.tensor(&name("ffn_norm.weight"))?,
                 post_ffn_norm: opt(w, "post_ffw_norm.weight", gemma)?,
-                w_gate: w.matmul(&name("ffn_gate.weight"))?,
-                w_up: w.matmul(&name("ffn_up.weight"))?,
-                w_down: w.matmul(&name("ffn_down.weight"))?,
+                ffn: match &config.moe {
+                    Some(moe) if (i + 1) % moe.sparse_step == 0 => Ffn::Moe {
+                        router: w.matmul(&name("ffn_gate_inp.weight"))?,
+                        experts: (0..moe.num_experts)
+                            .map(|e| {
+                                Ok(Mlp {
+                                    gate: w
+                                        .matmul(&name(&format!("expert.{e}.ffn_gate.weight")))?,
+                                    up: w.matmul(&name(&format!("expert.{e}.ffn_up.weight")))?,
+                                    down: w
+                                        .matmul(&name(&format!("expert.{e}.ffn_down.weight")))?,
+                                })
+                            })
+                            .collect::<Result<_>>()?,
+                        top_k: moe.top_k,
+                        norm_topk_prob: moe.norm_topk_prob,
+                    },
+                    _ => Ffn::Dense(Mlp {
+                        gate: w.matmul(&name("ffn_gate.weight"))?,
+                        up: w.matmul(&name("ffn_up.weight"))?,
+                        down: w.matmul(&name("ffn_down.weight"))?,
+                    }),
+                },
             });
         }
         Ok(Model {
@@ -350,6 +407,53 @@ impl Model {
 
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm(x, w, self.config.rms_eps as f32)?)
+    }
+
+    fn mlp(&self, mlp: &Mlp, h: &Tensor) -> Result<Tensor> {
+        let gate = mlp.gate.forward(h)?;
+        let gate = match self.config.arch {
+            Arch::Gemma3 => gate.gelu()?, // tanh approximation, as Gemma needs
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => candle_nn::ops::silu(&gate)?,
+        };
+        Ok(mlp.down.forward(&(gate * mlp.up.forward(h)?)?)?)
+    }
+
+    /// Route each token to its top-k experts (softmax over all experts, then
+    /// optionally renormalised over the chosen ones) and sum their outputs.
+    fn moe(
+        &self,
+        router: &QMatMul,
+        experts: &[Mlp],
+        top_k: usize,
+        renorm: bool,
+        h: &Tensor,
+    ) -> Result<Tensor> {
+        let probs = candle_nn::ops::softmax_last_dim(&router.forward(h)?)?.to_vec2::<f32>()?;
+        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); experts.len()];
+        let mut weights: Vec<Vec<f32>> = vec![Vec::new(); experts.len()];
+        for (t, p) in probs.iter().enumerate() {
+            let mut idx: Vec<usize> = (0..p.len()).collect();
+            idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+            idx.truncate(top_k);
+            let sum: f32 = idx.iter().map(|&e| p[e]).sum();
+            for e in idx {
+                rows[e].push(t as u32);
+                weights[e].push(if renorm { p[e] / sum } else { p[e] });
+            }
+        }
+        let mut out = h.zeros_like()?;
+        for (e, expert) in experts.iter().enumerate() {
+            if rows[e].is_empty() {
+                continue;
+            }
+            let idx = Tensor::new(rows[e].as_slice(), &self.device)?;
+            let w = Tensor::new(weights[e].as_slice(), &self.device)?.unsqueeze(1)?;
+            let y = self
+                .mlp(expert, &h.index_select(&idx, 0)?)?
+                .broadcast_mul(&w)?;
+            out = out.index_add(&idx, &y, 0)?;
+        }
+        Ok(out)
     }
 
     /// Run one step. `tokens` holds every sequence's new tokens back to back and
@@ -423,12 +527,15 @@ impl Model {
             }
             x = (x + o)?;
             let h = self.rms_norm(&x, &layer.ffn_norm)?;
-            let gate = layer.w_gate.forward(&h)?;
-            let gate = match c.arch {
-                Arch::Gemma3 => gate.gelu()?, // tanh approximation, as Gemma needs
-                Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => candle_nn::ops::silu(&gate)?,
+            let mut m = match &layer.ffn {
+                Ffn::Dense(mlp) => self.mlp(mlp, &h)?,
+                Ffn::Moe {
+                    router,
+                    experts,
+                    top_k,
+                    norm_topk_prob,
+                } => self.moe(router, experts, *top_k, *norm_topk_prob, &h)?,
             };
-            let mut m = layer.w_down.forward(&(gate * layer.w_up.forward(&h)?)?)?;
             if let Some(pn) = &layer.post_ffn_norm {
                 m = self.rms_norm(&m, pn)?;
             }

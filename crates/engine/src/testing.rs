@@ -17,6 +17,10 @@ pub const HEAD_DIM: usize = 16;
 pub const FFN: usize = 96;
 pub const LAYERS: usize = 2;
 pub const VOCAB: usize = 300;
+/// Qwen3-MoE: experts, experts per token, expert width.
+pub const EXPERTS: usize = 4;
+pub const EXPERTS_PER_TOKEN: usize = 2;
+pub const EXPERT_FFN: usize = 32;
 
 /// A byte-level BPE tokenizer.json over the 256 byte symbols (ids 0-255) plus
 /// `<|endoftext|>` (256), `<|im_start|>` (257) and `<|im_end|>` (258).
@@ -55,7 +59,7 @@ fn write_tokenizer(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Write a random checkpoint of `model_type` (`llama`, `qwen2`, `qwen3`) into
+/// Write a random checkpoint of `model_type` (`llama`, `qwen2`, `qwen3`, `qwen3_moe`) into
 /// `dir`; returns its `config.json`.
 pub fn write_random_checkpoint(
     dir: &Path,
@@ -118,9 +122,6 @@ pub fn write_random_checkpoint(
                 0.2,
                 0.0,
             ),
-            ("mlp.gate_proj.weight", vec![FFN, HIDDEN], 0.2, 0.0),
-            ("mlp.up_proj.weight", vec![FFN, HIDDEN], 0.2, 0.0),
-            ("mlp.down_proj.weight", vec![HIDDEN, FFN], 0.2, 0.0),
             ("input_layernorm.weight", vec![HIDDEN], 0.1, 1.0),
             ("post_attention_layernorm.weight", vec![HIDDEN], 0.1, 1.0),
         ];
@@ -129,11 +130,42 @@ pub fn write_random_checkpoint(
             shapes.push(("self_attn.k_proj.bias", vec![KV_HEADS * HEAD_DIM], 0.1, 0.0));
             shapes.push(("self_attn.v_proj.bias", vec![KV_HEADS * HEAD_DIM], 0.1, 0.0));
         }
-        if model_type == "qwen3" {
+        if model_type.starts_with("qwen3") {
             shapes.push(("self_attn.q_norm.weight", vec![HEAD_DIM], 0.1, 1.0));
             shapes.push(("self_attn.k_norm.weight", vec![HEAD_DIM], 0.1, 1.0));
         }
-        for (name, shape, scale, offset) in shapes {
+        let mut names: Vec<(String, Vec<usize>, f32, f32)> = shapes
+            .into_iter()
+            .map(|(n, sh, sc, o)| (n.to_string(), sh, sc, o))
+            .collect();
+        if model_type == "qwen3_moe" {
+            names.push(("mlp.gate.weight".into(), vec![EXPERTS, HIDDEN], 0.5, 0.0));
+            for e in 0..EXPERTS {
+                names.push((
+                    format!("mlp.experts.{e}.gate_proj.weight"),
+                    vec![EXPERT_FFN, HIDDEN],
+                    0.2,
+                    0.0,
+                ));
+                names.push((
+                    format!("mlp.experts.{e}.up_proj.weight"),
+                    vec![EXPERT_FFN, HIDDEN],
+                    0.2,
+                    0.0,
+                ));
+                names.push((
+                    format!("mlp.experts.{e}.down_proj.weight"),
+                    vec![HIDDEN, EXPERT_FFN],
+                    0.2,
+                    0.0,
+                ));
+            }
+        } else {
+            names.push(("mlp.gate_proj.weight".into(), vec![FFN, HIDDEN], 0.2, 0.0));
+            names.push(("mlp.up_proj.weight".into(), vec![FFN, HIDDEN], 0.2, 0.0));
+            names.push(("mlp.down_proj.weight".into(), vec![HIDDEN, FFN], 0.2, 0.0));
+        }
+        for (name, shape, scale, offset) in names {
             t.insert(format!("{p}.{name}"), rand(&shape, scale, offset)?);
         }
     }
@@ -146,6 +178,7 @@ pub fn write_random_checkpoint(
     let architecture = match model_type {
         "qwen2" => "Qwen2ForCausalLM",
         "qwen3" => "Qwen3ForCausalLM",
+        "qwen3_moe" => "Qwen3MoeForCausalLM",
         _ => "LlamaForCausalLM",
     };
     let config = json!({
@@ -168,7 +201,12 @@ pub fn write_random_checkpoint(
         "use_sliding_window": false,
         "attention_bias": false,
         "eos_token_id": 258,
-        "bos_token_id": 256
+        "bos_token_id": 256,
+        "num_experts": if model_type == "qwen3_moe" { EXPERTS } else { 0 },
+        "num_experts_per_tok": EXPERTS_PER_TOKEN,
+        "moe_intermediate_size": EXPERT_FFN,
+        "norm_topk_prob": true,
+        "decoder_sparse_step": 1
     });
     std::fs::write(dir.join("config.json"), config.to_string())?;
     write_tokenizer(dir)?;

@@ -72,6 +72,16 @@ impl SafetensorsWeights {
             };
         };
         let (layer, tail) = rest.split_once('.').unwrap_or((rest, ""));
+        // Experts: expert.{e}.ffn_gate.weight -> mlp.experts.{e}.gate_proj.weight
+        if let Some(rest) = tail.strip_prefix("expert.") {
+            if let Some((e, part)) = rest.split_once('.') {
+                let part = part
+                    .replace("ffn_gate", "gate_proj")
+                    .replace("ffn_up", "up_proj")
+                    .replace("ffn_down", "down_proj");
+                return format!("model.layers.{layer}.mlp.experts.{e}.{part}");
+            }
+        }
         let mapped = match tail.rsplit_once('.') {
             Some((base, kind)) => {
                 let base = match base {
@@ -83,6 +93,7 @@ impl SafetensorsWeights {
                     "attn_output" => "self_attn.o_proj",
                     "attn_q_norm" => "self_attn.q_norm",
                     "attn_k_norm" => "self_attn.k_norm",
+                    "ffn_gate_inp" => "mlp.gate",
                     "ffn_gate" => "mlp.gate_proj",
                     "ffn_up" => "mlp.up_proj",
                     "ffn_down" => "mlp.down_proj",

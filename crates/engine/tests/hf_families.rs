@@ -1,4 +1,4 @@
-//! Safetensors checkpoints of the Qwen2 and Qwen3 families (and Llama in
+//! Safetensors checkpoints of the Qwen2, Qwen3 and Qwen3-MoE families (and Llama in
 //! Hugging Face layout), written by the test with random weights and real
 //! config keys, loaded through the same path users use
 //! (`LoadedModel::load` on a folder), checked against candle-transformers' own
@@ -52,6 +52,14 @@ fn reference_logits(
             use candle_transformers::models::qwen3;
             let cfg: qwen3::Config = serde_json::from_value(config.clone()).unwrap();
             qwen3::ModelForCausalLM::new(&cfg, vb)
+                .unwrap()
+                .forward(&input, 0)
+                .unwrap()
+        }
+        "qwen3_moe" => {
+            use candle_transformers::models::qwen3_moe;
+            let cfg: qwen3_moe::Config = serde_json::from_value(config.clone()).unwrap();
+            qwen3_moe::ModelForCausalLM::new(&cfg, vb)
                 .unwrap()
                 .forward(&input, 0)
                 .unwrap()
@@ -154,4 +162,9 @@ fn qwen2_safetensors_matches_candle_transformers() {
 #[test]
 fn qwen3_safetensors_matches_candle_transformers() {
     check_family("qwen3", true);
+}
+
+#[test]
+fn qwen3_moe_safetensors_matches_candle_transformers() {
+    check_family("qwen3_moe", false);
 }

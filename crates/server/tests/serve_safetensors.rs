@@ -42,7 +42,12 @@ fn each_family_generates_through_serve() {
     let _ = std::fs::remove_dir_all(&dir);
     let mut catalog =
         String::from("[engine]\nkv_cache_mb = 16\n\n[router]\naudit_db = \"audit.db\"\n");
-    for (family, tied) in [("llama", true), ("qwen2", false), ("qwen3", true)] {
+    for (family, tied) in [
+        ("llama", true),
+        ("qwen2", false),
+        ("qwen3", true),
+        ("qwen3_moe", false),
+    ] {
         write_random_checkpoint(&dir.join(family), family, tied).unwrap();
         catalog.push_str(&format!(
             "\n[[models]]\nid = \"tiny-{family}\"\nsource = \"{family}\"\n"
@@ -68,7 +73,7 @@ fn each_family_generates_through_serve() {
         assert!(Instant::now() < deadline, "server did not become ready");
         std::thread::sleep(Duration::from_millis(100));
     }
-    for family in ["llama", "qwen2", "qwen3"] {
+    for family in ["llama", "qwen2", "qwen3", "qwen3_moe"] {
         let body = format!(
             r#"{{"model": "tiny-{family}", "messages": [{{"role": "user", "content": "Hi"}}], "max_tokens": 5, "temperature": 0, "ignore_eos": true}}"#
         );

@@ -212,3 +212,112 @@ pub fn write_random_checkpoint(
     write_tokenizer(dir)?;
     Ok(config)
 }
+
+/// Convert a Llama checkpoint written by [`write_random_checkpoint`] into an
+/// f32 GGUF file the way llama.cpp's converter does: llama.cpp tensor names,
+/// Q and K rows permuted for interleaved RoPE, the vocabulary as `gpt2` BPE.
+pub fn convert_llama_to_gguf(dir: &Path, out: &Path) -> Result<()> {
+    use candle_core::quantized::{gguf_file::Value, GgmlDType, QTensor};
+    let dev = Device::Cpu;
+    let st = candle_core::safetensors::load(dir.join("model.safetensors"), &dev)?;
+    let get = |name: &str| -> Result<Tensor> {
+        st.get(name)
+            .ok_or_else(|| crate::error::EngineError::Load(format!("missing {name}")))?
+            .to_dtype(DType::F32)
+            .map_err(Into::into)
+    };
+    // HF rotates halves; GGUF Llama rotates adjacent pairs: reorder each head's rows.
+    let permute = |w: Tensor, heads: usize| -> Result<Tensor> {
+        let (rows, cols) = w.dims2()?;
+        Ok(w.reshape((heads, 2, rows / heads / 2, cols))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((rows, cols))?)
+    };
+    let mut tensors: Vec<(String, Tensor)> = vec![
+        (
+            "token_embd.weight".into(),
+            get("model.embed_tokens.weight")?,
+        ),
+        ("output_norm.weight".into(), get("model.norm.weight")?),
+    ];
+    if st.contains_key("lm_head.weight") {
+        tensors.push(("output.weight".into(), get("lm_head.weight")?));
+    }
+    for l in 0..LAYERS {
+        let hf = |n: &str| format!("model.layers.{l}.{n}");
+        let gg = |n: &str| format!("blk.{l}.{n}");
+        tensors.push((gg("attn_norm.weight"), get(&hf("input_layernorm.weight"))?));
+        tensors.push((
+            gg("ffn_norm.weight"),
+            get(&hf("post_attention_layernorm.weight"))?,
+        ));
+        tensors.push((
+            gg("attn_q.weight"),
+            permute(get(&hf("self_attn.q_proj.weight"))?, HEADS)?,
+        ));
+        tensors.push((
+            gg("attn_k.weight"),
+            permute(get(&hf("self_attn.k_proj.weight"))?, KV_HEADS)?,
+        ));
+        tensors.push((gg("attn_v.weight"), get(&hf("self_attn.v_proj.weight"))?));
+        tensors.push((
+            gg("attn_output.weight"),
+            get(&hf("self_attn.o_proj.weight"))?,
+        ));
+        tensors.push((gg("ffn_gate.weight"), get(&hf("mlp.gate_proj.weight"))?));
+        tensors.push((gg("ffn_up.weight"), get(&hf("mlp.up_proj.weight"))?));
+        tensors.push((gg("ffn_down.weight"), get(&hf("mlp.down_proj.weight"))?));
+    }
+    let qtensors = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), QTensor::quantize(t, GgmlDType::F32)?)))
+        .collect::<Result<Vec<_>>>()?;
+    // The vocabulary: the 256 byte symbols, then the three specials.
+    let tk: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json"))?)
+            .map_err(|e| crate::error::EngineError::Load(e.to_string()))?;
+    let mut tokens = vec![String::new(); VOCAB];
+    let mut types = vec![Value::I32(1); VOCAB];
+    if let Some(v) = tk["model"]["vocab"].as_object() {
+        for (t, id) in v {
+            tokens[id.as_u64().unwrap_or(0) as usize] = t.clone();
+        }
+    }
+    for a in tk["added_tokens"].as_array().into_iter().flatten() {
+        let id = a["id"].as_u64().unwrap_or(0) as usize;
+        tokens[id] = a["content"].as_str().unwrap_or_default().to_string();
+        types[id] = Value::I32(3);
+    }
+    for (i, t) in tokens.iter_mut().enumerate().skip(259) {
+        *t = format!("<unused{i}>");
+    }
+    let u = |v: usize| Value::U32(v as u32);
+    let metadata: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::String("llama".into())),
+        ("llama.block_count", u(LAYERS)),
+        ("llama.context_length", u(512)),
+        ("llama.embedding_length", u(HIDDEN)),
+        ("llama.feed_forward_length", u(FFN)),
+        ("llama.attention.head_count", u(HEADS)),
+        ("llama.attention.head_count_kv", u(KV_HEADS)),
+        ("llama.rope.freq_base", Value::F32(10000.0)),
+        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-6)),
+        ("llama.vocab_size", u(VOCAB)),
+        ("tokenizer.ggml.model", Value::String("gpt2".into())),
+        (
+            "tokenizer.ggml.tokens",
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
+        ),
+        ("tokenizer.ggml.token_type", Value::Array(types)),
+        ("tokenizer.ggml.merges", Value::Array(Vec::new())),
+        ("tokenizer.ggml.eos_token_id", u(258)),
+        ("tokenizer.ggml.bos_token_id", u(256)),
+        ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
+    ];
+    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let ts: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut f = std::fs::File::create(out)?;
+    candle_core::quantized::gguf_file::write(&mut f, &md, &ts)?;
+    Ok(())
+}

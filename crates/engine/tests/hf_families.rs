@@ -168,3 +168,36 @@ fn qwen3_safetensors_matches_candle_transformers() {
 fn qwen3_moe_safetensors_matches_candle_transformers() {
     check_family("qwen3_moe", false);
 }
+
+/// The same random Llama as a safetensors folder and as an f32 GGUF (Q/K
+/// permuted as llama.cpp's converter does) gives the same logits.
+#[test]
+fn llama_gguf_and_safetensors_agree() {
+    let (dir, _) = write_checkpoint("llama", false);
+    let gguf = dir.join("model-f32.gguf");
+    switchyard_engine::testing::convert_llama_to_gguf(&dir, &gguf).unwrap();
+    let from_st = LoadedModel::load(&dir, &Device::Cpu).unwrap();
+    let from_gguf = LoadedModel::load(&gguf, &Device::Cpu).unwrap();
+    for tokens in [
+        vec![5u32, 77, 200, 13],
+        (0..40).map(|i| (i * 7 % 250) as u32).collect(),
+    ] {
+        let a = prefill_logits(&from_st, &tokens);
+        let b = prefill_logits(&from_gguf, &tokens);
+        let max_diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            max_diff < 1e-3,
+            "{} tokens: max |diff| {max_diff}",
+            tokens.len()
+        );
+    }
+    assert_eq!(
+        from_st.tokenizer.encode("Hi there", false).unwrap(),
+        from_gguf.tokenizer.encode("Hi there", false).unwrap()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

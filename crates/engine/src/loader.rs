@@ -18,38 +18,42 @@ use crate::tokenizer::Tokenizer;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
     Path(PathBuf),
+    /// `file` is None for a whole model folder (safetensors layout).
     Hub {
         repo: String,
         revision: String,
-        file: String,
+        file: Option<String>,
     },
 }
 
 impl ModelSource {
-    /// Parse `hf:org/repo[@rev]/file` or a filesystem path.
+    /// Parse `hf:org/repo[@rev][/file]` or a filesystem path.
     pub fn parse(s: &str) -> Result<Self> {
         let Some(rest) = s.strip_prefix("hf:") else {
             return Ok(ModelSource::Path(PathBuf::from(s)));
         };
-        let bad =
-            || EngineError::Source(format!("`{s}`: expected hf:org/repo[@revision]/file.gguf"));
+        let bad = || {
+            EngineError::Source(format!(
+                "`{s}`: expected hf:org/repo[@revision] (a safetensors folder) or hf:org/repo[@revision]/file.gguf"
+            ))
+        };
         let mut parts = rest.splitn(3, '/');
         let (org, repo_rev, file) = (
             parts.next().ok_or_else(bad)?,
             parts.next().ok_or_else(bad)?,
-            parts.next().ok_or_else(bad)?,
+            parts.next(),
         );
         let (repo, revision) = match repo_rev.split_once('@') {
             Some((r, rev)) => (r, rev.to_string()),
             None => (repo_rev, "main".to_string()),
         };
-        if org.is_empty() || repo.is_empty() || file.is_empty() {
+        if org.is_empty() || repo.is_empty() || file == Some("") {
             return Err(bad());
         }
         Ok(ModelSource::Hub {
             repo: format!("{org}/{repo}"),
             revision,
-            file: file.to_string(),
+            file: file.map(str::to_string),
         })
     }
 
@@ -73,8 +77,13 @@ impl ModelSource {
             ModelSource::Hub {
                 repo,
                 revision,
-                file,
+                file: Some(file),
             } => resolve_hub(repo, revision, file),
+            ModelSource::Hub {
+                repo,
+                revision,
+                file: None,
+            } => resolve_hub_folder(repo, revision),
         }
     }
 }
@@ -107,6 +116,39 @@ fn resolve_hub(repo: &str, revision: &str, file: &str) -> Result<PathBuf> {
     api.repo(hf_repo)
         .get(file)
         .map_err(|e| EngineError::Source(format!("downloading {repo}@{revision}/{file}: {e}")))
+}
+
+/// A model folder from the hub: the config, tokenizer files and every
+/// safetensors shard; returns the snapshot directory that holds them.
+fn resolve_hub_folder(repo: &str, revision: &str) -> Result<PathBuf> {
+    let config = resolve_hub(repo, revision, "config.json")?;
+    resolve_hub(repo, revision, "tokenizer.json")?;
+    for optional in ["tokenizer_config.json", "generation_config.json"] {
+        let _ = resolve_hub(repo, revision, optional);
+    }
+    match resolve_hub(repo, revision, "model.safetensors.index.json") {
+        Ok(index) => {
+            let text = std::fs::read_to_string(&index)?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| EngineError::Source(format!("{}: {e}", index.display())))?;
+            let mut shards: Vec<&str> = v["weight_map"]
+                .as_object()
+                .map(|m| m.values().filter_map(|x| x.as_str()).collect())
+                .unwrap_or_default();
+            shards.sort();
+            shards.dedup();
+            for shard in shards {
+                resolve_hub(repo, revision, shard)?;
+            }
+        }
+        Err(_) => {
+            resolve_hub(repo, revision, "model.safetensors")?;
+        }
+    }
+    config
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| EngineError::Source(format!("{repo}: no snapshot folder")))
 }
 
 /// Everything needed to start an engine for one model.
@@ -241,7 +283,7 @@ mod tests {
             ModelSource::Hub {
                 repo: "org/name".into(),
                 revision: "v1".into(),
-                file: "m.gguf".into()
+                file: Some("m.gguf".into())
             }
         );
         assert!(matches!(
@@ -273,5 +315,24 @@ mod tests {
             .resolve(Path::new("."))
             .unwrap();
         assert!(p.ends_with("snapshots/abc123/m.gguf"), "{}", p.display());
+        // A whole safetensors folder in the cache resolves offline and loads.
+        let snap = dir.join("models--org--tiny/snapshots/def456");
+        crate::testing::write_random_checkpoint(&snap, "qwen3", true).unwrap();
+        std::fs::create_dir_all(dir.join("models--org--tiny/refs")).unwrap();
+        std::fs::write(dir.join("models--org--tiny/refs/main"), "def456").unwrap();
+        let p = ModelSource::parse("hf:org/tiny")
+            .unwrap()
+            .resolve(Path::new("."))
+            .unwrap();
+        assert!(p.ends_with("snapshots/def456"), "{}", p.display());
+        assert!(LoadedModel::load(&p, &Device::Cpu).is_ok());
+        let err = ModelSource::parse("hf:org/absent")
+            .unwrap()
+            .resolve(Path::new("."))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("config.json") && err.to_string().contains("HF_HUB_OFFLINE"),
+            "{err}"
+        );
     }
 }

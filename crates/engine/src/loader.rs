@@ -229,13 +229,24 @@ impl LoadedModel {
         let template_src = tok_cfg
             .as_ref()
             .and_then(|c| c["chat_template"].as_str().map(str::to_string));
+        Self::assemble(model, tokenizer, template_src, dir, started)
+    }
+
+    /// Chat template (the file's, or the family's built-in) and the result.
+    fn assemble(
+        model: Model,
+        tokenizer: Tokenizer,
+        template_src: Option<String>,
+        path: &Path,
+        started: Instant,
+    ) -> Result<Self> {
         let template = ChatTemplate::new(
             template_src,
             model.config().arch,
             tokenizer.bos_text().unwrap_or_default(),
             tokenizer.eos_text().unwrap_or_default(),
         )?;
-        tracing::info!(path = %dir.display(), "loaded in {:.2}s", started.elapsed().as_secs_f64());
+        tracing::info!(path = %path.display(), "loaded in {:.2}s", started.elapsed().as_secs_f64());
         Ok(LoadedModel {
             model,
             tokenizer: Arc::new(tokenizer),
@@ -257,18 +268,7 @@ impl LoadedModel {
             .get("tokenizer.chat_template")
             .and_then(|v| v.to_string().ok())
             .cloned();
-        let template = ChatTemplate::new(
-            template_src,
-            model.config().arch,
-            tokenizer.bos_text().unwrap_or_default(),
-            tokenizer.eos_text().unwrap_or_default(),
-        )?;
-        tracing::info!(path = %path.display(), "loaded in {:.2}s", started.elapsed().as_secs_f64());
-        Ok(LoadedModel {
-            model,
-            tokenizer: Arc::new(tokenizer),
-            template,
-        })
+        Self::assemble(model, tokenizer, template_src, path, started)
     }
 }
 

@@ -25,19 +25,12 @@ pub const EXPERT_FFN: usize = 32;
 /// A byte-level BPE tokenizer.json over the 256 byte symbols (ids 0-255) plus
 /// `<|endoftext|>` (256), `<|im_start|>` (257) and `<|im_end|>` (258).
 fn write_tokenizer(dir: &Path) -> Result<()> {
-    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32).collect();
-    printable.extend(0xA1..=0xAC);
-    printable.extend(0xAE..=0xFF);
     let mut vocab = serde_json::Map::new();
-    let mut extra = 0;
-    for b in 0..=255u32 {
-        let c = if printable.contains(&b) {
-            b
-        } else {
-            extra += 1;
-            255 + extra
-        };
-        vocab.insert(char::from_u32(c).unwrap_or('?').to_string(), json!(b));
+    for (b, c) in crate::tokenizer::gpt2_byte_to_unicode()
+        .into_iter()
+        .enumerate()
+    {
+        vocab.insert(c.to_string(), json!(b));
     }
     let special = |id: u32, content: &str| json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true});
     let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});

@@ -444,6 +444,15 @@ fn spm_token_bytes(token: &str) -> Vec<u8> {
     token.replace('▁', " ").into_bytes()
 }
 
+/// GPT-2's byte-to-unicode table: the printable character standing for each byte.
+pub fn gpt2_byte_to_unicode() -> Vec<char> {
+    let mut inverse = vec!['?'; 256];
+    for (c, b) in gpt2_unicode_to_byte() {
+        inverse[b as usize] = c;
+    }
+    inverse
+}
+
 /// GPT-2's byte-to-unicode table, inverted.
 fn gpt2_unicode_to_byte() -> HashMap<char, u8> {
     let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32).collect();

@@ -117,10 +117,9 @@ pub fn evaluate(c: &Classifier, ds: &Dataset) -> Evaluation {
     let mut right = 0;
     for (text, want) in &ds.family_test {
         let got = c.classify(text).family;
-        let slot = per
-            .iter_mut()
-            .find(|p| p.0 == *want)
-            .expect("every family has a slot");
+        let Some(slot) = per.iter_mut().find(|p| p.0 == *want) else {
+            continue;
+        };
         slot.1 += 1;
         if got == *want {
             slot.2 += 1;

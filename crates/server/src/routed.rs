@@ -244,12 +244,10 @@ pub async fn route_chat(
             Some(Event::Error { message }) => fallbacks.push((model.clone(), message)),
             None => fallbacks.push((model.clone(), "the engine stopped".into())),
             Some(first) => {
-                let profile = router
-                    .profiles
-                    .iter()
-                    .find(|p| &p.id == model)
-                    .cloned()
-                    .expect("decided from profiles");
+                let Some(profile) = router.profiles.iter().find(|p| &p.id == model).cloned() else {
+                    fallbacks.push((model.clone(), "no catalog profile".into()));
+                    continue;
+                };
                 let ctx = RouteCtx {
                     summary: summary(&id, &decision, model, &fallbacks),
                     decision_id: id.clone(),

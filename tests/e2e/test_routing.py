@@ -80,6 +80,9 @@ def test_bad_routing_requests(client):
         client.chat.completions.create(model="auto", messages=KNOWLEDGE, max_tokens=3,
                                        extra_body={"routing": {"min_quality": 0.99}})
     assert "No model can serve" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="auto", prompt="hi", max_tokens=3)
+    assert "chat/completions" in e.value.message
 
 
 def _free_port():

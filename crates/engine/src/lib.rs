@@ -19,6 +19,7 @@ pub mod scheduler;
 pub mod stop;
 pub mod testing;
 pub mod tokenizer;
+pub mod tool_calls;
 pub mod weights;
 
 pub use candle_core::quantized::gguf_file as candle_gguf;

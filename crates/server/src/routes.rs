@@ -410,6 +410,12 @@ async fn completions(
 ) -> Response {
     let prepared = (|| {
         let req: CompletionRequest = openai::parse_body(&body_bytes(&state, body)?)?;
+        if routed::parse_auto(&req.model)?.is_some() {
+            return Err(ApiError::invalid_param(
+                "model",
+                "`auto` routing is served on /v1/chat/completions; name a model for /v1/completions.",
+            ));
+        }
         let engine = engine_for(&state, &req.model)?;
         if req.echo == Some(true) {
             return Err(ApiError::invalid_param("echo", "'echo' is not supported."));

@@ -181,8 +181,18 @@ pub fn decide(models: &[ModelProfile], req: &RouteRequest, live: &dyn LiveLoad) 
         let prefill_rate = prefill_rate.max(1e-3);
         let decode_rate = decode_rate.max(1e-3);
         // Queued prompts are prefilled first; the decode batch shares the rate.
-        let ttft_ms = 1000.0 * ((waiting + 1) * prompt) as f64 / prefill_rate;
         let per_seq_decode = decode_rate / (running + 1) as f64;
+        // KV pressure: when the free blocks cannot hold this request, it waits
+        // until running sequences generate (and finish) that many tokens.
+        let kv_wait_ms = match &load {
+            Some(l) if l.block_size > 0 && running > 0 => {
+                let free_tokens = l.kv_blocks_free * l.block_size;
+                let deficit = (prompt + out_tokens).saturating_sub(free_tokens);
+                1000.0 * deficit as f64 / decode_rate
+            }
+            _ => 0.0,
+        };
+        let ttft_ms = kv_wait_ms + 1000.0 * ((waiting + 1) * prompt) as f64 / prefill_rate;
         let total_ms = ttft_ms + 1000.0 * out_tokens as f64 / per_seq_decode;
         let (cost_usd, cost_basis) = match m.routing.cost {
             Cost::Priced {
@@ -578,5 +588,36 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("TTFT"));
+    }
+
+    #[test]
+    fn kv_pressure_moves_latency() {
+        struct Full;
+        impl LiveLoad for Full {
+            fn load(&self, m: &str) -> Option<LoadSnapshot> {
+                let free = if m == "full" { 1 } else { 100 };
+                Some(LoadSnapshot {
+                    healthy: true,
+                    running: 2,
+                    kv_blocks_free: free,
+                    block_size: 16,
+                    ..Default::default()
+                })
+            }
+            fn max_waiting(&self) -> usize {
+                8
+            }
+        }
+        let models = [
+            model("full", 8192, Some(0.5), 1.0, 100.0),
+            model("roomy", 8192, Some(0.5), 1.0, 80.0),
+        ];
+        let r = request(RoutingOptions {
+            objective: Some(Objective::Latency),
+            ..Default::default()
+        });
+        let d = decide(&models, &r, &Full);
+        assert_eq!(d.order[0], "roomy");
+        assert!(d.candidates[0].predicted_ttft_ms > d.candidates[1].predicted_ttft_ms);
     }
 }

@@ -391,7 +391,10 @@ impl Scheduler {
             let seq = &self.seqs[&id];
             let start = seq.num_computed;
             let remaining = seq.tokens.len() - start;
-            let n = if self.config.chunked_prefill {
+            // Chunk when enabled, and always for a recomputed sequence that outgrew
+            // the step budget (with chunking off, no longer prompt is admitted).
+            let n = if self.config.chunked_prefill || remaining > self.config.max_num_batched_tokens
+            {
                 remaining.min(budget)
             } else {
                 remaining
@@ -624,7 +627,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
+        #![proptest_config(ProptestConfig::with_cases(std::env::var("SCHED_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)))]
         /// Random submit/step/cancel/fork sequences never leak or double-free a
         /// block, ref counts return to zero, and every sequence ends exactly once.
         #[test]

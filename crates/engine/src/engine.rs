@@ -631,10 +631,3 @@ impl EngineCore {
         }
     }
 }
-
-/// Chat template access for callers holding an `Engine`.
-impl Engine {
-    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
-        self.template.render(messages, true)
-    }
-}

@@ -70,10 +70,6 @@ impl KvCache {
         }
     }
 
-    pub fn layout(&self) -> &KvLayout {
-        &self.layout
-    }
-
     fn slot(&self, table: &[BlockId], pos: usize) -> usize {
         let bs = self.layout.block_size;
         table[pos / bs] as usize * bs + pos % bs

@@ -253,10 +253,6 @@ impl Scheduler {
         true
     }
 
-    pub fn contains(&self, id: SeqId) -> bool {
-        self.seqs.contains_key(&id)
-    }
-
     pub fn tokens(&self, id: SeqId) -> Option<&[u32]> {
         self.seqs.get(&id).map(|s| s.tokens.as_slice())
     }

@@ -282,10 +282,6 @@ impl Tokenizer {
             .map(|&e| String::from_utf8_lossy(&self.token_bytes[e as usize]).into_owned())
     }
 
-    pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.vocab.get(text).copied()
-    }
-
     /// Encode text; special tokens written in the text become their ids.
     /// `add_bos` adds BOS when the vocabulary asks for it and the text lacks it.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {

@@ -4,6 +4,7 @@
 //! The router crate decides; this module adapts the engines to its
 //! [`LiveLoad`] view and runs the candidates in order.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -164,15 +165,26 @@ pub async fn route_chat(
     let started = Instant::now();
     let text = routing_text(&req.messages);
     let classification = router.classifier.classify(&text);
+    // Each model's own template and tokenizer; kept for the one that serves.
+    let mut prompts: HashMap<String, Result<Vec<u32>, String>> = router
+        .profiles
+        .iter()
+        .filter_map(|p| {
+            let engine = state.engines.get(&p.id)?;
+            Some((
+                p.id.clone(),
+                engine.encode_chat(&req.messages).map_err(|e| e.to_string()),
+            ))
+        })
+        .collect();
     let prompt_tokens = router
         .profiles
         .iter()
         .map(|p| {
-            let n = state
-                .engines
-                .get(&p.id)
-                .and_then(|e| e.encode_chat(&req.messages).ok())
-                .map_or(usize::MAX / 4, |t| t.len());
+            let n = match prompts.get(&p.id) {
+                Some(Ok(t)) => t.len(),
+                _ => usize::MAX / 4, // cannot render: excluded by the context check
+            };
             (p.id.clone(), n)
         })
         .collect();
@@ -209,9 +221,10 @@ pub async fn route_chat(
         };
         let attempt = (|| {
             let params = req.fields.to_params(engine.tokenizer(), req.top_logprobs)?;
-            let prompt = engine
-                .encode_chat(&req.messages)
-                .map_err(|e| ApiError::invalid(e.to_string()))?;
+            let prompt = prompts
+                .remove(model)
+                .unwrap_or_else(|| Err("no prompt".into()))
+                .map_err(ApiError::invalid)?;
             let job = Job {
                 kind: Kind::Chat,
                 model: model.clone(),

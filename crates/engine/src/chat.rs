@@ -56,7 +56,7 @@ impl ChatTemplate {
         let source = source.unwrap_or_else(|| {
             match arch {
                 Arch::Gemma3 => GEMMA_TEMPLATE,
-                Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => CHATML_TEMPLATE,
+                Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::DeepSeek => CHATML_TEMPLATE,
             }
             .to_string()
         });

@@ -17,7 +17,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::error::{EngineError, Result};
-use crate::kv_cache::{KvCache, KvLayout, SeqView};
+use crate::kv_cache::{KvCache, SeqView};
 use crate::loader::LoadedModel;
 use crate::model::{Model, ModelConfig};
 use crate::sampling::{Sampler, SamplingParams, TokenLogprob};
@@ -168,13 +168,7 @@ impl Engine {
             template,
         } = loaded;
         let mc = model.config().clone();
-        let layout_for = |num_blocks| KvLayout {
-            num_layers: mc.num_layers,
-            num_blocks,
-            block_size: cfg.block_size,
-            num_kv_heads: mc.num_kv_heads,
-            head_dim: mc.head_dim,
-        };
+        let layout_for = |num_blocks| model.kv_layout(num_blocks, cfg.block_size);
         let per_block = layout_for(0).bytes_per_token() * cfg.block_size;
         let num_blocks = cfg
             .num_blocks
@@ -207,10 +201,11 @@ impl Engine {
             ..Default::default()
         }));
         let (tx, rx) = mpsc::channel();
+        let cache = KvCache::new(layout_for(num_blocks));
         let mut core = EngineCore {
             model,
             tokenizer: tokenizer.clone(),
-            cache: KvCache::new(layout_for(num_blocks)),
+            cache,
             sched_cfg: sched_cfg.clone(),
             scheduler: Scheduler::new(sched_cfg),
             seqs: HashMap::new(),

@@ -6,6 +6,11 @@
 //! written by slot; attention reads a sequence's blocks through its table, so
 //! sequences of any length share one pool without copies.
 //!
+//! Multi-head latent attention (DeepSeek-V2/V3) stores one latent row per token,
+//! `[c_kv, k_pe]`, as a single KV head; its values are the key row's first
+//! `kv_lora_rank` floats ([`ValueStorage::KeyPrefix`]), so no V buffer exists
+//! (the "absorbed" MLA cache of vLLM/FlashMLA).
+//!
 //! Attention runs in parallel over (token, head) with rayon. Queries attend to
 //! every cached position up to their own (causal), optionally only to the last
 //! `window` positions (Gemma's sliding-window layers), with optional tanh
@@ -21,16 +26,38 @@ pub struct KvLayout {
     pub num_blocks: usize,
     pub block_size: usize,
     pub num_kv_heads: usize,
+    /// Width of one key head.
     pub head_dim: usize,
+    pub values: ValueStorage,
+}
+
+/// Where a token's values live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueStorage {
+    /// A V buffer shaped like K.
+    Separate,
+    /// The first `n` floats of each key head are its value (MLA's latent `c_kv`).
+    KeyPrefix(usize),
 }
 
 impl KvLayout {
-    /// Bytes of K and V for one token over all layers.
+    /// Bytes of K (and V, when stored) for one token over all layers.
     pub fn bytes_per_token(&self) -> usize {
-        self.num_layers * 2 * self.num_kv_heads * self.head_dim * std::mem::size_of::<f32>()
+        let buffers = match self.values {
+            ValueStorage::Separate => 2,
+            ValueStorage::KeyPrefix(_) => 1,
+        };
+        self.num_layers * buffers * self.num_kv_heads * self.head_dim * std::mem::size_of::<f32>()
     }
     fn floats_per_block(&self) -> usize {
         self.block_size * self.num_kv_heads * self.head_dim
+    }
+    /// Width of one value head (the attention output per query head).
+    pub fn value_dim(&self) -> usize {
+        match self.values {
+            ValueStorage::Separate => self.head_dim,
+            ValueStorage::KeyPrefix(n) => n,
+        }
     }
 }
 
@@ -63,10 +90,14 @@ pub struct AttentionParams {
 impl KvCache {
     pub fn new(layout: KvLayout) -> Self {
         let n = layout.num_blocks * layout.floats_per_block();
+        let v_layers = match layout.values {
+            ValueStorage::Separate => layout.num_layers,
+            ValueStorage::KeyPrefix(_) => 0,
+        };
         KvCache {
             layout,
             k: (0..layout.num_layers).map(|_| vec![0.0; n]).collect(),
-            v: (0..layout.num_layers).map(|_| vec![0.0; n]).collect(),
+            v: (0..v_layers).map(|_| vec![0.0; n]).collect(),
         }
     }
 
@@ -86,21 +117,25 @@ impl KvCache {
         }
     }
 
-    /// Write the batch's new K and V (`[tokens, kv_heads * head_dim]`) into their slots.
+    /// Write the batch's new K and V (`[tokens, kv_heads * head_dim]`) into their
+    /// slots. `v` is ignored (may be empty) when values are a key prefix.
     pub fn write(&mut self, layer: usize, seqs: &[SeqView], k: &[f32], v: &[f32]) {
         let row = self.layout.num_kv_heads * self.layout.head_dim;
+        let separate = self.layout.values == ValueStorage::Separate;
         for s in seqs {
             for (i, t) in s.token_range.clone().enumerate() {
                 let slot = self.slot(s.block_table, s.start_pos + i);
                 let dst = slot * row;
                 self.k[layer][dst..dst + row].copy_from_slice(&k[t * row..(t + 1) * row]);
-                self.v[layer][dst..dst + row].copy_from_slice(&v[t * row..(t + 1) * row]);
+                if separate {
+                    self.v[layer][dst..dst + row].copy_from_slice(&v[t * row..(t + 1) * row]);
+                }
             }
         }
     }
 
     /// Paged attention for every new token of the batch. `q` is
-    /// `[tokens, heads * head_dim]`; returns the same shape.
+    /// `[tokens, heads * head_dim]`; returns `[tokens, heads * value_dim]`.
     pub fn attend(
         &self,
         layer: usize,
@@ -109,11 +144,12 @@ impl KvCache {
         p: AttentionParams,
     ) -> Vec<f32> {
         let hd = self.layout.head_dim;
+        let vd = self.layout.value_dim();
         let kvh = self.layout.num_kv_heads;
         let group = p.num_heads / kvh;
         let row_q = p.num_heads * hd;
         let num_tokens = q.len() / row_q;
-        let mut out = vec![0.0f32; q.len()];
+        let mut out = vec![0.0f32; num_tokens * p.num_heads * vd];
         // Which sequence (and position) each batch token belongs to.
         let mut owner = vec![(0usize, 0usize); num_tokens];
         for (si, s) in seqs.iter().enumerate() {
@@ -121,8 +157,12 @@ impl KvCache {
                 owner[t] = (si, s.start_pos + i);
             }
         }
-        let (kl, vl) = (&self.k[layer], &self.v[layer]);
-        out.par_chunks_mut(hd).enumerate().for_each_init(
+        let kl = &self.k[layer];
+        let vl = match self.layout.values {
+            ValueStorage::Separate => &self.v[layer],
+            ValueStorage::KeyPrefix(_) => kl,
+        };
+        out.par_chunks_mut(vd).enumerate().for_each_init(
             Vec::new,
             |scores: &mut Vec<f32>, (idx, o)| {
                 let (t, h) = (idx / p.num_heads, idx % p.num_heads);
@@ -150,7 +190,7 @@ impl KvCache {
                 let inv = 1.0 / sum;
                 for (j, &w) in (lo..=pos).zip(scores.iter()) {
                     let base = self.slot(table, j) * kvh * hd + kv_off;
-                    axpy(w * inv, &vl[base..base + hd], o);
+                    axpy(w * inv, &vl[base..base + vd], o);
                 }
             },
         );
@@ -195,6 +235,7 @@ mod tests {
             block_size: 4,
             num_kv_heads: 2,
             head_dim: 8,
+            values: ValueStorage::Separate,
         };
         let mut cache = KvCache::new(layout);
         let heads = 4;
@@ -234,6 +275,56 @@ mod tests {
                         .map(|(j, w)| w / z * v[(j * 2 + kvh) * 8 + d])
                         .sum();
                     let got = out[(t * heads + h) * 8 + d];
+                    assert!((want - got).abs() < 1e-5, "t{t} h{h} d{d}: {want} vs {got}");
+                }
+            }
+        }
+    }
+
+    /// MLA layout: one latent head whose first `n` floats are the value; no V buffer.
+    #[test]
+    fn key_prefix_values_match_dense() {
+        let (hd, vd, heads, n) = (12, 8, 3, 5);
+        let layout = KvLayout {
+            num_layers: 1,
+            num_blocks: 4,
+            block_size: 2,
+            num_kv_heads: 1,
+            head_dim: hd,
+            values: ValueStorage::KeyPrefix(vd),
+        };
+        assert_eq!(layout.bytes_per_token(), hd * 4);
+        let mut cache = KvCache::new(layout);
+        let rnd = |i: usize| ((i * 7919 % 97) as f32 / 48.0) - 1.0;
+        let q: Vec<f32> = (0..n * heads * hd).map(|i| rnd(i + 5)).collect();
+        let k: Vec<f32> = (0..n * hd).map(rnd).collect();
+        let table = [3, 0, 2];
+        let seqs = [SeqView {
+            token_range: 0..n,
+            start_pos: 0,
+            block_table: &table,
+        }];
+        cache.write(0, &seqs, &k, &[]);
+        let p = AttentionParams {
+            num_heads: heads,
+            scale: 0.5,
+            window: None,
+            softcap: None,
+        };
+        let out = cache.attend(0, &seqs, &q, p);
+        assert_eq!(out.len(), n * heads * vd);
+        for t in 0..n {
+            for h in 0..heads {
+                let qh = &q[(t * heads + h) * hd..(t * heads + h + 1) * hd];
+                let s: Vec<f32> = (0..=t)
+                    .map(|j| dot(qh, &k[j * hd..(j + 1) * hd]) * 0.5)
+                    .collect();
+                let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
+                let z: f32 = e.iter().sum();
+                for d in 0..vd {
+                    let want: f32 = (0..=t).zip(&e).map(|(j, w)| w / z * k[j * hd + d]).sum();
+                    let got = out[(t * heads + h) * vd + d];
                     assert!((want - got).abs() < 1e-5, "t{t} h{h} d{d}: {want} vs {got}");
                 }
             }

@@ -202,7 +202,7 @@ impl LoadedModel {
             }
             None => vec![dir.join("model.safetensors")],
         };
-        let mut weights = crate::weights::SafetensorsWeights::open(&files, device)?;
+        let mut weights = crate::weights::SafetensorsWeights::open(&files, mc.arch, device)?;
         let model = Model::from_weights(mc, &mut weights)?;
         let ids = |v: &serde_json::Value| -> Vec<u32> {
             match v {

@@ -1,4 +1,4 @@
-//! Small random-weight Hugging Face checkpoints (Llama, Qwen2, Qwen3 layouts)
+//! Small random-weight Hugging Face checkpoints (every family in [`FAMILIES`])
 //! for tests and demos: real config keys, bf16 safetensors, a byte-level BPE
 //! `tokenizer.json`. Deterministic: the same call writes the same bytes.
 
@@ -52,13 +52,33 @@ fn write_tokenizer(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Write a random checkpoint of `model_type` (`llama`, `qwen2`, `qwen3`, `qwen3_moe`) into
-/// `dir`; returns its `config.json`.
-pub fn write_random_checkpoint(
-    dir: &Path,
-    model_type: &str,
-    tied: bool,
-) -> Result<serde_json::Value> {
+/// DeepSeek (MLA) test dimensions.
+pub const Q_LORA_RANK: usize = 24;
+pub const KV_LORA_RANK: usize = 32;
+pub const QK_NOPE_DIM: usize = 16;
+pub const QK_ROPE_DIM: usize = 8;
+pub const V_HEAD_DIM: usize = 12;
+
+/// The families [`write_random_checkpoint`] can write.
+pub const FAMILIES: &[&str] = &[
+    "llama",
+    "llama3",
+    "qwen2",
+    "qwen3",
+    "qwen3_moe",
+    "gemma3_text",
+    "deepseek_v2",
+    "deepseek_v3",
+];
+
+/// Write a random checkpoint of `family` (one of [`FAMILIES`]; `llama3` is a
+/// Llama with Llama 3.1 RoPE scaling) into `dir`; returns its `config.json`.
+pub fn write_random_checkpoint(dir: &Path, family: &str, tied: bool) -> Result<serde_json::Value> {
+    if !FAMILIES.contains(&family) {
+        return Err(crate::error::EngineError::Load(format!(
+            "no random checkpoint for `{family}`"
+        )));
+    }
     std::fs::create_dir_all(dir)?;
     let dev = Device::Cpu;
     let mut seed = 0u64;
@@ -79,102 +99,187 @@ pub fn write_random_checkpoint(
             .collect();
         Ok(Tensor::from_vec(v, shape, &dev)?)
     };
-    let mut t: HashMap<String, Tensor> = HashMap::new();
-    t.insert(
-        "model.embed_tokens.weight".into(),
-        rand(&[VOCAB, HIDDEN], 0.5, 0.0)?,
-    );
-    t.insert("model.norm.weight".into(), rand(&[HIDDEN], 0.1, 1.0)?);
+    let deepseek = family.starts_with("deepseek");
+    let gemma = family == "gemma3_text";
+    let moe = family == "qwen3_moe" || deepseek;
+    // Gemma stores norm weights as offsets from one.
+    let norm_offset = if gemma { 0.0 } else { 1.0 };
+    let tied = tied || gemma;
+    // Gemma 3 270M has a single KV head; keep that shape.
+    let kv_heads = if gemma { 1 } else { KV_HEADS };
+    // (name, shape, scale, offset), names relative to the checkpoint root.
+    let mut spec: Vec<(String, Vec<usize>, f32, f32)> = vec![
+        (
+            "model.embed_tokens.weight".into(),
+            vec![VOCAB, HIDDEN],
+            0.5,
+            0.0,
+        ),
+        ("model.norm.weight".into(), vec![HIDDEN], 0.1, norm_offset),
+    ];
     if !tied {
-        t.insert("lm_head.weight".into(), rand(&[VOCAB, HIDDEN], 0.2, 0.0)?);
+        spec.push(("lm_head.weight".into(), vec![VOCAB, HIDDEN], 0.2, 0.0));
     }
     for l in 0..LAYERS {
-        let p = format!("model.layers.{l}");
-        let mut shapes: Vec<(&str, Vec<usize>, f32, f32)> = vec![
-            (
+        let mut layer: Vec<(String, Vec<usize>, f32, f32)> = Vec::new();
+        let mut push = |name: &str, shape: Vec<usize>, scale: f32, offset: f32| {
+            layer.push((name.to_string(), shape, scale, offset));
+        };
+        push("input_layernorm.weight", vec![HIDDEN], 0.1, norm_offset);
+        push(
+            "post_attention_layernorm.weight",
+            vec![HIDDEN],
+            0.1,
+            norm_offset,
+        );
+        if gemma {
+            push("pre_feedforward_layernorm.weight", vec![HIDDEN], 0.1, 0.0);
+            push("post_feedforward_layernorm.weight", vec![HIDDEN], 0.1, 0.0);
+        }
+        if deepseek {
+            let q_dim = HEADS * (QK_NOPE_DIM + QK_ROPE_DIM);
+            if family == "deepseek_v2" {
+                push(
+                    "self_attn.q_a_proj.weight",
+                    vec![Q_LORA_RANK, HIDDEN],
+                    0.2,
+                    0.0,
+                );
+                push(
+                    "self_attn.q_a_layernorm.weight",
+                    vec![Q_LORA_RANK],
+                    0.1,
+                    1.0,
+                );
+                push(
+                    "self_attn.q_b_proj.weight",
+                    vec![q_dim, Q_LORA_RANK],
+                    0.2,
+                    0.0,
+                );
+            } else {
+                push("self_attn.q_proj.weight", vec![q_dim, HIDDEN], 0.2, 0.0);
+            }
+            let kv_a = vec![KV_LORA_RANK + QK_ROPE_DIM, HIDDEN];
+            push("self_attn.kv_a_proj_with_mqa.weight", kv_a, 0.2, 0.0);
+            push(
+                "self_attn.kv_a_layernorm.weight",
+                vec![KV_LORA_RANK],
+                0.1,
+                1.0,
+            );
+            let kv_b = vec![HEADS * (QK_NOPE_DIM + V_HEAD_DIM), KV_LORA_RANK];
+            push("self_attn.kv_b_proj.weight", kv_b, 0.2, 0.0);
+            push(
+                "self_attn.o_proj.weight",
+                vec![HIDDEN, HEADS * V_HEAD_DIM],
+                0.2,
+                0.0,
+            );
+        } else {
+            push(
                 "self_attn.q_proj.weight",
                 vec![HEADS * HEAD_DIM, HIDDEN],
                 0.2,
                 0.0,
-            ),
-            (
+            );
+            push(
                 "self_attn.k_proj.weight",
-                vec![KV_HEADS * HEAD_DIM, HIDDEN],
+                vec![kv_heads * HEAD_DIM, HIDDEN],
                 0.2,
                 0.0,
-            ),
-            (
+            );
+            push(
                 "self_attn.v_proj.weight",
-                vec![KV_HEADS * HEAD_DIM, HIDDEN],
+                vec![kv_heads * HEAD_DIM, HIDDEN],
                 0.2,
                 0.0,
-            ),
-            (
+            );
+            push(
                 "self_attn.o_proj.weight",
                 vec![HIDDEN, HEADS * HEAD_DIM],
                 0.2,
                 0.0,
-            ),
-            ("input_layernorm.weight", vec![HIDDEN], 0.1, 1.0),
-            ("post_attention_layernorm.weight", vec![HIDDEN], 0.1, 1.0),
-        ];
-        if model_type == "qwen2" {
-            shapes.push(("self_attn.q_proj.bias", vec![HEADS * HEAD_DIM], 0.1, 0.0));
-            shapes.push(("self_attn.k_proj.bias", vec![KV_HEADS * HEAD_DIM], 0.1, 0.0));
-            shapes.push(("self_attn.v_proj.bias", vec![KV_HEADS * HEAD_DIM], 0.1, 0.0));
+            );
         }
-        if model_type.starts_with("qwen3") {
-            shapes.push(("self_attn.q_norm.weight", vec![HEAD_DIM], 0.1, 1.0));
-            shapes.push(("self_attn.k_norm.weight", vec![HEAD_DIM], 0.1, 1.0));
+        if family == "qwen2" {
+            push("self_attn.q_proj.bias", vec![HEADS * HEAD_DIM], 0.1, 0.0);
+            push("self_attn.k_proj.bias", vec![KV_HEADS * HEAD_DIM], 0.1, 0.0);
+            push("self_attn.v_proj.bias", vec![KV_HEADS * HEAD_DIM], 0.1, 0.0);
         }
-        let mut names: Vec<(String, Vec<usize>, f32, f32)> = shapes
-            .into_iter()
-            .map(|(n, sh, sc, o)| (n.to_string(), sh, sc, o))
-            .collect();
-        if model_type == "qwen3_moe" {
-            names.push(("mlp.gate.weight".into(), vec![EXPERTS, HIDDEN], 0.5, 0.0));
+        if family.starts_with("qwen3") || gemma {
+            push("self_attn.q_norm.weight", vec![HEAD_DIM], 0.1, norm_offset);
+            push("self_attn.k_norm.weight", vec![HEAD_DIM], 0.1, norm_offset);
+        }
+        // DeepSeek's first layer stays dense (first_k_dense_replace = 1).
+        let sparse = moe && !(deepseek && l == 0);
+        let mut mlp = |prefix: &str, width: usize| {
+            push(
+                &format!("{prefix}.gate_proj.weight"),
+                vec![width, HIDDEN],
+                0.2,
+                0.0,
+            );
+            push(
+                &format!("{prefix}.up_proj.weight"),
+                vec![width, HIDDEN],
+                0.2,
+                0.0,
+            );
+            push(
+                &format!("{prefix}.down_proj.weight"),
+                vec![HIDDEN, width],
+                0.2,
+                0.0,
+            );
+        };
+        if sparse {
             for e in 0..EXPERTS {
-                names.push((
-                    format!("mlp.experts.{e}.gate_proj.weight"),
-                    vec![EXPERT_FFN, HIDDEN],
-                    0.2,
-                    0.0,
-                ));
-                names.push((
-                    format!("mlp.experts.{e}.up_proj.weight"),
-                    vec![EXPERT_FFN, HIDDEN],
-                    0.2,
-                    0.0,
-                ));
-                names.push((
-                    format!("mlp.experts.{e}.down_proj.weight"),
-                    vec![HIDDEN, EXPERT_FFN],
-                    0.2,
-                    0.0,
-                ));
+                mlp(&format!("mlp.experts.{e}"), EXPERT_FFN);
+            }
+            if deepseek {
+                mlp("mlp.shared_experts", EXPERT_FFN);
             }
         } else {
-            names.push(("mlp.gate_proj.weight".into(), vec![FFN, HIDDEN], 0.2, 0.0));
-            names.push(("mlp.up_proj.weight".into(), vec![FFN, HIDDEN], 0.2, 0.0));
-            names.push(("mlp.down_proj.weight".into(), vec![HIDDEN, FFN], 0.2, 0.0));
+            mlp("mlp", FFN);
         }
-        for (name, shape, scale, offset) in names {
-            t.insert(format!("{p}.{name}"), rand(&shape, scale, offset)?);
+        if sparse {
+            push("mlp.gate.weight", vec![EXPERTS, HIDDEN], 0.5, 0.0);
+            if family == "deepseek_v3" {
+                push("mlp.gate.e_score_correction_bias", vec![EXPERTS], 0.05, 0.0);
+            }
         }
+        spec.extend(
+            layer
+                .into_iter()
+                .map(|(n, sh, sc, o)| (format!("model.layers.{l}.{n}"), sh, sc, o)),
+        );
     }
-    // bf16 on disk, as real checkpoints are.
-    let t = t
-        .into_iter()
-        .map(|(k, v)| Ok((k, v.to_dtype(DType::BF16)?)))
-        .collect::<Result<HashMap<String, Tensor>>>()?;
+    let mut t: HashMap<String, Tensor> = HashMap::new();
+    for (name, shape, scale, offset) in spec {
+        // bf16 on disk, as real checkpoints are.
+        t.insert(name, rand(&shape, scale, offset)?.to_dtype(DType::BF16)?);
+    }
     candle_core::safetensors::save(&t, dir.join("model.safetensors"))?;
-    let architecture = match model_type {
+    let config = checkpoint_config(family, tied);
+    std::fs::write(dir.join("config.json"), config.to_string())?;
+    write_tokenizer(dir)?;
+    Ok(config)
+}
+
+/// The `config.json` of a random checkpoint, with the keys real ones carry.
+fn checkpoint_config(family: &str, tied: bool) -> serde_json::Value {
+    let model_type = if family == "llama3" { "llama" } else { family };
+    let architecture = match family {
         "qwen2" => "Qwen2ForCausalLM",
         "qwen3" => "Qwen3ForCausalLM",
         "qwen3_moe" => "Qwen3MoeForCausalLM",
+        "gemma3_text" => "Gemma3ForCausalLM",
+        "deepseek_v2" => "DeepseekV2ForCausalLM",
+        "deepseek_v3" => "DeepseekV3ForCausalLM",
         _ => "LlamaForCausalLM",
     };
-    let config = json!({
+    let mut config = json!({
         "model_type": model_type,
         "architectures": [architecture],
         "vocab_size": VOCAB,
@@ -195,15 +300,75 @@ pub fn write_random_checkpoint(
         "attention_bias": false,
         "eos_token_id": 258,
         "bos_token_id": 256,
-        "num_experts": if model_type == "qwen3_moe" { EXPERTS } else { 0 },
+        "num_experts": if family == "qwen3_moe" { EXPERTS } else { 0 },
         "num_experts_per_tok": EXPERTS_PER_TOKEN,
         "moe_intermediate_size": EXPERT_FFN,
         "norm_topk_prob": true,
         "decoder_sparse_step": 1
     });
-    std::fs::write(dir.join("config.json"), config.to_string())?;
-    write_tokenizer(dir)?;
-    Ok(config)
+    let extra = match family {
+        "llama3" => json!({
+            "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+        }),
+        "gemma3_text" => json!({
+            "num_key_value_heads": 1,
+            "hidden_activation": "gelu_pytorch_tanh",
+            // candle-transformers' gemma3 (the test reference) scales by head_dim.
+            "query_pre_attn_scalar": HEAD_DIM,
+            "rope_theta": 1000000.0,
+            "rope_local_base_freq": 10000.0,
+            "sliding_window": 512,
+            "sliding_window_pattern": 2,
+            "final_logit_softcapping": 30.0,
+            "attn_logit_softcapping": null,
+            "rope_scaling": null
+        }),
+        "deepseek_v2" => json!({
+            "q_lora_rank": Q_LORA_RANK,
+            "kv_lora_rank": KV_LORA_RANK,
+            "qk_nope_head_dim": QK_NOPE_DIM,
+            "qk_rope_head_dim": QK_ROPE_DIM,
+            "v_head_dim": V_HEAD_DIM,
+            "n_routed_experts": EXPERTS,
+            "n_shared_experts": 1,
+            "first_k_dense_replace": 1,
+            "moe_layer_freq": 1,
+            "routed_scaling_factor": 1.5,
+            "norm_topk_prob": false,
+            "scoring_func": "softmax",
+            "topk_method": "greedy",
+            "n_group": 1,
+            "topk_group": 1,
+            "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128,
+                             "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 0.8}
+        }),
+        "deepseek_v3" => json!({
+            "q_lora_rank": null,
+            "kv_lora_rank": KV_LORA_RANK,
+            "qk_nope_head_dim": QK_NOPE_DIM,
+            "qk_rope_head_dim": QK_ROPE_DIM,
+            "v_head_dim": V_HEAD_DIM,
+            "n_routed_experts": EXPERTS,
+            "n_shared_experts": 1,
+            "first_k_dense_replace": 1,
+            "moe_layer_freq": 1,
+            "routed_scaling_factor": 2.5,
+            "norm_topk_prob": true,
+            "scoring_func": "sigmoid",
+            "topk_method": "noaux_tc",
+            "n_group": 2,
+            "topk_group": 1,
+            "rope_scaling": null
+        }),
+        _ => json!({}),
+    };
+    if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    config
 }
 
 /// Convert a Llama checkpoint written by [`write_random_checkpoint`] into an

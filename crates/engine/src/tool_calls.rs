@@ -26,6 +26,7 @@ impl ToolCallFormat {
         match arch {
             Arch::Qwen2 | Arch::Qwen3 => Some(ToolCallFormat::Hermes),
             Arch::Llama => Some(ToolCallFormat::Llama3Json),
+            Arch::DeepSeek => Some(ToolCallFormat::DeepSeek),
             Arch::Gemma3 => None,
         }
     }

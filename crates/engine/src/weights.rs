@@ -6,6 +6,7 @@ use candle_core::quantized::{gguf_file, QMatMul};
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
+use crate::model_config::Arch;
 
 pub trait WeightSource {
     fn device(&self) -> &Device;
@@ -16,14 +17,24 @@ pub trait WeightSource {
     fn matmul(&mut self, name: &str) -> Result<QMatMul>;
 }
 
+/// Bytes a GGUF tensor occupies on disk.
+pub fn gguf_tensor_bytes(info: &gguf_file::TensorInfo) -> u64 {
+    let blocks = info.shape.elem_count() / info.ggml_dtype.block_size().max(1);
+    (blocks * info.ggml_dtype.type_size()) as u64
+}
+
 pub struct GgufWeights<'a, R> {
     pub content: &'a gguf_file::Content,
     pub reader: &'a mut R,
     pub device: &'a Device,
+    pub progress: LoadProgress,
 }
 
 impl<R: std::io::Read + std::io::Seek> GgufWeights<'_, R> {
     fn qtensor(&mut self, name: &str) -> Result<candle_core::quantized::QTensor> {
+        if let Some(info) = self.content.tensor_infos.get(name) {
+            self.progress.advance(gguf_tensor_bytes(info));
+        }
         self.content
             .tensor(self.reader, name, self.device)
             .map_err(|e| EngineError::Load(format!("tensor `{name}`: {e}")))
@@ -49,20 +60,29 @@ impl<R: std::io::Read + std::io::Seek> WeightSource for GgufWeights<'_, R> {
 pub struct SafetensorsWeights {
     tensors: candle_core::safetensors::MmapedSafetensors,
     device: Device,
+    arch: Arch,
+    progress: LoadProgress,
 }
 
 impl SafetensorsWeights {
-    pub fn open(files: &[std::path::PathBuf], device: &Device) -> Result<Self> {
+    pub fn open(files: &[std::path::PathBuf], arch: Arch, device: &Device) -> Result<Self> {
         // SAFETY: the files are mapped read-only and not modified while loaded.
         let tensors = unsafe { candle_core::safetensors::MmapedSafetensors::multi(files)? };
+        let total = files
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+            .sum();
         Ok(SafetensorsWeights {
             tensors,
             device: device.clone(),
+            arch,
+            progress: LoadProgress::new(total),
         })
     }
 
-    /// llama.cpp name → Hugging Face name (Llama/Qwen layout).
-    fn hf_name(name: &str) -> String {
+    /// llama.cpp name → Hugging Face name for this family.
+    fn hf_name(&self, name: &str) -> String {
         let Some(rest) = name.strip_prefix("blk.") else {
             return match name {
                 "token_embd.weight" => "model.embed_tokens.weight".into(),
@@ -82,21 +102,37 @@ impl SafetensorsWeights {
                 return format!("model.layers.{layer}.mlp.experts.{e}.{part}");
             }
         }
+        if tail == "exp_probs_b.bias" {
+            return format!("model.layers.{layer}.mlp.gate.e_score_correction_bias");
+        }
+        let gemma = self.arch == Arch::Gemma3;
         let mapped = match tail.rsplit_once('.') {
             Some((base, kind)) => {
                 let base = match base {
                     "attn_norm" => "input_layernorm",
+                    "ffn_norm" if gemma => "pre_feedforward_layernorm",
                     "ffn_norm" => "post_attention_layernorm",
+                    "post_attention_norm" => "post_attention_layernorm",
+                    "post_ffw_norm" => "post_feedforward_layernorm",
                     "attn_q" => "self_attn.q_proj",
                     "attn_k" => "self_attn.k_proj",
                     "attn_v" => "self_attn.v_proj",
                     "attn_output" => "self_attn.o_proj",
                     "attn_q_norm" => "self_attn.q_norm",
                     "attn_k_norm" => "self_attn.k_norm",
+                    "attn_q_a" => "self_attn.q_a_proj",
+                    "attn_q_a_norm" => "self_attn.q_a_layernorm",
+                    "attn_q_b" => "self_attn.q_b_proj",
+                    "attn_kv_a_mqa" => "self_attn.kv_a_proj_with_mqa",
+                    "attn_kv_a_norm" => "self_attn.kv_a_layernorm",
+                    "attn_kv_b" => "self_attn.kv_b_proj",
                     "ffn_gate_inp" => "mlp.gate",
                     "ffn_gate" => "mlp.gate_proj",
                     "ffn_up" => "mlp.up_proj",
                     "ffn_down" => "mlp.down_proj",
+                    "ffn_gate_shexp" => "mlp.shared_experts.gate_proj",
+                    "ffn_up_shexp" => "mlp.shared_experts.up_proj",
+                    "ffn_down_shexp" => "mlp.shared_experts.down_proj",
                     other => other,
                 };
                 format!("{base}.{kind}")
@@ -112,17 +148,80 @@ impl WeightSource for SafetensorsWeights {
         &self.device
     }
     fn has(&self, name: &str) -> bool {
-        self.tensors.get(&Self::hf_name(name)).is_ok()
+        self.tensors.get(&self.hf_name(name)).is_ok()
     }
     fn tensor(&mut self, name: &str) -> Result<Tensor> {
-        let hf = Self::hf_name(name);
+        let hf = self.hf_name(name);
+        let view = self
+            .tensors
+            .get(&hf)
+            .map_err(|e| EngineError::Load(format!("tensor `{hf}`: {e}")))?;
+        self.progress.advance(view.data().len() as u64);
         let t = self
             .tensors
             .load(&hf, &self.device)
-            .map_err(|e| EngineError::Load(format!("tensor `{hf}`: {e}")))?;
-        Ok(t.to_dtype(DType::F32)?)
+            .map_err(|e| EngineError::Load(format!("tensor `{hf}`: {e}")))?
+            .to_dtype(DType::F32)?;
+        // Gemma's checkpoints store norm weights as w with x·(1 + w); llama.cpp
+        // (and our forward) bake in the 1.
+        if self.arch == Arch::Gemma3 && name.ends_with("norm.weight") {
+            return Ok((t + 1.0)?);
+        }
+        Ok(t)
     }
     fn matmul(&mut self, name: &str) -> Result<QMatMul> {
         Ok(QMatMul::Tensor(self.tensor(name)?))
+    }
+}
+
+/// Load progress for large models: a bar on a terminal, a log line per quarter
+/// otherwise. Loads under 256 MiB stay quiet.
+pub struct LoadProgress {
+    total: u64,
+    done: u64,
+    shown: u64,
+    tty: bool,
+}
+
+impl LoadProgress {
+    const QUIET_BELOW: u64 = 256 << 20;
+
+    pub fn new(total: u64) -> Self {
+        use std::io::IsTerminal;
+        LoadProgress {
+            total,
+            done: 0,
+            shown: 0,
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    pub fn advance(&mut self, bytes: u64) {
+        if self.total < Self::QUIET_BELOW {
+            return;
+        }
+        self.done = (self.done + bytes).min(self.total);
+        let pct = self.done * 100 / self.total;
+        let step = if self.tty { 2 } else { 25 };
+        if pct < self.shown + step && self.done < self.total {
+            return;
+        }
+        self.shown = pct;
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        if self.tty {
+            let filled = (pct / 4) as usize;
+            eprint!(
+                "\rloading [{}{}] {pct:3}% {:.2}/{:.2} GiB",
+                "#".repeat(filled),
+                " ".repeat(25 - filled),
+                gib(self.done),
+                gib(self.total)
+            );
+            if self.done == self.total {
+                eprintln!();
+            }
+        } else {
+            tracing::info!("loading weights: {pct}% of {:.2} GiB", gib(self.total));
+        }
     }
 }

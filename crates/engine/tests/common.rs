@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use switchyard_engine::kv_cache::{KvCache, KvLayout, SeqView};
+use switchyard_engine::kv_cache::{KvCache, SeqView};
 use switchyard_engine::{Device, Engine, EngineConfig, Event, LoadedModel, SamplingParams};
 
 pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -47,15 +47,8 @@ pub fn generate(engine: &Engine, prompt: Vec<u32>, params: SamplingParams) -> Ve
 /// Last-position logits of one whole-prompt prefill through our model, with a
 /// fresh cache whose block table is deliberately out of order.
 pub fn prefill_logits(loaded: &LoadedModel, tokens: &[u32]) -> Vec<f32> {
-    let c = loaded.model.config();
     let blocks = tokens.len().div_ceil(16);
-    let mut cache = KvCache::new(KvLayout {
-        num_layers: c.num_layers,
-        num_blocks: blocks,
-        block_size: 16,
-        num_kv_heads: c.num_kv_heads,
-        head_dim: c.head_dim,
-    });
+    let mut cache = KvCache::new(loaded.model.kv_layout(blocks, 16));
     let table: Vec<u32> = (0..blocks as u32).rev().collect();
     let seqs = [SeqView {
         token_range: 0..tokens.len(),

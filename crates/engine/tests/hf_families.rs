@@ -1,5 +1,5 @@
-//! Safetensors checkpoints of the Qwen2, Qwen3 and Qwen3-MoE families (and Llama in
-//! Hugging Face layout), written by the test with random weights and real
+//! Safetensors checkpoints of the Qwen2, Qwen3, Qwen3-MoE, Gemma 3 and
+//! DeepSeek-V2/V3 families (and Llama in Hugging Face layout, with Llama 3 RoPE), written by the test with random weights and real
 //! config keys, loaded through the same path users use
 //! (`LoadedModel::load` on a folder), checked against candle-transformers' own
 //! implementation of each family on the same weights.
@@ -63,6 +63,40 @@ fn reference_logits(
                 .unwrap()
                 .forward(&input, 0)
                 .unwrap()
+        }
+        "deepseek_v2" => {
+            use candle_transformers::models::deepseek2;
+            let cfg: deepseek2::DeepSeekV2Config = serde_json::from_value(config.clone()).unwrap();
+            let out = deepseek2::DeepSeekV2::new(&cfg, vb)
+                .unwrap()
+                .forward(&input, 0)
+                .unwrap();
+            return out.flatten_all().unwrap().to_vec1().unwrap();
+        }
+        "gemma3_text" => {
+            use candle_transformers::models::gemma3;
+            let cfg: gemma3::Config = serde_json::from_value(config.clone()).unwrap();
+            gemma3::Model::new(false, &cfg, vb)
+                .unwrap()
+                .forward(&input, 0)
+                .unwrap()
+        }
+        "llama3" => {
+            use candle_transformers::models::llama;
+            let cfg: llama::LlamaConfig = serde_json::from_value(config.clone()).unwrap();
+            let cfg = cfg.into_config(false);
+            let mut cache = llama::Cache::new(false, DType::F32, &cfg, &dev).unwrap();
+            llama::Llama::load(vb, &cfg)
+                .unwrap()
+                .forward(&input, 0, &mut cache)
+                .unwrap()
+        }
+        // No independent implementation of DeepSeek-V3's gate exists in
+        // candle-transformers: the reference is our own full-prompt prefill,
+        // which checks the cache paths (chunked, batched, decode) against it.
+        "deepseek_v3" => {
+            let loaded = LoadedModel::load(dir, &Device::Cpu).unwrap();
+            return prefill_logits(&loaded, tokens);
         }
         other => panic!("no reference for {other}"),
     };
@@ -167,6 +201,32 @@ fn qwen3_safetensors_matches_candle_transformers() {
 #[test]
 fn qwen3_moe_safetensors_matches_candle_transformers() {
     check_family("qwen3_moe", false);
+}
+
+/// MLA (low-rank queries, YaRN RoPE with both mscales), a dense first layer,
+/// shared + routed experts with a scaled softmax gate.
+#[test]
+fn deepseek_v2_safetensors_matches_candle_transformers() {
+    check_family("deepseek_v2", false);
+}
+
+/// Full-rank queries, sigmoid `noaux_tc` gate with correction bias and expert groups.
+#[test]
+fn deepseek_v3_safetensors_cache_paths_match_full_prefill() {
+    check_family("deepseek_v3", true);
+}
+
+/// Norms stored as offsets from one, query_pre_attn_scalar, local/global RoPE
+/// bases, final soft-capping.
+#[test]
+fn gemma3_safetensors_matches_candle_transformers() {
+    check_family("gemma3_text", true);
+}
+
+/// Llama 3.1 RoPE scaling (low/high frequency bands).
+#[test]
+fn llama3_rope_scaling_matches_candle_transformers() {
+    check_family("llama3", false);
 }
 
 /// The same random Llama as a safetensors folder and as an f32 GGUF (Q/K

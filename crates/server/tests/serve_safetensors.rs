@@ -1,6 +1,6 @@
-//! `switchyard serve` on Hugging Face safetensors folders (Llama, Qwen2,
-//! Qwen3 layouts, random weights written by the test): every family
-//! generates through the HTTP API.
+//! `switchyard serve` on Hugging Face safetensors folders (Llama, Qwen2/3,
+//! Qwen3-MoE, Gemma 3, DeepSeek-V2/V3 layouts, random weights written by the
+//! test): every family generates through the HTTP API.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -36,18 +36,24 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)
     Some((status, body))
 }
 
+const FAMILIES: [(&str, bool); 8] = [
+    ("llama", true),
+    ("llama3", false),
+    ("qwen2", false),
+    ("qwen3", true),
+    ("qwen3_moe", false),
+    ("gemma3_text", true),
+    ("deepseek_v2", false),
+    ("deepseek_v3", true),
+];
+
 #[test]
 fn each_family_generates_through_serve() {
     let dir = std::env::temp_dir().join(format!("switchyard-serve-hf-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut catalog =
         String::from("[engine]\nkv_cache_mb = 16\n\n[router]\naudit_db = \"audit.db\"\n");
-    for (family, tied) in [
-        ("llama", true),
-        ("qwen2", false),
-        ("qwen3", true),
-        ("qwen3_moe", false),
-    ] {
+    for (family, tied) in FAMILIES {
         write_random_checkpoint(&dir.join(family), family, tied).unwrap();
         catalog.push_str(&format!(
             "\n[[models]]\nid = \"tiny-{family}\"\nsource = \"{family}\"\n"
@@ -73,7 +79,7 @@ fn each_family_generates_through_serve() {
         assert!(Instant::now() < deadline, "server did not become ready");
         std::thread::sleep(Duration::from_millis(100));
     }
-    for family in ["llama", "qwen2", "qwen3", "qwen3_moe"] {
+    for (family, _) in FAMILIES {
         let body = format!(
             r#"{{"model": "tiny-{family}", "messages": [{{"role": "user", "content": "Hi"}}], "max_tokens": 5, "temperature": 0, "ignore_eos": true}}"#
         );

@@ -1,0 +1,411 @@
+//! What a checkpoint says about its architecture, read from GGUF metadata or a
+//! Hugging Face `config.json` into one [`ModelConfig`] the forward pass uses.
+//! Family differences are data here (flags, optional sub-configs), not code
+//! paths: Llama, Qwen2/3 (+MoE), Gemma 3 and DeepSeek-V2/V3 share one model.
+
+use candle_core::quantized::gguf_file;
+
+use crate::error::{EngineError, Result};
+use crate::rope::RopeScaling;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Gemma3,
+    /// Llama plus biases on Q, K and V.
+    Qwen2,
+    /// Llama plus per-head RMS norms on Q and K.
+    Qwen3,
+    /// Multi-head latent attention and shared + routed experts (DeepSeek-V2/V3).
+    DeepSeek,
+}
+
+impl Arch {
+    pub(crate) fn has_qk_norm(self) -> bool {
+        matches!(self, Arch::Gemma3 | Arch::Qwen3)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    /// KV heads as stored in the cache (1 for MLA's latent row).
+    pub num_kv_heads: usize,
+    /// Width of one cached key head (`kv_lora_rank + qk_rope_head_dim` for MLA).
+    pub head_dim: usize,
+    /// Width of the rotated part of each head (all of it, except for MLA).
+    pub rope_dim: usize,
+    pub rms_eps: f64,
+    pub context_length: usize,
+    pub rope_theta: f32,
+    /// RoPE base of sliding-window layers (Gemma 3).
+    pub rope_theta_local: f32,
+    /// Context-extension scaling of the global layers' RoPE.
+    pub rope_scaling: RopeScaling,
+    /// NeoX-style RoPE (rotate halves) instead of interleaved pairs.
+    pub rope_neox: bool,
+    /// Attention softmax scale (1/sqrt(head_dim) unless the config says otherwise).
+    pub attn_scale: f32,
+    pub sliding_window: Option<usize>,
+    /// Every `swa_pattern`-th layer is global, the others slide (Gemma 3).
+    pub swa_pattern: usize,
+    pub attn_softcap: Option<f32>,
+    pub final_softcap: Option<f32>,
+    pub moe: Option<MoeConfig>,
+    pub mla: Option<MlaConfig>,
+}
+
+/// Mixture-of-experts settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeConfig {
+    pub num_experts: usize,
+    pub top_k: usize,
+    pub norm_topk_prob: bool,
+    /// Layers before this one are dense (DeepSeek's `first_k_dense_replace`).
+    pub first_dense: usize,
+    /// Layer `i` (past `first_dense`) is sparse when `(i + sparse_phase) % sparse_step == 0`.
+    pub sparse_step: usize,
+    pub sparse_phase: usize,
+    /// Always-on shared experts, fused as one MLP `num_shared * expert_width` wide.
+    pub num_shared: usize,
+    pub gate: GateKind,
+    pub routed_scaling: f32,
+    /// Expert groups and how many of them a token may use (group-limited routing).
+    pub num_groups: usize,
+    pub topk_groups: usize,
+}
+
+/// How router logits become expert weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateKind {
+    /// Softmax over experts, greedy top-k (Qwen3-MoE, DeepSeek-V2 `greedy`);
+    /// the scaling factor applies only when weights are not renormalised.
+    Softmax,
+    /// DeepSeek-V2 `group_limited_greedy`: softmax, best experts within the
+    /// `topk_groups` groups whose best expert scores highest.
+    SoftmaxGroupLimited,
+    /// DeepSeek-V3 `noaux_tc`: sigmoid scores, a per-expert correction bias for
+    /// selection only, groups ranked by their top-2 sum, weights scaled always.
+    SigmoidNoAux,
+}
+
+/// Multi-head latent attention dimensions (DeepSeek-V2/V3).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlaConfig {
+    pub q_lora_rank: Option<usize>,
+    pub kv_lora_rank: usize,
+    pub qk_nope_head_dim: usize,
+    pub qk_rope_head_dim: usize,
+    pub v_head_dim: usize,
+}
+
+impl MoeConfig {
+    pub fn is_sparse(&self, layer: usize) -> bool {
+        layer >= self.first_dense && (layer + self.sparse_phase).is_multiple_of(self.sparse_step)
+    }
+}
+
+impl ModelConfig {
+    pub fn from_gguf(content: &gguf_file::Content) -> Result<Self> {
+        let md = &content.metadata;
+        let arch_name = md
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .ok_or_else(|| EngineError::Load("GGUF has no general.architecture".into()))?;
+        let arch = match arch_name.as_str() {
+            "llama" => Arch::Llama,
+            "gemma3" => Arch::Gemma3,
+            "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
+            other => return Err(EngineError::Load(format!(
+                "unsupported GGUF architecture `{other}` (supported: llama, gemma3, qwen2, qwen3; \
+                     DeepSeek-V2/V3 load from safetensors folders)"
+            ))),
+        };
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let get_u = |k: &str| -> Result<usize> {
+            md.get(&key(k))
+                .and_then(|v| {
+                    v.to_u32()
+                        .ok()
+                        .map(|x| x as usize)
+                        .or_else(|| v.to_u64().ok().map(|x| x as usize))
+                })
+                .ok_or_else(|| EngineError::Load(format!("GGUF metadata `{}` missing", key(k))))
+        };
+        let get_f = |k: &str| md.get(&key(k)).and_then(|v| v.to_f32().ok());
+        let hidden_size = get_u("embedding_length")?;
+        let num_heads = get_u("attention.head_count")?;
+        let num_kv_heads = get_u("attention.head_count_kv").unwrap_or(num_heads);
+        let head_dim = get_u("attention.key_length").unwrap_or(hidden_size / num_heads);
+        let vocab_size = match get_u("vocab_size") {
+            Ok(v) => v,
+            Err(_) => md
+                .get("tokenizer.ggml.tokens")
+                .and_then(|v| v.to_vec().ok())
+                .map(|v| v.len())
+                .ok_or_else(|| EngineError::Load("cannot tell the vocabulary size".into()))?,
+        };
+        let gemma = arch == Arch::Gemma3;
+        let linear = md
+            .get(&key("rope.scaling.type"))
+            .and_then(|v| v.to_string().ok())
+            .is_some_and(|t| t == "linear");
+        Ok(ModelConfig {
+            arch,
+            vocab_size,
+            hidden_size,
+            num_layers: get_u("block_count")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rope_dim: head_dim,
+            rms_eps: get_f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5) as f64,
+            context_length: get_u("context_length").unwrap_or(4096),
+            rope_theta: get_f("rope.freq_base").unwrap_or(10_000.0),
+            rope_theta_local: 10_000.0,
+            rope_scaling: match get_f("rope.scaling.factor") {
+                Some(f) if linear => RopeScaling::Linear(f),
+                _ => RopeScaling::None,
+            },
+            // llama.cpp permutes Llama's Q/K for interleaved RoPE; the others rotate halves.
+            rope_neox: arch != Arch::Llama,
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            sliding_window: if gemma {
+                get_u("attention.sliding_window").ok()
+            } else {
+                None
+            },
+            swa_pattern: get_u("attention.sliding_window_pattern").unwrap_or(6),
+            attn_softcap: get_f("attn_logit_softcapping"),
+            final_softcap: get_f("final_logit_softcapping"),
+            moe: None,
+            mla: None,
+        })
+    }
+
+    /// From a Hugging Face `config.json` (Llama, Qwen2, Qwen3(-MoE), Gemma 3 text,
+    /// DeepSeek-V2/V3 layouts).
+    pub fn from_hf(cfg: &serde_json::Value) -> Result<Self> {
+        let model_type = cfg["model_type"].as_str().unwrap_or_default();
+        let arch = match model_type {
+            "llama" | "mistral" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            "qwen3" | "qwen3_moe" => Arch::Qwen3,
+            "gemma3_text" => Arch::Gemma3,
+            "deepseek_v2" | "deepseek_v3" => Arch::DeepSeek,
+            other => {
+                return Err(EngineError::Load(format!(
+                    "unsupported model_type `{other}` in config.json (supported: llama, mistral, \
+                     qwen2, qwen3, qwen3_moe, gemma3_text, deepseek_v2, deepseek_v3)"
+                )))
+            }
+        };
+        let get = |k: &str| -> Result<usize> {
+            cfg[k]
+                .as_u64()
+                .map(|v| v as usize)
+                .ok_or_else(|| EngineError::Load(format!("config.json: `{k}` missing")))
+        };
+        let get_f = |k: &str| cfg[k].as_f64().map(|v| v as f32);
+        let hidden_size = get("hidden_size")?;
+        let num_heads = get("num_attention_heads")?;
+        let rope_theta = get_f("rope_theta").unwrap_or(10_000.0);
+        let rope_scaling = RopeScaling::from_hf(&cfg["rope_scaling"])?;
+        let gemma = arch == Arch::Gemma3;
+        let mla = if arch == Arch::DeepSeek {
+            Some(MlaConfig {
+                q_lora_rank: cfg["q_lora_rank"].as_u64().map(|v| v as usize),
+                kv_lora_rank: get("kv_lora_rank")?,
+                qk_nope_head_dim: get("qk_nope_head_dim")?,
+                qk_rope_head_dim: get("qk_rope_head_dim")?,
+                v_head_dim: get("v_head_dim")?,
+            })
+        } else {
+            None
+        };
+        let moe = Self::moe_from_hf(cfg, arch)?;
+        let (num_kv_heads, head_dim, rope_dim, attn_scale) = match &mla {
+            Some(m) => {
+                // Scores are taken against the nope+rope query, YaRN's mscale squared.
+                let q_head_dim = (m.qk_nope_head_dim + m.qk_rope_head_dim) as f32;
+                let mscale = rope_scaling.attention_mscale();
+                (
+                    1,
+                    m.kv_lora_rank + m.qk_rope_head_dim,
+                    m.qk_rope_head_dim,
+                    mscale * mscale / q_head_dim.sqrt(),
+                )
+            }
+            None => {
+                let head_dim = get("head_dim").unwrap_or(hidden_size / num_heads);
+                let scale = match get_f("query_pre_attn_scalar") {
+                    Some(s) if gemma => 1.0 / s.sqrt(),
+                    _ => 1.0 / (head_dim as f32).sqrt(),
+                };
+                (
+                    get("num_key_value_heads").unwrap_or(num_heads),
+                    head_dim,
+                    head_dim,
+                    scale,
+                )
+            }
+        };
+        Ok(ModelConfig {
+            arch,
+            vocab_size: get("vocab_size")?,
+            hidden_size,
+            num_layers: get("num_hidden_layers")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rope_dim,
+            rms_eps: cfg["rms_norm_eps"].as_f64().unwrap_or(1e-6),
+            context_length: get("max_position_embeddings").unwrap_or(4096),
+            rope_theta,
+            rope_theta_local: get_f("rope_local_base_freq").unwrap_or(10_000.0),
+            rope_scaling,
+            // Hugging Face checkpoints rotate halves; DeepSeek's rotary is interleaved.
+            rope_neox: arch != Arch::DeepSeek,
+            attn_scale,
+            sliding_window: if gemma {
+                cfg["sliding_window"].as_u64().map(|v| v as usize)
+            } else {
+                None
+            },
+            swa_pattern: match cfg["layer_types"].as_array() {
+                // Newer Gemma 3 configs list each layer; the pattern is the period of "full".
+                Some(types) => types
+                    .iter()
+                    .position(|t| t.as_str() == Some("full_attention"))
+                    .map_or(1, |i| i + 1),
+                None => get("sliding_window_pattern").unwrap_or(6),
+            },
+            attn_softcap: get_f("attn_logit_softcapping"),
+            final_softcap: get_f("final_logit_softcapping"),
+            moe,
+            mla,
+        })
+    }
+
+    fn moe_from_hf(cfg: &serde_json::Value, arch: Arch) -> Result<Option<MoeConfig>> {
+        let get = |k: &str| cfg[k].as_u64().map(|v| v as usize);
+        let missing = |k: &str| EngineError::Load(format!("config.json: `{k}` missing"));
+        if arch == Arch::DeepSeek {
+            let Some(n) = get("n_routed_experts").filter(|&n| n > 0) else {
+                return Ok(None);
+            };
+            let gate = match (
+                cfg["scoring_func"].as_str().unwrap_or("softmax"),
+                cfg["topk_method"].as_str().unwrap_or("greedy"),
+            ) {
+                ("softmax", "greedy") => GateKind::Softmax,
+                ("softmax", "group_limited_greedy") => GateKind::SoftmaxGroupLimited,
+                ("sigmoid", "noaux_tc") => GateKind::SigmoidNoAux,
+                (s, t) => {
+                    return Err(EngineError::Load(format!(
+                        "unsupported DeepSeek routing: scoring_func `{s}` with topk_method `{t}`"
+                    )))
+                }
+            };
+            let num_groups = get("n_group").unwrap_or(1).max(1);
+            if !n.is_multiple_of(num_groups) {
+                return Err(EngineError::Load(format!(
+                    "config.json: {n} experts do not split into {num_groups} groups"
+                )));
+            }
+            return Ok(Some(MoeConfig {
+                num_experts: n,
+                top_k: get("num_experts_per_tok").ok_or_else(|| missing("num_experts_per_tok"))?,
+                norm_topk_prob: cfg["norm_topk_prob"].as_bool().unwrap_or(false),
+                first_dense: get("first_k_dense_replace").unwrap_or(0),
+                sparse_step: get("moe_layer_freq").unwrap_or(1).max(1),
+                sparse_phase: 0,
+                num_shared: get("n_shared_experts").unwrap_or(0),
+                gate,
+                routed_scaling: cfg["routed_scaling_factor"].as_f64().unwrap_or(1.0) as f32,
+                num_groups,
+                topk_groups: get("topk_group").unwrap_or(num_groups).clamp(1, num_groups),
+            }));
+        }
+        match get("num_experts") {
+            Some(n) if n > 0 => Ok(Some(MoeConfig {
+                num_experts: n,
+                top_k: get("num_experts_per_tok").ok_or_else(|| missing("num_experts_per_tok"))?,
+                norm_topk_prob: cfg["norm_topk_prob"].as_bool().unwrap_or(false),
+                first_dense: 0,
+                sparse_step: get("decoder_sparse_step").unwrap_or(1).max(1),
+                sparse_phase: 1,
+                num_shared: 0,
+                gate: GateKind::Softmax,
+                routed_scaling: 1.0,
+                num_groups: 1,
+                topk_groups: 1,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// Does layer `i` use the sliding window (Gemma 3: all but every 6th)?
+    pub fn is_sliding(&self, layer: usize) -> bool {
+        self.sliding_window.is_some() && !(layer + 1).is_multiple_of(self.swa_pattern.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn base(extra: serde_json::Value) -> serde_json::Value {
+        let mut c = json!({
+            "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 12,
+            "vocab_size": 100, "head_dim": 16
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    }
+
+    #[test]
+    fn gemma3_text_scale_and_layer_types() {
+        let mut types = vec![json!("sliding_attention"); 5];
+        types.push(json!("full_attention"));
+        let c = ModelConfig::from_hf(&base(json!({
+            "model_type": "gemma3_text", "query_pre_attn_scalar": 64,
+            "sliding_window": 512, "layer_types": types
+        })))
+        .unwrap();
+        assert_eq!(c.attn_scale, 0.125);
+        assert_eq!(c.swa_pattern, 6);
+        assert!(c.is_sliding(0) && !c.is_sliding(5) && c.is_sliding(6));
+    }
+
+    #[test]
+    fn deepseek_mla_cache_shape_and_moe_layers() {
+        let c = ModelConfig::from_hf(&base(json!({
+            "model_type": "deepseek_v3", "kv_lora_rank": 512, "qk_rope_head_dim": 64,
+            "qk_nope_head_dim": 128, "v_head_dim": 128, "q_lora_rank": 1536,
+            "n_routed_experts": 256, "num_experts_per_tok": 8, "n_group": 8, "topk_group": 4,
+            "first_k_dense_replace": 3, "scoring_func": "sigmoid", "topk_method": "noaux_tc"
+        })))
+        .unwrap();
+        assert_eq!((c.num_kv_heads, c.head_dim, c.rope_dim), (1, 576, 64));
+        assert!(!c.rope_neox);
+        let moe = c.moe.unwrap();
+        assert_eq!(moe.gate, GateKind::SigmoidNoAux);
+        assert!(!moe.is_sparse(2) && moe.is_sparse(3));
+        let bad = ModelConfig::from_hf(&base(json!({
+            "model_type": "deepseek_v2", "kv_lora_rank": 8, "qk_rope_head_dim": 4,
+            "qk_nope_head_dim": 4, "v_head_dim": 4, "n_routed_experts": 6,
+            "num_experts_per_tok": 2, "n_group": 4
+        })));
+        assert!(bad.unwrap_err().to_string().contains("groups"));
+    }
+}

@@ -17,8 +17,9 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::error::{EngineError, Result};
-use crate::kv_cache::{KvCache, SeqView};
+use crate::kv_cache::SeqView;
 use crate::loader::LoadedModel;
+use crate::model::KvStore;
 use crate::model::{Model, ModelConfig};
 use crate::sampling::{Sampler, SamplingParams, TokenLogprob};
 use crate::scheduler::{Scheduler, SchedulerConfig, SeqId};
@@ -201,7 +202,7 @@ impl Engine {
             ..Default::default()
         }));
         let (tx, rx) = mpsc::channel();
-        let cache = KvCache::new(layout_for(num_blocks));
+        let cache = model.new_kv_store(num_blocks, cfg.block_size)?;
         let mut core = EngineCore {
             model,
             tokenizer: tokenizer.clone(),
@@ -316,7 +317,7 @@ struct SeqState {
 struct EngineCore {
     model: Model,
     tokenizer: Arc<Tokenizer>,
-    cache: KvCache,
+    cache: KvStore,
     sched_cfg: SchedulerConfig,
     scheduler: Scheduler,
     seqs: HashMap<SeqId, SeqState>,
@@ -429,7 +430,7 @@ impl EngineCore {
                 prefill_tokens += s.len;
             }
         }
-        self.cache.copy_blocks(&out.block_copies);
+        self.cache.copy_blocks(&out.block_copies)?;
         let logits = self
             .model
             .forward(&tokens, &views, &logits_rows, &mut self.cache)?;

@@ -16,6 +16,7 @@ pub mod loader;
 pub mod model;
 pub mod model_config;
 pub mod moe;
+pub mod paged_attention;
 pub mod rope;
 pub mod sampling;
 pub mod scheduler;

@@ -22,6 +22,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{AttentionParams, KvCache, KvLayout, SeqView, ValueStorage};
 pub use crate::model_config::{Arch, GateKind, MlaConfig, ModelConfig, MoeConfig};
+use crate::paged_attention::{DeviceKvCache, StepGeometry};
 use crate::rope::{RopeScaling, RopeTable};
 use crate::weights::WeightSource;
 
@@ -92,10 +93,66 @@ enum Ffn {
     },
 }
 
+/// What one layer's attention needs to know about the step.
+struct Step<'a> {
+    layer: usize,
+    seqs: &'a [SeqView<'a>],
+    geometry: Option<&'a StepGeometry>,
+    rope: &'a StepRope,
+    params: AttentionParams,
+}
+
+fn missing_geometry() -> EngineError {
+    EngineError::Load("a device KV pool needs the step geometry".into())
+}
+
 /// RoPE frequencies of one kind of layer and their cos/sin multiplier.
 struct RopeFreqs {
     inv_freq: Vec<f32>,
     scale: f32,
+}
+
+/// A model's KV pool: host memory with the CPU attention of [`crate::kv_cache`],
+/// or device tensors with [`crate::paged_attention`] (CUDA kernels or the
+/// portable reference path).
+pub enum KvStore {
+    Host(KvCache),
+    Device(DeviceKvCache),
+}
+
+impl KvStore {
+    /// Copy whole blocks (copy-on-write for forked sequences).
+    pub fn copy_blocks(&mut self, copies: &[(u32, u32)]) -> Result<()> {
+        match self {
+            KvStore::Host(c) => c.copy_blocks(copies),
+            KvStore::Device(c) => c.copy_blocks(copies)?,
+        }
+        Ok(())
+    }
+}
+
+/// This step's RoPE: the host table, and its cos/sin on the device when the
+/// KV pool lives there (`[tokens, 1, rope_dim / 2]`, the activations' dtype).
+struct StepRope {
+    host: RopeTable,
+    device: Option<(Tensor, Tensor)>,
+}
+
+impl StepRope {
+    /// Rotate `x` (`[tokens, heads * dim]` or `[tokens, heads, dim]`) on the device.
+    fn apply_tensor(&self, x: &Tensor, heads: usize, dim: usize, neox: bool) -> Result<Tensor> {
+        let Some((cos, sin)) = &self.device else {
+            return Err(EngineError::Load("device RoPE tables missing".into()));
+        };
+        let n = x.elem_count() / (heads * dim);
+        let x4 = x.contiguous()?.reshape((n, heads, 1, dim))?;
+        let y = if neox {
+            candle_nn::rotary_emb::rope(&x4, cos, sin)?
+        } else {
+            candle_nn::rotary_emb::rope_i(&x4, cos, sin)?
+        };
+        Ok(y.reshape((n, heads * dim))?)
+    }
 }
 
 pub struct Model {
@@ -298,6 +355,35 @@ impl Model {
         }
     }
 
+    /// A KV pool for this model on its device: host memory on the CPU, device
+    /// tensors (bf16) elsewhere. `SWITCHYARD_KV=device` puts a CPU model's pool
+    /// in tensors too (the reference path; tests use it).
+    pub fn new_kv_store(&self, num_blocks: usize, block_size: usize) -> Result<KvStore> {
+        let force_device = std::env::var("SWITCHYARD_KV").is_ok_and(|v| v == "device");
+        Ok(match &self.device {
+            Device::Cpu if !force_device => {
+                KvStore::Host(KvCache::new(self.kv_layout(num_blocks, block_size)))
+            }
+            Device::Cpu => self.new_device_kv_store(num_blocks, block_size, DType::F32)?,
+            _ => self.new_device_kv_store(num_blocks, block_size, DType::BF16)?,
+        })
+    }
+
+    /// A KV pool of device tensors in `dtype` (on the CPU: the reference path).
+    pub fn new_device_kv_store(
+        &self,
+        num_blocks: usize,
+        block_size: usize,
+        dtype: DType,
+    ) -> Result<KvStore> {
+        let layout = self.kv_layout(num_blocks, block_size);
+        Ok(KvStore::Device(DeviceKvCache::new(
+            layout,
+            dtype,
+            &self.device,
+        )?))
+    }
+
     /// Serve a shorter context window than the model supports.
     pub fn cap_context_length(&mut self, cap: usize) {
         self.config.context_length = self.config.context_length.min(cap.max(1));
@@ -369,7 +455,7 @@ impl Model {
         tokens: &[u32],
         seqs: &[SeqView],
         logits_rows: &[usize],
-        cache: &mut KvCache,
+        cache: &mut KvStore,
     ) -> Result<Vec<Vec<f32>>> {
         let c = &self.config;
         let mut positions = vec![0usize; tokens.len()];
@@ -378,9 +464,25 @@ impl Model {
                 positions[t] = s.start_pos + i;
             }
         }
-        let table = |f: &RopeFreqs| RopeTable::new(&positions, &f.inv_freq, f.scale);
-        let rope_global = table(&self.rope_global);
-        let rope_local = self.rope_local.as_ref().map(table);
+        let geometry = match cache {
+            KvStore::Device(d) => Some(StepGeometry::new(
+                seqs,
+                d.layout().block_size,
+                &self.device,
+            )?),
+            KvStore::Host(_) => None,
+        };
+        let act_dtype = self.embed.dtype();
+        let table = |f: &RopeFreqs| -> Result<StepRope> {
+            let host = RopeTable::new(&positions, &f.inv_freq, f.scale);
+            let device = match geometry {
+                Some(_) => Some(host.tensors(&self.device, act_dtype)?),
+                None => None,
+            };
+            Ok(StepRope { host, device })
+        };
+        let rope_global = table(&self.rope_global)?;
+        let rope_local = self.rope_local.as_ref().map(table).transpose()?;
 
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embed.index_select(&ids, 0)?;
@@ -401,13 +503,18 @@ impl Model {
                 window: if sliding { c.sliding_window } else { None },
                 softcap: c.attn_softcap,
             };
+            let step = Step {
+                layer: li,
+                seqs,
+                geometry: geometry.as_ref(),
+                rope,
+                params,
+            };
             let mut o = match &layer.attn {
                 Attention::Standard { .. } => {
-                    self.standard_attention(&layer.attn, &h, li, seqs, rope, params, cache)?
+                    self.standard_attention(&layer.attn, &h, &step, cache)?
                 }
-                Attention::Latent(mla) => {
-                    self.latent_attention(mla, &h, li, seqs, rope, params, cache)?
-                }
+                Attention::Latent(mla) => self.latent_attention(mla, &h, &step, cache)?,
             };
             if let Some(pn) = &layer.post_attn_norm {
                 o = self.rms_norm(&o, pn)?;
@@ -447,16 +554,12 @@ impl Model {
         Ok(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn standard_attention(
         &self,
         attn: &Attention,
         h: &Tensor,
-        li: usize,
-        seqs: &[SeqView],
-        rope: &RopeTable,
-        params: AttentionParams,
-        cache: &mut KvCache,
+        step: &Step,
+        cache: &mut KvStore,
     ) -> Result<Tensor> {
         let Attention::Standard {
             wq,
@@ -488,29 +591,36 @@ impl Model {
             q = self.rms_norm(&q.reshape((n * nh, hd))?, qn)?;
             k = self.rms_norm(&k.reshape((n * kvh, hd))?, kn)?;
         }
-        let mut q = q.flatten_all()?.to_vec1::<f32>()?;
-        let mut k = k.flatten_all()?.to_vec1::<f32>()?;
-        let v = v.flatten_all()?.to_vec1::<f32>()?;
-        rope.apply(&mut q, nh, hd, c.rope_neox);
-        rope.apply(&mut k, kvh, hd, c.rope_neox);
-        cache.write(li, seqs, &k, &v);
-        let attn = cache.attend(li, seqs, &q, params);
-        let attn = Tensor::from_vec(attn, (n, nh * hd), &self.device)?;
+        let attn = match (cache, step.geometry) {
+            (KvStore::Host(cache), _) => {
+                let mut q = q.flatten_all()?.to_vec1::<f32>()?;
+                let mut k = k.flatten_all()?.to_vec1::<f32>()?;
+                let v = v.flatten_all()?.to_vec1::<f32>()?;
+                step.rope.host.apply(&mut q, nh, hd, c.rope_neox);
+                step.rope.host.apply(&mut k, kvh, hd, c.rope_neox);
+                cache.write(step.layer, step.seqs, &k, &v);
+                let attn = cache.attend(step.layer, step.seqs, &q, step.params);
+                Tensor::from_vec(attn, (n, nh * hd), &self.device)?
+            }
+            (KvStore::Device(cache), Some(g)) => {
+                let q = step.rope.apply_tensor(&q, nh, hd, c.rope_neox)?;
+                let k = step.rope.apply_tensor(&k, kvh, hd, c.rope_neox)?;
+                cache.write(step.layer, g, &k, Some(&v))?;
+                cache.attend(step.layer, g, &q, step.params)?
+            }
+            (KvStore::Device(_), None) => return Err(missing_geometry()),
+        };
         Ok(wo.forward(&attn)?)
     }
 
     /// Absorbed MLA: score `q_nope·W_UK·c_kv + q_pe·k_pe` against the cached
     /// latent rows, average `c_kv` by those weights, then apply `W_UV` and `W_O`.
-    #[allow(clippy::too_many_arguments)]
     fn latent_attention(
         &self,
         mla: &LatentAttention,
         h: &Tensor,
-        li: usize,
-        seqs: &[SeqView],
-        rope: &RopeTable,
-        params: AttentionParams,
-        cache: &mut KvCache,
+        step: &Step,
+        cache: &mut KvStore,
     ) -> Result<Tensor> {
         let c = &self.config;
         let dims = c
@@ -538,32 +648,47 @@ impl Model {
             .contiguous()?
             .matmul(&mla.w_uk)?
             .transpose(0, 1)?;
-        let mut q_pe = q
-            .narrow(2, nope, rope_dim)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        rope.apply(&mut q_pe, nh, rope_dim, c.rope_neox);
-        let q_pe = Tensor::from_vec(q_pe, (n, nh, rope_dim), &self.device)?;
-        let q_full = Tensor::cat(&[q_latent, q_pe], 2)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-
+        let q_pe = q.narrow(2, nope, rope_dim)?;
         let kv = mla.kv_a.forward(h)?;
         let c_kv = self.rms_norm(&kv.narrow(1, 0, rank)?.contiguous()?, &mla.kv_a_norm)?;
-        let mut k_pe = kv
-            .narrow(1, rank, rope_dim)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        rope.apply(&mut k_pe, 1, rope_dim, c.rope_neox);
-        let k_pe = Tensor::from_vec(k_pe, (n, rope_dim), &self.device)?;
-        let latent = Tensor::cat(&[c_kv, k_pe], 1)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        cache.write(li, seqs, &latent, &[]);
-
+        let k_pe = kv.narrow(1, rank, rope_dim)?;
+        let (q_pe, k_pe) = match step.geometry {
+            None => {
+                let mut q_pe = q_pe.flatten_all()?.to_vec1::<f32>()?;
+                let mut k_pe = k_pe.flatten_all()?.to_vec1::<f32>()?;
+                step.rope.host.apply(&mut q_pe, nh, rope_dim, c.rope_neox);
+                step.rope.host.apply(&mut k_pe, 1, rope_dim, c.rope_neox);
+                (
+                    Tensor::from_vec(q_pe, (n, nh, rope_dim), &self.device)?,
+                    Tensor::from_vec(k_pe, (n, rope_dim), &self.device)?,
+                )
+            }
+            Some(_) => (
+                step.rope
+                    .apply_tensor(&q_pe, nh, rope_dim, c.rope_neox)?
+                    .reshape((n, nh, rope_dim))?,
+                step.rope.apply_tensor(&k_pe, 1, rope_dim, c.rope_neox)?,
+            ),
+        };
+        let q_full = Tensor::cat(&[q_latent, q_pe], 2)?.reshape((n, nh * (rank + rope_dim)))?;
+        let latent = Tensor::cat(&[c_kv, k_pe], 1)?;
+        let out = match (cache, step.geometry) {
+            (KvStore::Host(cache), _) => {
+                let q_full = q_full.flatten_all()?.to_vec1::<f32>()?;
+                let latent = latent.flatten_all()?.to_vec1::<f32>()?;
+                cache.write(step.layer, step.seqs, &latent, &[]);
+                let out = cache.attend(step.layer, step.seqs, &q_full, step.params);
+                Tensor::from_vec(out, (n, nh * rank), &self.device)?
+            }
+            (KvStore::Device(cache), Some(g)) => {
+                cache.write(step.layer, g, &latent, None)?;
+                cache.attend(step.layer, g, &q_full, step.params)?
+            }
+            (KvStore::Device(_), None) => return Err(missing_geometry()),
+        };
         // [n, heads * rank] → [heads, n, rank] × [heads, rank, v] → [n, heads * v]
-        let out = cache.attend(li, seqs, &q_full, params);
-        let out = Tensor::from_vec(out, (n, nh, rank), &self.device)?
+        let out = out
+            .reshape((n, nh, rank))?
             .transpose(0, 1)?
             .contiguous()?
             .matmul(&mla.w_uv_t)?

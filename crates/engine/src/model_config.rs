@@ -122,10 +122,12 @@ impl ModelConfig {
             "gemma3" => Arch::Gemma3,
             "qwen2" => Arch::Qwen2,
             "qwen3" => Arch::Qwen3,
-            other => return Err(EngineError::Load(format!(
+            other => {
+                return Err(EngineError::Load(format!(
                 "unsupported GGUF architecture `{other}` (supported: llama, gemma3, qwen2, qwen3; \
                      DeepSeek-V2/V3 load from safetensors folders)"
-            ))),
+            )))
+            }
         };
         let key = |k: &str| format!("{arch_name}.{k}");
         let get_u = |k: &str| -> Result<usize> {

@@ -193,6 +193,20 @@ impl RopeTable {
         RopeTable { cos, sin, half }
     }
 
+    /// cos and sin as `[tokens, 1, half]` tensors (candle's rope ops, one
+    /// position per token).
+    pub(crate) fn tensors(
+        &self,
+        device: &candle_core::Device,
+        dtype: candle_core::DType,
+    ) -> candle_core::Result<(candle_core::Tensor, candle_core::Tensor)> {
+        let n = self.cos.len() / self.half.max(1);
+        let t = |v: &[f32]| {
+            candle_core::Tensor::from_slice(v, (n, 1, self.half), device)?.to_dtype(dtype)
+        };
+        Ok((t(&self.cos)?, t(&self.sin)?))
+    }
+
     /// Rotate the first `2 * half` floats of every head of every token in `x`
     /// (`[tokens, heads * head_dim]`).
     pub(crate) fn apply(&self, x: &mut [f32], heads: usize, head_dim: usize, neox: bool) {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use switchyard_engine::kv_cache::{KvCache, SeqView};
+use switchyard_engine::kv_cache::SeqView;
 use switchyard_engine::{Device, Engine, EngineConfig, Event, LoadedModel, SamplingParams};
 
 pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -48,7 +48,7 @@ pub fn generate(engine: &Engine, prompt: Vec<u32>, params: SamplingParams) -> Ve
 /// fresh cache whose block table is deliberately out of order.
 pub fn prefill_logits(loaded: &LoadedModel, tokens: &[u32]) -> Vec<f32> {
     let blocks = tokens.len().div_ceil(16);
-    let mut cache = KvCache::new(loaded.model.kv_layout(blocks, 16));
+    let mut cache = loaded.model.new_kv_store(blocks, 16).expect("kv store");
     let table: Vec<u32> = (0..blocks as u32).rev().collect();
     let seqs = [SeqView {
         token_range: 0..tokens.len(),

@@ -1,0 +1,400 @@
+//! The KV pool and paged attention on a candle device (CUDA in production),
+//! in vLLM's PagedAttention layout: per layer, K and V are
+//! `[num_blocks * block_size, kv_heads, head_dim]` tensors; a step's new rows
+//! are written by slot and each new token attends over its sequence's blocks.
+//!
+//! Two implementations of the same contract:
+//! - the portable **reference path** (any device): a `scatter_set` by slot for
+//!   writes, and per sequence a gather of its slots + dense candle attention
+//!   with a causal/window mask. It is what the kernels are tested against, and
+//!   what the CPU tests run (against [`crate::kv_cache`], the CPU fast path).
+//! - our **CUDA kernels** (`kernels/paged_attention.cu`, feature `cuda`):
+//!   `reshape_and_cache` and a varlen `paged_attention` over block tables.
+//!   `SWITCHYARD_ATTENTION=reference` forces the reference path on a GPU.
+//!
+//! A step's geometry ([`StepGeometry`]) is uploaded once and shared by every layer.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::Result;
+use crate::kv_cache::{AttentionParams, KvLayout, SeqView, ValueStorage};
+
+#[cfg(feature = "cuda")]
+mod cuda;
+
+pub struct DeviceKvCache {
+    layout: KvLayout,
+    dtype: DType,
+    device: Device,
+    k: Vec<Tensor>,
+    /// Empty when values are a key prefix (MLA).
+    v: Vec<Tensor>,
+}
+
+/// Where a step's tokens go and what they attend to, on the device and on the host.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub struct StepGeometry {
+    /// Slot of each new token (`u32 [tokens]`).
+    slots: Tensor,
+    /// Sequence index of each new token (`u32 [tokens]`).
+    token_seq: Tensor,
+    /// Position of each new token (`u32 [tokens]`).
+    token_pos: Tensor,
+    /// Block tables padded to the longest (`u32 [seqs, max_blocks]`).
+    block_tables: Tensor,
+    max_blocks: usize,
+    /// Host copy per sequence: its rows in the batch, first position, and the
+    /// slots of every position it can attend to (the reference path's gather).
+    host: Vec<(std::ops::Range<usize>, usize, Vec<u32>)>,
+    num_tokens: usize,
+}
+
+impl StepGeometry {
+    pub fn new(seqs: &[SeqView], block_size: usize, device: &Device) -> Result<Self> {
+        let num_tokens = seqs.iter().map(|s| s.token_range.end).max().unwrap_or(0);
+        let mut slots = vec![0u32; num_tokens];
+        let mut token_seq = vec![0u32; num_tokens];
+        let mut token_pos = vec![0u32; num_tokens];
+        let max_blocks = seqs
+            .iter()
+            .map(|s| s.block_table.len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let mut tables = vec![0u32; seqs.len() * max_blocks];
+        let mut host = Vec::with_capacity(seqs.len());
+        let slot = |table: &[u32], p: usize| {
+            table[p / block_size] * block_size as u32 + (p % block_size) as u32
+        };
+        for (si, s) in seqs.iter().enumerate() {
+            for (i, t) in s.token_range.clone().enumerate() {
+                slots[t] = slot(s.block_table, s.start_pos + i);
+                token_seq[t] = si as u32;
+                token_pos[t] = (s.start_pos + i) as u32;
+            }
+            tables[si * max_blocks..si * max_blocks + s.block_table.len()]
+                .copy_from_slice(s.block_table);
+            let context = s.start_pos + s.token_range.len();
+            let ctx_slots = (0..context).map(|p| slot(s.block_table, p)).collect();
+            host.push((s.token_range.clone(), s.start_pos, ctx_slots));
+        }
+        Ok(StepGeometry {
+            slots: Tensor::from_vec(slots, num_tokens, device)?,
+            token_seq: Tensor::from_vec(token_seq, num_tokens, device)?,
+            token_pos: Tensor::from_vec(token_pos, num_tokens, device)?,
+            block_tables: Tensor::from_vec(tables, (seqs.len(), max_blocks), device)?,
+            max_blocks,
+            host,
+            num_tokens,
+        })
+    }
+
+    /// Positions of the batch's tokens (`u32 [tokens]`, on the device).
+    pub fn positions(&self) -> &Tensor {
+        &self.token_pos
+    }
+}
+
+/// Force the reference path even where kernels exist.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn reference_forced() -> bool {
+    std::env::var("SWITCHYARD_ATTENTION").is_ok_and(|v| v == "reference")
+}
+
+impl DeviceKvCache {
+    pub fn new(layout: KvLayout, dtype: DType, device: &Device) -> Result<Self> {
+        let rows = layout.num_blocks * layout.block_size;
+        let shape = (rows, layout.num_kv_heads, layout.head_dim);
+        let k = (0..layout.num_layers)
+            .map(|_| Tensor::zeros(shape, dtype, device))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let v = match layout.values {
+            ValueStorage::Separate => (0..layout.num_layers)
+                .map(|_| Tensor::zeros(shape, dtype, device))
+                .collect::<candle_core::Result<Vec<_>>>()?,
+            ValueStorage::KeyPrefix(_) => Vec::new(),
+        };
+        Ok(DeviceKvCache {
+            layout,
+            dtype,
+            device: device.clone(),
+            k,
+            v,
+        })
+    }
+
+    pub fn layout(&self) -> &KvLayout {
+        &self.layout
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fn use_kernels(&self) -> bool {
+        cfg!(feature = "cuda") && self.device.is_cuda() && !reference_forced()
+    }
+
+    /// Copy whole blocks (copy-on-write for forked sequences), every layer.
+    pub fn copy_blocks(&mut self, copies: &[(u32, u32)]) -> Result<()> {
+        let bs = self.layout.block_size;
+        for &(src, dst) in copies {
+            for t in self.k.iter().chain(self.v.iter()) {
+                let block = t.narrow(0, src as usize * bs, bs)?.copy()?;
+                t.slice_set(&block, 0, dst as usize * bs)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the step's new rows (`k`, `v`: `[tokens, kv_heads * head_dim]`;
+    /// `v` is None when values are a key prefix).
+    pub fn write(
+        &self,
+        layer: usize,
+        g: &StepGeometry,
+        k: &Tensor,
+        v: Option<&Tensor>,
+    ) -> Result<()> {
+        let (kvh, hd) = (self.layout.num_kv_heads, self.layout.head_dim);
+        let k = k
+            .to_dtype(self.dtype)?
+            .reshape((g.num_tokens, kvh, hd))?
+            .contiguous()?;
+        let v = match (v, self.v.get(layer)) {
+            (Some(v), Some(_)) => Some(
+                v.to_dtype(self.dtype)?
+                    .reshape((g.num_tokens, kvh, hd))?
+                    .contiguous()?,
+            ),
+            _ => None,
+        };
+        #[cfg(feature = "cuda")]
+        if self.use_kernels() {
+            return cuda::reshape_and_cache(
+                &k,
+                v.as_ref(),
+                &self.k[layer],
+                self.v.get(layer),
+                &g.slots,
+            );
+        }
+        let index = g
+            .slots
+            .reshape((g.num_tokens, 1, 1))?
+            .broadcast_as((g.num_tokens, kvh, hd))?
+            .contiguous()?;
+        self.k[layer].scatter_set(&index, &k, 0)?;
+        if let (Some(v), Some(cache)) = (v, self.v.get(layer)) {
+            cache.scatter_set(&index, &v, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Attention of every new token (`q`: `[tokens, heads * head_dim]`) over
+    /// its sequence's cached rows; returns `[tokens, heads * value_dim]` in
+    /// `q`'s dtype.
+    pub fn attend(
+        &self,
+        layer: usize,
+        g: &StepGeometry,
+        q: &Tensor,
+        p: AttentionParams,
+    ) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if self.use_kernels() {
+            let out = cuda::paged_attention(
+                &q.to_dtype(self.dtype)?.contiguous()?,
+                &self.k[layer],
+                self.v.get(layer),
+                g,
+                &self.layout,
+                p,
+            )?;
+            return Ok(out.to_dtype(q.dtype())?);
+        }
+        self.attend_reference(layer, g, q, p)
+    }
+
+    /// Gather each sequence's rows and run dense masked attention (f32).
+    fn attend_reference(
+        &self,
+        layer: usize,
+        g: &StepGeometry,
+        q: &Tensor,
+        p: AttentionParams,
+    ) -> Result<Tensor> {
+        let (kvh, hd, vd) = (
+            self.layout.num_kv_heads,
+            self.layout.head_dim,
+            self.layout.value_dim(),
+        );
+        let heads = p.num_heads;
+        let group = heads / kvh;
+        let head_map: Vec<u32> = (0..heads).map(|h| (h / group) as u32).collect();
+        let head_map = Tensor::new(head_map.as_slice(), &self.device)?;
+        let mut outs = Vec::with_capacity(g.host.len());
+        for (range, start, ctx_slots) in &g.host {
+            let t = range.len();
+            let ctx = ctx_slots.len();
+            let idx = Tensor::new(ctx_slots.as_slice(), &self.device)?;
+            // [ctx, kvh, hd] → [heads, ctx, hd]
+            let kc = self.k[layer].index_select(&idx, 0)?.to_dtype(DType::F32)?;
+            let vc = match self.v.get(layer) {
+                Some(v) => v.index_select(&idx, 0)?.to_dtype(DType::F32)?,
+                None => kc.narrow(2, 0, vd)?.contiguous()?,
+            };
+            let kh = kc
+                .index_select(&head_map, 1)?
+                .transpose(0, 1)?
+                .contiguous()?;
+            let vh = vc
+                .index_select(&head_map, 1)?
+                .transpose(0, 1)?
+                .contiguous()?;
+            let qh = q
+                .narrow(0, range.start, t)?
+                .to_dtype(DType::F32)?
+                .reshape((t, heads, hd))?
+                .transpose(0, 1)?
+                .contiguous()?;
+            let mut scores = (qh.matmul(&kh.t()?)? * p.scale as f64)?;
+            if let Some(cap) = p.softcap {
+                scores = ((scores / cap as f64)?.tanh()? * cap as f64)?;
+            }
+            let mask: Vec<f32> = (0..t)
+                .flat_map(|i| {
+                    let pos = start + i;
+                    let lo = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                    (0..ctx).map(move |j| {
+                        if j >= lo && j <= pos {
+                            0.0
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    })
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (1, t, ctx), &self.device)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?;
+            let out = probs
+                .matmul(&vh)?
+                .transpose(0, 1)?
+                .reshape((t, heads * vd))?;
+            outs.push(out);
+        }
+        Ok(Tensor::cat(&outs, 0)?.to_dtype(q.dtype())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv_cache::KvCache;
+
+    fn rnd(n: usize, salt: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i + salt) * 7919 % 211) as f32 / 105.0) - 1.0)
+            .collect()
+    }
+
+    /// The reference path equals the CPU paged attention of `kv_cache` for a
+    /// mixed batch (a prefill chunk after cached tokens, decodes, GQA, window,
+    /// soft-cap, and MLA's key-prefix values), in f32 and within bf16 error in bf16.
+    #[test]
+    fn reference_matches_cpu_paged_attention() {
+        for (values, kvh, window, softcap) in [
+            (ValueStorage::Separate, 2, None, None),
+            (ValueStorage::Separate, 1, Some(3), Some(5.0)),
+            (ValueStorage::KeyPrefix(6), 1, None, None),
+        ] {
+            let layout = KvLayout {
+                num_layers: 1,
+                num_blocks: 12,
+                block_size: 4,
+                num_kv_heads: kvh,
+                head_dim: 8,
+                values,
+            };
+            let heads = 4;
+            let row = kvh * 8;
+            let tables: [Vec<u32>; 3] = [vec![7, 1, 3], vec![0, 9], vec![4, 11, 2]];
+            // Step 1 fills history; step 2 is the mixed batch under test.
+            let step1 = [(0usize, 5usize), (0, 6), (0, 9)];
+            let step2 = [(5usize, 4usize), (6, 1), (9, 1)];
+            for dtype in [DType::F32, DType::BF16] {
+                let mut cpu = KvCache::new(layout);
+                let dev = DeviceKvCache::new(layout, dtype, &Device::Cpu).unwrap();
+                for (step, salt) in [(&step1, 0usize), (&step2, 1000)] {
+                    let mut seqs = Vec::new();
+                    let mut at = 0;
+                    for (i, &(start, len)) in step.iter().enumerate() {
+                        seqs.push(SeqView {
+                            token_range: at..at + len,
+                            start_pos: start,
+                            block_table: &tables[i],
+                        });
+                        at += len;
+                    }
+                    let k = rnd(at * row, salt + 1);
+                    let v = rnd(at * row, salt + 2);
+                    let q = rnd(at * heads * 8, salt + 3);
+                    let separate = values == ValueStorage::Separate;
+                    cpu.write(0, &seqs, &k, &v);
+                    let g = StepGeometry::new(&seqs, 4, &Device::Cpu).unwrap();
+                    let kt = Tensor::from_vec(k.clone(), (at, row), &Device::Cpu).unwrap();
+                    let vt = Tensor::from_vec(v.clone(), (at, row), &Device::Cpu).unwrap();
+                    dev.write(0, &g, &kt, separate.then_some(&vt)).unwrap();
+                    let p = AttentionParams {
+                        num_heads: heads,
+                        scale: 0.4,
+                        window,
+                        softcap,
+                    };
+                    let want = cpu.attend(0, &seqs, &q, p);
+                    let qt = Tensor::from_vec(q, (at, heads * 8), &Device::Cpu).unwrap();
+                    let got = dev.attend(0, &g, &qt, p).unwrap();
+                    let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    assert_eq!(got.len(), want.len());
+                    let tol = if dtype == DType::F32 { 1e-5 } else { 2e-2 };
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (a - b).abs() <= tol,
+                            "{values:?} {dtype:?} [{i}]: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn copy_blocks_copies_every_layer() {
+        let layout = KvLayout {
+            num_layers: 2,
+            num_blocks: 3,
+            block_size: 2,
+            num_kv_heads: 1,
+            head_dim: 2,
+            values: ValueStorage::Separate,
+        };
+        let mut dev = DeviceKvCache::new(layout, DType::F32, &Device::Cpu).unwrap();
+        let table = [1u32];
+        let seqs = [SeqView {
+            token_range: 0..2,
+            start_pos: 0,
+            block_table: &table,
+        }];
+        let g = StepGeometry::new(&seqs, 2, &Device::Cpu).unwrap();
+        let k = Tensor::new(&[[1f32, 2.], [3., 4.]], &Device::Cpu).unwrap();
+        for layer in 0..2 {
+            dev.write(layer, &g, &k, Some(&k)).unwrap();
+        }
+        dev.copy_blocks(&[(1, 2)]).unwrap();
+        for t in dev.k.iter().chain(dev.v.iter()) {
+            let rows = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(&rows[4..8], &[1., 2., 3., 4.]);
+        }
+    }
+}

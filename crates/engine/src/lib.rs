@@ -9,6 +9,7 @@
 
 pub mod block_pool;
 pub mod chat;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod kv_cache;

@@ -205,7 +205,10 @@ impl Model {
             .inv_freq(config.rope_dim, config.rope_theta);
         // llama.cpp stores Llama 3's frequency divisors as a tensor.
         if w.has("rope_freqs.weight") {
-            let factors = w.tensor("rope_freqs.weight")?.to_vec1::<f32>()?;
+            let factors = w
+                .tensor("rope_freqs.weight")?
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?;
             if factors.len() != inv_freq.len() {
                 return Err(EngineError::Load(format!(
                     "rope_freqs has {} entries, expected {}",
@@ -275,7 +278,11 @@ impl Model {
                 selection_bias: if moe.gate == GateKind::SigmoidNoAux
                     && w.has(&name("exp_probs_b.bias"))
                 {
-                    Some(w.tensor(&name("exp_probs_b.bias"))?.to_vec1::<f32>()?)
+                    Some(
+                        w.tensor(&name("exp_probs_b.bias"))?
+                            .to_dtype(DType::F32)?
+                            .to_vec1::<f32>()?,
+                    )
                 } else {
                     None
                 },
@@ -438,7 +445,9 @@ impl Model {
                 continue;
             }
             let idx = Tensor::new(rows[e].as_slice(), &self.device)?;
-            let w = Tensor::new(weights[e].as_slice(), &self.device)?.unsqueeze(1)?;
+            let w = Tensor::new(weights[e].as_slice(), &self.device)?
+                .to_dtype(h.dtype())?
+                .unsqueeze(1)?;
             let y = self
                 .mlp(expert, &h.index_select(&idx, 0)?)?
                 .broadcast_mul(&w)?;

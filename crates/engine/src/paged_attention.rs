@@ -288,6 +288,160 @@ impl DeviceKvCache {
     }
 }
 
+/// One case of [`self_check`]: the worst errors of the device path (kernels on
+/// CUDA) against the reference path on random inputs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KernelCheck {
+    pub case: String,
+    pub dtype: String,
+    /// max |kernel - reference| / (max |reference| + 1e-6), attention output.
+    pub attention_rel_err: f32,
+    /// Rows written by the slot-write kernel that differ from the reference.
+    pub cache_rows_wrong: usize,
+    /// Outputs that are not finite (unwritten or broken).
+    pub non_finite: usize,
+    pub pass: bool,
+}
+
+/// Check the device path against the reference path on random inputs:
+/// a mixed batch (prefill chunk after history, decodes) for MHA, GQA, a
+/// sliding window with soft-capping, and MLA's key-prefix values, in f32,
+/// f16 and bf16. `benches/gpu_proof.sh` runs it on a GPU (`switchyard kernel-check`).
+pub fn self_check(device: &Device) -> Result<Vec<KernelCheck>> {
+    let mut report = Vec::new();
+    // (name, query heads, KV heads, head width, values, window, soft-cap)
+    type Case = (&'static str, usize, usize, usize, ValueStorage);
+    let cases: [(Case, Option<usize>, Option<f32>); 4] = [
+        (("mha", 8, 8, 128, ValueStorage::Separate), None, None),
+        (("gqa", 32, 8, 128, ValueStorage::Separate), None, None),
+        (
+            ("window+softcap", 8, 1, 256, ValueStorage::Separate),
+            Some(37),
+            Some(50.0),
+        ),
+        (
+            ("mla", 16, 1, 576, ValueStorage::KeyPrefix(512)),
+            None,
+            None,
+        ),
+    ];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect()
+    };
+    for ((name, heads, kvh, hd, values), window, softcap) in cases {
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let bs = 16;
+            let layout = KvLayout {
+                num_layers: 1,
+                num_blocks: 64,
+                block_size: bs,
+                num_kv_heads: kvh,
+                head_dim: hd,
+                values,
+            };
+            let cache = DeviceKvCache::new(layout, dtype, device)?;
+            let reference = DeviceKvCache::new(layout, dtype, device)?;
+            // Sequence tables use disjoint, shuffled blocks.
+            let tables: Vec<Vec<u32>> = (0..4u32)
+                .map(|s| (0..12u32).map(|b| (b * 4 + s) * 7 % 48).collect())
+                .collect();
+            let steps: [[(usize, usize); 4]; 2] = [
+                [(0, 150), (0, 40), (0, 97), (0, 1)],
+                [(150, 33), (40, 1), (97, 1), (1, 1)],
+            ];
+            let row = kvh * hd;
+            let mut check = KernelCheck {
+                case: name.into(),
+                dtype: format!("{dtype:?}"),
+                attention_rel_err: 0.0,
+                cache_rows_wrong: 0,
+                non_finite: 0,
+                pass: true,
+            };
+            for step in steps {
+                let mut seqs = Vec::new();
+                let mut at = 0;
+                for (i, &(start, len)) in step.iter().enumerate() {
+                    seqs.push(SeqView {
+                        token_range: at..at + len,
+                        start_pos: start,
+                        block_table: &tables[i],
+                    });
+                    at += len;
+                }
+                let g = StepGeometry::new(&seqs, bs, device)?;
+                let k = Tensor::from_vec(rnd(at * row), (at, row), device)?;
+                let v = Tensor::from_vec(rnd(at * row), (at, row), device)?;
+                let q = Tensor::from_vec(rnd(at * heads * hd), (at, heads * hd), device)?;
+                let separate = values == ValueStorage::Separate;
+                cache.write(0, &g, &k, separate.then_some(&v))?;
+                // The reference cache is written by scatter, whatever the device.
+                let index = g
+                    .slots
+                    .reshape((at, 1, 1))?
+                    .broadcast_as((at, kvh, hd))?
+                    .contiguous()?;
+                let kr = k.to_dtype(dtype)?.reshape((at, kvh, hd))?.contiguous()?;
+                reference.k[0].scatter_set(&index, &kr, 0)?;
+                if separate {
+                    let vr = v.to_dtype(dtype)?.reshape((at, kvh, hd))?.contiguous()?;
+                    reference.v[0].scatter_set(&index, &vr, 0)?;
+                }
+                let diff = (cache.k[0].to_dtype(DType::F32)?
+                    - reference.k[0].to_dtype(DType::F32)?)?
+                .abs()?
+                .max_keepdim(2)?
+                .max_keepdim(1)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+                check.cache_rows_wrong += diff.iter().filter(|d| **d != 0.0).count();
+                let p = AttentionParams {
+                    num_heads: heads,
+                    scale: 1.0 / (hd as f32).sqrt(),
+                    window,
+                    softcap,
+                };
+                let got = cache
+                    .attend(0, &g, &q.to_dtype(dtype)?, p)?
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let want = reference
+                    .attend_reference(0, &g, &q.to_dtype(dtype)?, p)?
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                check.non_finite += got.iter().filter(|x| !x.is_finite()).count();
+                let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())) + 1e-6;
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                check.attention_rel_err = check.attention_rel_err.max(err / scale);
+            }
+            // bf16 keeps 8 bits of mantissa: outputs rounded once differ by ≤ 2^-8 relative.
+            let bound = match dtype {
+                DType::F32 => 1e-4,
+                DType::F16 => 2e-3,
+                _ => 1.6e-2,
+            };
+            check.pass = check.attention_rel_err <= bound
+                && check.cache_rows_wrong == 0
+                && check.non_finite == 0;
+            report.push(check);
+        }
+    }
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,6 +521,15 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// On the CPU the self-check compares the reference with itself: it must
+    /// run and pass (on a GPU it compares the kernels).
+    #[test]
+    fn self_check_runs() {
+        let report = self_check(&Device::Cpu).unwrap();
+        assert_eq!(report.len(), 12);
+        assert!(report.iter().all(|c| c.pass), "{report:?}");
     }
 
     #[test]

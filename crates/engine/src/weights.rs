@@ -56,10 +56,13 @@ impl<R: std::io::Read + std::io::Seek> WeightSource for GgufWeights<'_, R> {
     }
 }
 
-/// Safetensors shards, memory-mapped, with Hugging Face tensor names.
+/// Safetensors shards, memory-mapped, with Hugging Face tensor names. On the
+/// CPU tensors become f32 (our CPU kernels' type); on a GPU they stay 16-bit
+/// (bf16), which halves the bytes each decode step reads.
 pub struct SafetensorsWeights {
     tensors: candle_core::safetensors::MmapedSafetensors,
     device: Device,
+    dtype: DType,
     arch: Arch,
     progress: LoadProgress,
 }
@@ -76,6 +79,11 @@ impl SafetensorsWeights {
         Ok(SafetensorsWeights {
             tensors,
             device: device.clone(),
+            dtype: if device.is_cpu() {
+                DType::F32
+            } else {
+                DType::BF16
+            },
             arch,
             progress: LoadProgress::new(total),
         })
@@ -161,7 +169,7 @@ impl WeightSource for SafetensorsWeights {
             .tensors
             .load(&hf, &self.device)
             .map_err(|e| EngineError::Load(format!("tensor `{hf}`: {e}")))?
-            .to_dtype(DType::F32)?;
+            .to_dtype(self.dtype)?;
         // Gemma's checkpoints store norm weights as w with x·(1 + w); llama.cpp
         // (and our forward) bake in the 1.
         if self.arch == Arch::Gemma3 && name.ends_with("norm.weight") {

@@ -24,6 +24,12 @@ pub struct Catalog {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineSection {
+    /// `cpu`, `cuda` or `cuda:N` (the `SWITCHYARD_DEVICE` variable overrides it).
+    pub device: String,
+    /// Share of the GPU's memory switchyard may use, weights and KV pools
+    /// together (vLLM's `gpu_memory_utilization`); on a GPU the KV pools get
+    /// what the weights leave, and `kv_cache_mb` is ignored.
+    pub gpu_memory_utilization: f64,
     pub block_size: usize,
     pub kv_cache_mb: usize,
     pub max_num_seqs: usize,
@@ -36,6 +42,8 @@ impl Default for EngineSection {
     fn default() -> Self {
         let d = EngineConfig::default();
         EngineSection {
+            device: "cpu".into(),
+            gpu_memory_utilization: 0.9,
             block_size: d.block_size,
             kv_cache_mb: d.kv_cache_bytes >> 20,
             max_num_seqs: d.max_num_seqs,
@@ -47,6 +55,14 @@ impl Default for EngineSection {
 }
 
 impl EngineSection {
+    /// The device to load on: `SWITCHYARD_DEVICE` when set, else `device`.
+    pub fn device_spec(&self) -> String {
+        std::env::var("SWITCHYARD_DEVICE")
+            .ok()
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| self.device.clone())
+    }
+
     pub fn engine_config(&self) -> EngineConfig {
         EngineConfig {
             block_size: self.block_size,

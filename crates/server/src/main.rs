@@ -12,9 +12,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use switchyard_engine::{
-    ChatMessage, Device, Engine, EngineConfig, Event, LoadedModel, SamplingParams,
-};
+use switchyard_engine::{ChatMessage, Engine, EngineConfig, Event, LoadedModel, SamplingParams};
 
 use crate::config::{Catalog, ModelEntry};
 
@@ -92,6 +90,12 @@ enum Command {
         /// Comma-separated numbers of concurrent sequences.
         #[arg(long, default_value = "1,8")]
         concurrency: String,
+    },
+    /// Check the paged-attention kernels against the portable reference path
+    /// on random inputs; prints one JSON line per case, fails if any fails.
+    KernelCheck {
+        #[arg(long, default_value = "cuda:0")]
+        device: String,
     },
 }
 
@@ -171,6 +175,16 @@ fn main() -> anyhow::Result<()> {
                     }
                     Event::Error { message } => anyhow::bail!(message),
                 }
+            }
+        }
+        Command::KernelCheck { device } => {
+            let dev = switchyard_engine::device::parse_device(&device)?;
+            let report = switchyard_engine::paged_attention::self_check(&dev)?;
+            for case in &report {
+                println!("{}", serde_json::to_string(case)?);
+            }
+            if report.iter().any(|c| !c.pass) {
+                anyhow::bail!("kernel check failed on {device}");
             }
         }
         Command::Bench {
@@ -350,31 +364,63 @@ fn router_state(
     })
 }
 
-/// Load one catalog entry and start its engine.
-fn start_engine(
+/// Load catalog entries onto the catalog's device and start their engines.
+/// On a GPU each model's weights are checked against free memory before it
+/// loads (a clear error names what needs how much), and the memory left under
+/// `gpu_memory_utilization` is split between the KV pools.
+fn start_engines(
     catalog: &Catalog,
-    entry: &ModelEntry,
-    tweak: impl FnOnce(&mut EngineConfig),
-) -> anyhow::Result<Engine> {
-    let path = catalog.resolve(entry)?;
-    tracing::info!(model = %entry.id, path = %path.display(), "loading");
-    let loaded = LoadedModel::load(&path, &Device::Cpu)?;
-    let mut cfg = entry.engine_config(&catalog.engine);
-    tweak(&mut cfg);
-    Ok(Engine::start(&entry.id, loaded, cfg)?)
+    entries: &[&ModelEntry],
+    tweak: impl Fn(&mut EngineConfig),
+) -> anyhow::Result<Vec<Engine>> {
+    use switchyard_engine::device;
+    let spec = catalog.engine.device_spec();
+    let dev = device::parse_device(&spec)?;
+    let utilization = catalog.engine.gpu_memory_utilization;
+    let mut loaded = Vec::with_capacity(entries.len());
+    let mut weights = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let path = catalog.resolve(entry)?;
+        let bytes = device::weights_bytes(&path);
+        if let Some((free, total)) = device::memory_info(&dev) {
+            let reserve = (total as f64 * (1.0 - utilization)) as usize;
+            device::check_fits(&entry.id, bytes, free, reserve)?;
+        }
+        tracing::info!(model = %entry.id, path = %path.display(), device = %spec, "loading");
+        loaded.push(LoadedModel::load(&path, &dev)?);
+        weights.push(bytes);
+    }
+    let budgets = device::memory_info(&dev)
+        .map(|(free, total)| device::kv_budgets(free, total, utilization, &weights));
+    let mut engines = Vec::with_capacity(entries.len());
+    for (i, (entry, model)) in entries.iter().zip(loaded).enumerate() {
+        let mut cfg = entry.engine_config(&catalog.engine);
+        if let Some(b) = &budgets {
+            cfg.kv_cache_bytes = b[i];
+        }
+        tweak(&mut cfg);
+        engines.push(
+            Engine::start(&entry.id, model, cfg)
+                .map_err(|e| anyhow::anyhow!("model `{}`: {e}", entry.id))?,
+        );
+    }
+    Ok(engines)
 }
 
 /// Start the engine of the catalog model named `model`.
 fn load_engine(
     config: &std::path::Path,
     model: &str,
-    tweak: impl FnOnce(&mut EngineConfig),
+    tweak: impl Fn(&mut EngineConfig),
 ) -> anyhow::Result<Engine> {
     let catalog = Catalog::load(config)?;
     let entry = catalog
         .find(model)
         .ok_or_else(|| anyhow::anyhow!("model `{model}` is not in {}", config.display()))?;
-    start_engine(&catalog, entry, tweak)
+    let mut engines = start_engines(&catalog, &[entry], tweak)?;
+    engines
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("model `{model}` did not start"))
 }
 
 fn serve(config: &std::path::Path, addr: &str, audit_db: Option<PathBuf>) -> anyhow::Result<()> {
@@ -382,11 +428,12 @@ fn serve(config: &std::path::Path, addr: &str, audit_db: Option<PathBuf>) -> any
     if let Some(p) = audit_db {
         catalog.router.audit_db = p;
     }
-    let mut engines = std::collections::BTreeMap::new();
-    for entry in &catalog.models {
-        let engine = start_engine(&catalog, entry, |_| {})?;
-        engines.insert(entry.id.clone(), std::sync::Arc::new(engine));
-    }
+    let entries: Vec<&ModelEntry> = catalog.models.iter().collect();
+    let engines: std::collections::BTreeMap<_, _> = start_engines(&catalog, &entries, |_| {})?
+        .into_iter()
+        .zip(&catalog.models)
+        .map(|(engine, entry)| (entry.id.clone(), std::sync::Arc::new(engine)))
+        .collect();
     let api_key = std::env::var(&catalog.server.api_key_env)
         .ok()
         .filter(|k| !k.is_empty());

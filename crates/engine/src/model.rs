@@ -286,15 +286,7 @@ impl Model {
                 } else {
                     None
                 },
-                experts: (0..moe.num_experts)
-                    .map(|e| {
-                        Ok(Mlp {
-                            gate: w.matmul(&name(&format!("expert.{e}.ffn_gate.weight")))?,
-                            up: w.matmul(&name(&format!("expert.{e}.ffn_up.weight")))?,
-                            down: w.matmul(&name(&format!("expert.{e}.ffn_down.weight")))?,
-                        })
-                    })
-                    .collect::<Result<_>>()?,
+                experts: Self::load_experts(w, i, moe.num_experts)?,
                 shared: if moe.num_shared > 0 {
                     Some(mlp(w, "_shexp")?)
                 } else {
@@ -311,6 +303,33 @@ impl Model {
             post_ffn_norm: opt(w, "post_ffw_norm.weight", gemma)?,
             ffn,
         })
+    }
+
+    /// Routed experts: one tensor per expert (safetensors), or llama.cpp's
+    /// stacked `ffn_{gate,up,down}_exps` split back into experts (GGUF).
+    fn load_experts(w: &mut dyn WeightSource, i: usize, n: usize) -> Result<Vec<Mlp>> {
+        let stacked = format!("blk.{i}.ffn_gate_exps.weight");
+        if w.has(&stacked) {
+            let gate = w.stacked_matmuls(&stacked, n)?;
+            let up = w.stacked_matmuls(&format!("blk.{i}.ffn_up_exps.weight"), n)?;
+            let down = w.stacked_matmuls(&format!("blk.{i}.ffn_down_exps.weight"), n)?;
+            return Ok(gate
+                .into_iter()
+                .zip(up)
+                .zip(down)
+                .map(|((gate, up), down)| Mlp { gate, up, down })
+                .collect());
+        }
+        (0..n)
+            .map(|e| {
+                let name = |part: &str| format!("blk.{i}.expert.{e}.{part}.weight");
+                Ok(Mlp {
+                    gate: w.matmul(&name("ffn_gate"))?,
+                    up: w.matmul(&name("ffn_up"))?,
+                    down: w.matmul(&name("ffn_down"))?,
+                })
+            })
+            .collect()
     }
 
     fn load_latent(

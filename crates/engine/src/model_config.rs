@@ -121,12 +121,12 @@ impl ModelConfig {
             "llama" => Arch::Llama,
             "gemma3" => Arch::Gemma3,
             "qwen2" => Arch::Qwen2,
-            "qwen3" => Arch::Qwen3,
+            "qwen3" | "qwen3moe" => Arch::Qwen3,
             other => {
                 return Err(EngineError::Load(format!(
-                "unsupported GGUF architecture `{other}` (supported: llama, gemma3, qwen2, qwen3; \
-                     DeepSeek-V2/V3 load from safetensors folders)"
-            )))
+                    "unsupported GGUF architecture `{other}` (supported: llama, gemma3, qwen2, \
+                     qwen3, qwen3moe; DeepSeek-V2/V3 load from safetensors folders)"
+                )))
             }
         };
         let key = |k: &str| format!("{arch_name}.{k}");
@@ -186,7 +186,23 @@ impl ModelConfig {
             swa_pattern: get_u("attention.sliding_window_pattern").unwrap_or(6),
             attn_softcap: get_f("attn_logit_softcapping"),
             final_softcap: get_f("final_logit_softcapping"),
-            moe: None,
+            // llama.cpp's qwen3moe: every layer sparse, softmax, renormalised top-k.
+            moe: match get_u("expert_count") {
+                Ok(n) if n > 0 => Some(MoeConfig {
+                    num_experts: n,
+                    top_k: get_u("expert_used_count")?,
+                    norm_topk_prob: true,
+                    first_dense: 0,
+                    sparse_step: 1,
+                    sparse_phase: 1,
+                    num_shared: 0,
+                    gate: GateKind::Softmax,
+                    routed_scaling: 1.0,
+                    num_groups: 1,
+                    topk_groups: 1,
+                }),
+                _ => None,
+            },
             mla: None,
         })
     }

@@ -371,11 +371,27 @@ fn checkpoint_config(family: &str, tied: bool) -> serde_json::Value {
     config
 }
 
-/// Convert a Llama checkpoint written by [`write_random_checkpoint`] into an
-/// f32 GGUF file the way llama.cpp's converter does: llama.cpp tensor names,
-/// Q and K rows permuted for interleaved RoPE, the vocabulary as `gpt2` BPE.
-pub fn convert_llama_to_gguf(dir: &Path, out: &Path) -> Result<()> {
+/// Convert a `llama` or `qwen3_moe` checkpoint written by
+/// [`write_random_checkpoint`] into a GGUF file the way llama.cpp's converter
+/// does: llama.cpp tensor names, Llama's Q and K rows permuted for interleaved
+/// RoPE, Qwen3-MoE's experts stacked into one `ffn_*_exps` tensor per layer,
+/// the vocabulary as `gpt2` BPE. Matrices are stored as `dtype` (F32, Q8_0...).
+pub fn convert_to_gguf(
+    dir: &Path,
+    family: &str,
+    out: &Path,
+    dtype: candle_core::quantized::GgmlDType,
+) -> Result<()> {
     use candle_core::quantized::{gguf_file::Value, GgmlDType, QTensor};
+    let moe = match family {
+        "llama" => false,
+        "qwen3_moe" => true,
+        other => {
+            return Err(crate::error::EngineError::Load(format!(
+                "no GGUF conversion for `{other}`"
+            )))
+        }
+    };
     let dev = Device::Cpu;
     let st = candle_core::safetensors::load(dir.join("model.safetensors"), &dev)?;
     let get = |name: &str| -> Result<Tensor> {
@@ -386,6 +402,9 @@ pub fn convert_llama_to_gguf(dir: &Path, out: &Path) -> Result<()> {
     };
     // HF rotates halves; GGUF Llama rotates adjacent pairs: reorder each head's rows.
     let permute = |w: Tensor, heads: usize| -> Result<Tensor> {
+        if moe {
+            return Ok(w); // qwen3moe keeps NeoX RoPE in llama.cpp
+        }
         let (rows, cols) = w.dims2()?;
         Ok(w.reshape((heads, 2, rows / heads / 2, cols))?
             .transpose(1, 2)?
@@ -423,13 +442,46 @@ pub fn convert_llama_to_gguf(dir: &Path, out: &Path) -> Result<()> {
             gg("attn_output.weight"),
             get(&hf("self_attn.o_proj.weight"))?,
         ));
-        tensors.push((gg("ffn_gate.weight"), get(&hf("mlp.gate_proj.weight"))?));
-        tensors.push((gg("ffn_up.weight"), get(&hf("mlp.up_proj.weight"))?));
-        tensors.push((gg("ffn_down.weight"), get(&hf("mlp.down_proj.weight"))?));
+        if moe {
+            tensors.push((
+                gg("attn_q_norm.weight"),
+                get(&hf("self_attn.q_norm.weight"))?,
+            ));
+            tensors.push((
+                gg("attn_k_norm.weight"),
+                get(&hf("self_attn.k_norm.weight"))?,
+            ));
+            tensors.push((gg("ffn_gate_inp.weight"), get(&hf("mlp.gate.weight"))?));
+            for (gguf, part) in [
+                ("gate", "gate_proj"),
+                ("up", "up_proj"),
+                ("down", "down_proj"),
+            ] {
+                let experts = (0..EXPERTS)
+                    .map(|e| get(&hf(&format!("mlp.experts.{e}.{part}.weight"))))
+                    .collect::<Result<Vec<_>>>()?;
+                tensors.push((
+                    gg(&format!("ffn_{gguf}_exps.weight")),
+                    Tensor::stack(&experts, 0)?,
+                ));
+            }
+        } else {
+            tensors.push((gg("ffn_gate.weight"), get(&hf("mlp.gate_proj.weight"))?));
+            tensors.push((gg("ffn_up.weight"), get(&hf("mlp.up_proj.weight"))?));
+            tensors.push((gg("ffn_down.weight"), get(&hf("mlp.down_proj.weight"))?));
+        }
     }
+    // Norms and embeddings stay f32, as llama.cpp keeps 1-D tensors.
     let qtensors = tensors
         .iter()
-        .map(|(n, t)| Ok((n.clone(), QTensor::quantize(t, GgmlDType::F32)?)))
+        .map(|(n, t)| {
+            let ty = if t.rank() >= 2 && n != "token_embd.weight" {
+                dtype
+            } else {
+                GgmlDType::F32
+            };
+            Ok((n.clone(), QTensor::quantize(t, ty)?))
+        })
         .collect::<Result<Vec<_>>>()?;
     // The vocabulary: the 256 byte symbols, then the three specials.
     let tk: serde_json::Value =
@@ -451,17 +503,28 @@ pub fn convert_llama_to_gguf(dir: &Path, out: &Path) -> Result<()> {
         *t = format!("<unused{i}>");
     }
     let u = |v: usize| Value::U32(v as u32);
-    let metadata: Vec<(&str, Value)> = vec![
-        ("general.architecture", Value::String("llama".into())),
-        ("llama.block_count", u(LAYERS)),
-        ("llama.context_length", u(512)),
-        ("llama.embedding_length", u(HIDDEN)),
-        ("llama.feed_forward_length", u(FFN)),
-        ("llama.attention.head_count", u(HEADS)),
-        ("llama.attention.head_count_kv", u(KV_HEADS)),
-        ("llama.rope.freq_base", Value::F32(10000.0)),
-        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-6)),
-        ("llama.vocab_size", u(VOCAB)),
+    let arch = if moe { "qwen3moe" } else { "llama" };
+    let key = |k: &str| format!("{arch}.{k}");
+    let mut metadata: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        (key("block_count"), u(LAYERS)),
+        (key("context_length"), u(512)),
+        (key("embedding_length"), u(HIDDEN)),
+        (key("feed_forward_length"), u(FFN)),
+        (key("attention.head_count"), u(HEADS)),
+        (key("attention.head_count_kv"), u(KV_HEADS)),
+        (key("attention.key_length"), u(HEAD_DIM)),
+        (key("attention.value_length"), u(HEAD_DIM)),
+        (key("rope.freq_base"), Value::F32(10000.0)),
+        (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-6)),
+        (key("vocab_size"), u(VOCAB)),
+    ];
+    if moe {
+        metadata.push((key("expert_count"), u(EXPERTS)));
+        metadata.push((key("expert_used_count"), u(EXPERTS_PER_TOKEN)));
+        metadata.push((key("expert_feed_forward_length"), u(EXPERT_FFN)));
+    }
+    let tokenizer_md: Vec<(&str, Value)> = vec![
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
         (
             "tokenizer.ggml.tokens",
@@ -473,7 +536,8 @@ pub fn convert_llama_to_gguf(dir: &Path, out: &Path) -> Result<()> {
         ("tokenizer.ggml.bos_token_id", u(256)),
         ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
     ];
-    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    metadata.extend(tokenizer_md.into_iter().map(|(k, v)| (k.to_string(), v)));
+    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let ts: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut f = std::fs::File::create(out)?;
     candle_core::quantized::gguf_file::write(&mut f, &md, &ts)?;

@@ -15,6 +15,14 @@ pub trait WeightSource {
     fn tensor(&mut self, name: &str) -> Result<Tensor>;
     /// A weight matrix for `x @ Wᵀ`, kept quantized where the source is.
     fn matmul(&mut self, name: &str) -> Result<QMatMul>;
+    /// The `count` matrices stacked in one `[count, rows, cols]` tensor
+    /// (llama.cpp's `ffn_*_exps`), each kept quantized.
+    fn stacked_matmuls(&mut self, name: &str, count: usize) -> Result<Vec<QMatMul>> {
+        let _ = count;
+        Err(EngineError::Load(format!(
+            "`{name}`: stacked tensors only come from GGUF"
+        )))
+    }
 }
 
 /// Bytes a GGUF tensor occupies on disk.
@@ -53,6 +61,27 @@ impl<R: std::io::Read + std::io::Seek> WeightSource for GgufWeights<'_, R> {
     }
     fn matmul(&mut self, name: &str) -> Result<QMatMul> {
         Ok(QMatMul::from_qtensor(self.qtensor(name)?)?)
+    }
+    fn stacked_matmuls(&mut self, name: &str, count: usize) -> Result<Vec<QMatMul>> {
+        use candle_core::quantized::{QStorage, QTensor};
+        let stacked = self.qtensor(name)?;
+        let (n, rows, cols) = stacked.shape().dims3()?;
+        if n != count {
+            return Err(EngineError::Load(format!(
+                "`{name}` stacks {n} matrices, expected {count}"
+            )));
+        }
+        let dtype = stacked.dtype();
+        let data = stacked.data()?;
+        // Quantized blocks never straddle rows, so each matrix is a contiguous byte range.
+        let per = data.len() / n;
+        (0..n)
+            .map(|e| {
+                let bytes = std::borrow::Cow::Borrowed(&data[e * per..(e + 1) * per]);
+                let storage = QStorage::from_data(bytes, self.device, dtype)?;
+                Ok(QMatMul::from_qtensor(QTensor::new(storage, (rows, cols))?)?)
+            })
+            .collect()
     }
 }
 

@@ -8,6 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use common::prefill_logits;
@@ -235,7 +236,7 @@ fn llama3_rope_scaling_matches_candle_transformers() {
 fn llama_gguf_and_safetensors_agree() {
     let (dir, _) = write_checkpoint("llama", false);
     let gguf = dir.join("model-f32.gguf");
-    switchyard_engine::testing::convert_llama_to_gguf(&dir, &gguf).unwrap();
+    switchyard_engine::testing::convert_to_gguf(&dir, "llama", &gguf, GgmlDType::F32).unwrap();
     let from_st = LoadedModel::load(&dir, &Device::Cpu).unwrap();
     let from_gguf = LoadedModel::load(&gguf, &Device::Cpu).unwrap();
     for tokens in [
@@ -259,5 +260,39 @@ fn llama_gguf_and_safetensors_agree() {
         from_st.tokenizer.encode("Hi there", false).unwrap(),
         from_gguf.tokenizer.encode("Hi there", false).unwrap()
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Qwen3-MoE as llama.cpp writes it (`qwen3moe`, experts stacked in one
+/// `ffn_*_exps` tensor per layer) loads expert by expert and matches the
+/// safetensors folder: exactly in f32, within quantization error in Q8_0.
+#[test]
+fn qwen3_moe_gguf_with_stacked_experts_matches_safetensors() {
+    let dir = tmp_dir("qwen3_moe-gguf");
+    write_random_checkpoint(&dir, "qwen3_moe", false).unwrap();
+    let from_st = LoadedModel::load(&dir, &Device::Cpu).unwrap();
+    for (dtype, tol) in [(GgmlDType::F32, 1e-3), (GgmlDType::Q8_0, 0.15)] {
+        let gguf = dir.join(format!("model-{dtype:?}.gguf"));
+        switchyard_engine::testing::convert_to_gguf(&dir, "qwen3_moe", &gguf, dtype).unwrap();
+        let from_gguf = LoadedModel::load(&gguf, &Device::Cpu).unwrap();
+        assert_eq!(from_gguf.model.config().moe, from_st.model.config().moe);
+        for tokens in [
+            vec![5u32, 77, 200, 13],
+            (0..30).map(|i| (i * 7 % 250) as u32).collect(),
+        ] {
+            let a = prefill_logits(&from_st, &tokens);
+            let b = prefill_logits(&from_gguf, &tokens);
+            let max_diff = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                max_diff < tol,
+                "{dtype:?}, {} tokens: max |diff| {max_diff}",
+                tokens.len()
+            );
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -382,7 +382,7 @@ impl Model {
     }
 
     /// A KV pool for this model on its device: host memory on the CPU, device
-    /// tensors (bf16) elsewhere. `SWITCHYARD_KV=device` puts a CPU model's pool
+    /// tensors elsewhere. `SWITCHYARD_KV=device` puts a CPU model's pool
     /// in tensors too (the reference path; tests use it).
     pub fn new_kv_store(&self, num_blocks: usize, block_size: usize) -> Result<KvStore> {
         let force_device = std::env::var("SWITCHYARD_KV").is_ok_and(|v| v == "device");
@@ -391,7 +391,9 @@ impl Model {
                 KvStore::Host(KvCache::new(self.kv_layout(num_blocks, block_size)))
             }
             Device::Cpu => self.new_device_kv_store(num_blocks, block_size, DType::F32)?,
-            _ => self.new_device_kv_store(num_blocks, block_size, DType::BF16)?,
+            // The pool keeps the activations' precision: bf16 for safetensors
+            // weights on a GPU, f32 for GGUF (whose matmuls run in f32).
+            _ => self.new_device_kv_store(num_blocks, block_size, self.embed.dtype())?,
         })
     }
 

@@ -67,6 +67,11 @@ pub struct KvCache {
     v: Vec<Vec<f32>>,
 }
 
+/// The pool slot holding position `pos` of a sequence with this block table.
+pub fn slot_of(table: &[BlockId], pos: usize, block_size: usize) -> usize {
+    table[pos / block_size] as usize * block_size + pos % block_size
+}
+
 /// One sequence's share of a batch, as the attention kernel sees it.
 #[derive(Debug, Clone)]
 pub struct SeqView<'a> {
@@ -102,8 +107,7 @@ impl KvCache {
     }
 
     fn slot(&self, table: &[BlockId], pos: usize) -> usize {
-        let bs = self.layout.block_size;
-        table[pos / bs] as usize * bs + pos % bs
+        slot_of(table, pos, self.layout.block_size)
     }
 
     /// Copy whole blocks (copy-on-write for forked sequences), every layer.

@@ -104,6 +104,29 @@ pub struct MlaConfig {
 }
 
 impl MoeConfig {
+    /// Qwen-MoE routing: softmax over experts, top-k, no shared experts;
+    /// layer `i` is sparse when `(i + 1) % sparse_step == 0`.
+    pub fn qwen(
+        num_experts: usize,
+        top_k: usize,
+        norm_topk_prob: bool,
+        sparse_step: usize,
+    ) -> Self {
+        MoeConfig {
+            num_experts,
+            top_k,
+            norm_topk_prob,
+            first_dense: 0,
+            sparse_step: sparse_step.max(1),
+            sparse_phase: 1,
+            num_shared: 0,
+            gate: GateKind::Softmax,
+            routed_scaling: 1.0,
+            num_groups: 1,
+            topk_groups: 1,
+        }
+    }
+
     pub fn is_sparse(&self, layer: usize) -> bool {
         layer >= self.first_dense && (layer + self.sparse_phase).is_multiple_of(self.sparse_step)
     }
@@ -188,19 +211,7 @@ impl ModelConfig {
             final_softcap: get_f("final_logit_softcapping"),
             // llama.cpp's qwen3moe: every layer sparse, softmax, renormalised top-k.
             moe: match get_u("expert_count") {
-                Ok(n) if n > 0 => Some(MoeConfig {
-                    num_experts: n,
-                    top_k: get_u("expert_used_count")?,
-                    norm_topk_prob: true,
-                    first_dense: 0,
-                    sparse_step: 1,
-                    sparse_phase: 1,
-                    num_shared: 0,
-                    gate: GateKind::Softmax,
-                    routed_scaling: 1.0,
-                    num_groups: 1,
-                    topk_groups: 1,
-                }),
+                Ok(n) if n > 0 => Some(MoeConfig::qwen(n, get_u("expert_used_count")?, true, 1)),
                 _ => None,
             },
             mla: None,
@@ -352,19 +363,12 @@ impl ModelConfig {
             }));
         }
         match get("num_experts") {
-            Some(n) if n > 0 => Ok(Some(MoeConfig {
-                num_experts: n,
-                top_k: get("num_experts_per_tok").ok_or_else(|| missing("num_experts_per_tok"))?,
-                norm_topk_prob: cfg["norm_topk_prob"].as_bool().unwrap_or(false),
-                first_dense: 0,
-                sparse_step: get("decoder_sparse_step").unwrap_or(1).max(1),
-                sparse_phase: 1,
-                num_shared: 0,
-                gate: GateKind::Softmax,
-                routed_scaling: 1.0,
-                num_groups: 1,
-                topk_groups: 1,
-            })),
+            Some(n) if n > 0 => Ok(Some(MoeConfig::qwen(
+                n,
+                get("num_experts_per_tok").ok_or_else(|| missing("num_experts_per_tok"))?,
+                cfg["norm_topk_prob"].as_bool().unwrap_or(false),
+                get("decoder_sparse_step").unwrap_or(1),
+            ))),
             _ => Ok(None),
         }
     }

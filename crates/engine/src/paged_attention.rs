@@ -17,7 +17,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
-use crate::kv_cache::{AttentionParams, KvLayout, SeqView, ValueStorage};
+use crate::kv_cache::{slot_of, AttentionParams, KvLayout, SeqView, ValueStorage};
 
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -63,9 +63,7 @@ impl StepGeometry {
             .max(1);
         let mut tables = vec![0u32; seqs.len() * max_blocks];
         let mut host = Vec::with_capacity(seqs.len());
-        let slot = |table: &[u32], p: usize| {
-            table[p / block_size] * block_size as u32 + (p % block_size) as u32
-        };
+        let slot = |table: &[u32], p: usize| slot_of(table, p, block_size) as u32;
         for (si, s) in seqs.iter().enumerate() {
             for (i, t) in s.token_range.clone().enumerate() {
                 slots[t] = slot(s.block_table, s.start_pos + i);
@@ -180,14 +178,26 @@ impl DeviceKvCache {
                 &g.slots,
             );
         }
+        self.write_reference(layer, g, &k, v.as_ref())
+    }
+
+    /// Scatter `[tokens, kv_heads, head_dim]` rows (cache dtype) to their slots.
+    fn write_reference(
+        &self,
+        layer: usize,
+        g: &StepGeometry,
+        k: &Tensor,
+        v: Option<&Tensor>,
+    ) -> Result<()> {
+        let (kvh, hd) = (self.layout.num_kv_heads, self.layout.head_dim);
         let index = g
             .slots
             .reshape((g.num_tokens, 1, 1))?
             .broadcast_as((g.num_tokens, kvh, hd))?
             .contiguous()?;
-        self.k[layer].scatter_set(&index, &k, 0)?;
+        self.k[layer].scatter_set(&index, k, 0)?;
         if let (Some(v), Some(cache)) = (v, self.v.get(layer)) {
-            cache.scatter_set(&index, &v, 0)?;
+            cache.scatter_set(&index, v, 0)?;
         }
         Ok(())
     }
@@ -288,6 +298,22 @@ impl DeviceKvCache {
     }
 }
 
+/// A batch of sequences `i` with `tables[i]`, each adding `len` tokens from
+/// position `start` (`step[i] = (start, len)`); returns the views and the token count.
+fn batch_views<'a>(tables: &'a [Vec<u32>], step: &[(usize, usize)]) -> (Vec<SeqView<'a>>, usize) {
+    let mut seqs = Vec::with_capacity(step.len());
+    let mut at = 0;
+    for (table, &(start, len)) in tables.iter().zip(step) {
+        seqs.push(SeqView {
+            token_range: at..at + len,
+            start_pos: start,
+            block_table: table,
+        });
+        at += len;
+    }
+    (seqs, at)
+}
+
 /// One case of [`self_check`]: the worst errors of the device path (kernels on
 /// CUDA) against the reference path on random inputs.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -367,16 +393,7 @@ pub fn self_check(device: &Device) -> Result<Vec<KernelCheck>> {
                 pass: true,
             };
             for step in steps {
-                let mut seqs = Vec::new();
-                let mut at = 0;
-                for (i, &(start, len)) in step.iter().enumerate() {
-                    seqs.push(SeqView {
-                        token_range: at..at + len,
-                        start_pos: start,
-                        block_table: &tables[i],
-                    });
-                    at += len;
-                }
+                let (seqs, at) = batch_views(&tables, &step);
                 let g = StepGeometry::new(&seqs, bs, device)?;
                 let k = Tensor::from_vec(rnd(at * row), (at, row), device)?;
                 let v = Tensor::from_vec(rnd(at * row), (at, row), device)?;
@@ -384,17 +401,11 @@ pub fn self_check(device: &Device) -> Result<Vec<KernelCheck>> {
                 let separate = values == ValueStorage::Separate;
                 cache.write(0, &g, &k, separate.then_some(&v))?;
                 // The reference cache is written by scatter, whatever the device.
-                let index = g
-                    .slots
-                    .reshape((at, 1, 1))?
-                    .broadcast_as((at, kvh, hd))?
-                    .contiguous()?;
-                let kr = k.to_dtype(dtype)?.reshape((at, kvh, hd))?.contiguous()?;
-                reference.k[0].scatter_set(&index, &kr, 0)?;
-                if separate {
-                    let vr = v.to_dtype(dtype)?.reshape((at, kvh, hd))?.contiguous()?;
-                    reference.v[0].scatter_set(&index, &vr, 0)?;
-                }
+                let rows = |t: &Tensor| -> Result<Tensor> {
+                    Ok(t.to_dtype(dtype)?.reshape((at, kvh, hd))?.contiguous()?)
+                };
+                let vr = if separate { Some(rows(&v)?) } else { None };
+                reference.write_reference(0, &g, &rows(&k)?, vr.as_ref())?;
                 let diff = (cache.k[0].to_dtype(DType::F32)?
                     - reference.k[0].to_dtype(DType::F32)?)?
                 .abs()?
@@ -481,16 +492,7 @@ mod tests {
                 let mut cpu = KvCache::new(layout);
                 let dev = DeviceKvCache::new(layout, dtype, &Device::Cpu).unwrap();
                 for (step, salt) in [(&step1, 0usize), (&step2, 1000)] {
-                    let mut seqs = Vec::new();
-                    let mut at = 0;
-                    for (i, &(start, len)) in step.iter().enumerate() {
-                        seqs.push(SeqView {
-                            token_range: at..at + len,
-                            start_pos: start,
-                            block_table: &tables[i],
-                        });
-                        at += len;
-                    }
+                    let (seqs, at) = batch_views(&tables, step);
                     let k = rnd(at * row, salt + 1);
                     let v = rnd(at * row, salt + 2);
                     let q = rnd(at * heads * 8, salt + 3);

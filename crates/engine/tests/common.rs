@@ -61,3 +61,12 @@ pub fn prefill_logits(loaded: &LoadedModel, tokens: &[u32]) -> Vec<f32> {
         .expect("forward")
         .remove(0)
 }
+
+/// Largest elementwise |a - b|.
+#[allow(dead_code)] // not every test binary uses it
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}

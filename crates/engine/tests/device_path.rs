@@ -3,6 +3,8 @@
 //! against) equals the CPU fast path on every family, over a realistic step
 //! sequence: two sequences, a chunked prefill, then batched decodes.
 
+mod common;
+
 use candle_core::{DType, Device};
 use switchyard_engine::kv_cache::SeqView;
 use switchyard_engine::model::KvStore;
@@ -72,11 +74,7 @@ fn device_reference_path_matches_cpu_path_for_every_family() {
         );
         assert_eq!(host.len(), device.len());
         for (i, (h, d)) in host.iter().zip(&device).enumerate() {
-            let diff = h
-                .iter()
-                .zip(d)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0, f32::max);
+            let diff = common::max_abs_diff(h, d);
             assert!(diff < 1e-3, "{family} row {i}: max |diff| {diff}");
         }
         // A bf16 pool stays close (bf16 rounding of K/V only).
@@ -88,11 +86,7 @@ fn device_reference_path_matches_cpu_path_for_every_family() {
                 .unwrap(),
         );
         for (h, d) in host.iter().zip(&bf16) {
-            let diff = h
-                .iter()
-                .zip(d)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0, f32::max);
+            let diff = common::max_abs_diff(h, d);
             assert!(diff < 0.1, "{family} bf16 pool: max |diff| {diff}");
         }
         let _ = std::fs::remove_dir_all(&dir);

@@ -123,11 +123,7 @@ fn check_family(model_type: &str, tied: bool) {
     for tokens in &prompts {
         let ours = prefill_logits(&loaded, tokens);
         let theirs = reference_logits(model_type, &dir, &config, tokens);
-        let max_diff = ours
-            .iter()
-            .zip(&theirs)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
+        let max_diff = common::max_abs_diff(&ours, &theirs);
         assert!(
             max_diff < 1e-3,
             "{model_type}: {} tokens, max |diff| {max_diff}",
@@ -245,11 +241,7 @@ fn llama_gguf_and_safetensors_agree() {
     ] {
         let a = prefill_logits(&from_st, &tokens);
         let b = prefill_logits(&from_gguf, &tokens);
-        let max_diff = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max);
+        let max_diff = common::max_abs_diff(&a, &b);
         assert!(
             max_diff < 1e-3,
             "{} tokens: max |diff| {max_diff}",
@@ -282,11 +274,7 @@ fn qwen3_moe_gguf_with_stacked_experts_matches_safetensors() {
         ] {
             let a = prefill_logits(&from_st, &tokens);
             let b = prefill_logits(&from_gguf, &tokens);
-            let max_diff = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0, f32::max);
+            let max_diff = common::max_abs_diff(&a, &b);
             assert!(
                 max_diff < tol,
                 "{dtype:?}, {} tokens: max |diff| {max_diff}",

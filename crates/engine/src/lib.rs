@@ -18,6 +18,7 @@ pub mod model;
 pub mod model_config;
 pub mod moe;
 pub mod paged_attention;
+pub mod pre_tokenizer;
 pub mod rope;
 pub mod sampling;
 pub mod scheduler;

@@ -347,16 +347,27 @@ impl Model {
             },
             None => QueryProjection::Full(w.matmul(&name("attn_q.weight"))?),
         };
-        // kv_b: [heads * (nope + v), kv_lora] → W_UK [heads, nope, kv_lora], W_UVᵀ [heads, kv_lora, v].
-        let kv_b = w.tensor(&name("attn_kv_b.weight"))?;
         let (h, nope, v) = (c.num_heads, mla.qk_nope_head_dim, mla.v_head_dim);
-        let kv_b = kv_b.reshape((h, nope + v, mla.kv_lora_rank))?;
+        let (w_uk, w_uv_t) = if w.has(&name("attn_kv_b.weight")) {
+            // kv_b: [heads * (nope + v), kv_lora] → W_UK [heads, nope, kv_lora], W_UVᵀ [heads, kv_lora, v].
+            let kv_b = w.tensor(&name("attn_kv_b.weight"))?;
+            let kv_b = kv_b.reshape((h, nope + v, mla.kv_lora_rank))?;
+            (
+                kv_b.narrow(1, 0, nope)?,
+                kv_b.narrow(1, nope, v)?.transpose(1, 2)?,
+            )
+        } else {
+            // llama.cpp's split: k_b [heads, kv_lora, nope] (W_UKᵀ), v_b [heads, v, kv_lora] (W_UV).
+            let k_b = w.tensor(&name("attn_k_b.weight"))?;
+            let v_b = w.tensor(&name("attn_v_b.weight"))?;
+            (k_b.transpose(1, 2)?, v_b.transpose(1, 2)?)
+        };
         Ok(LatentAttention {
             q,
             kv_a: w.matmul(&name("attn_kv_a_mqa.weight"))?,
             kv_a_norm: w.tensor(&name("attn_kv_a_norm.weight"))?,
-            w_uk: kv_b.narrow(1, 0, nope)?.contiguous()?,
-            w_uv_t: kv_b.narrow(1, nope, v)?.transpose(1, 2)?.contiguous()?,
+            w_uk: w_uk.contiguous()?,
+            w_uv_t: w_uv_t.contiguous()?,
             wo: w.matmul(&name("attn_output.weight"))?,
         })
     }

@@ -145,10 +145,11 @@ impl ModelConfig {
             "gemma3" => Arch::Gemma3,
             "qwen2" => Arch::Qwen2,
             "qwen3" | "qwen3moe" => Arch::Qwen3,
+            "deepseek2" => Arch::DeepSeek,
             other => {
                 return Err(EngineError::Load(format!(
                     "unsupported GGUF architecture `{other}` (supported: llama, gemma3, qwen2, \
-                     qwen3, qwen3moe; DeepSeek-V2/V3 load from safetensors folders)"
+                     qwen3, qwen3moe, deepseek2)"
                 )))
             }
         };
@@ -177,10 +178,95 @@ impl ModelConfig {
                 .ok_or_else(|| EngineError::Load("cannot tell the vocabulary size".into()))?,
         };
         let gemma = arch == Arch::Gemma3;
-        let linear = md
+        let deepseek = arch == Arch::DeepSeek;
+        let get_b = |k: &str| md.get(&key(k)).and_then(|v| v.to_bool().ok());
+        let rope_scaling = match md
             .get(&key("rope.scaling.type"))
             .and_then(|v| v.to_string().ok())
-            .is_some_and(|t| t == "linear");
+            .map(String::as_str)
+        {
+            Some("linear") => {
+                get_f("rope.scaling.factor").map_or(RopeScaling::None, RopeScaling::Linear)
+            }
+            Some("yarn") => {
+                let factor = get_f("rope.scaling.factor").unwrap_or(1.0);
+                RopeScaling::gguf_yarn(
+                    factor,
+                    get_u("rope.scaling.original_context_length").unwrap_or(4096),
+                    get_f("rope.scaling.yarn_beta_fast").unwrap_or(32.0),
+                    get_f("rope.scaling.yarn_beta_slow").unwrap_or(1.0),
+                    // llama.cpp stores DeepSeek's mscale_all_dim times 0.1.
+                    deepseek
+                        .then(|| get_f("rope.scaling.yarn_log_multiplier").unwrap_or(0.0) / 0.1),
+                )
+            }
+            _ => RopeScaling::None,
+        };
+        let (mla, moe) = if deepseek {
+            // Head lengths: `*_mla` keys where the latent is stored as one
+            // KV head (llama.cpp since 2025), plain ones in older files.
+            let rope = get_u("rope.dimension_count")?;
+            let key_len =
+                get_u("attention.key_length_mla").or_else(|_| get_u("attention.key_length"))?;
+            let mla = MlaConfig {
+                q_lora_rank: get_u("attention.q_lora_rank").ok().filter(|&r| r > 0),
+                kv_lora_rank: get_u("attention.kv_lora_rank")?,
+                qk_nope_head_dim: key_len.checked_sub(rope).ok_or_else(|| {
+                    EngineError::Load(format!(
+                        "GGUF: key length {key_len} < rope dimension {rope}"
+                    ))
+                })?,
+                qk_rope_head_dim: rope,
+                v_head_dim: get_u("attention.value_length_mla")
+                    .or_else(|_| get_u("attention.value_length"))?,
+            };
+            let moe = match get_u("expert_count") {
+                Ok(n) if n > 0 => {
+                    let num_groups = get_u("expert_group_count").unwrap_or(1).max(1);
+                    let gate = match (get_u("expert_gating_func").unwrap_or(1), num_groups) {
+                        (2, _) => GateKind::SigmoidNoAux,
+                        (1, 1) => GateKind::Softmax,
+                        (1, _) => GateKind::SoftmaxGroupLimited,
+                        (other, _) => return Err(EngineError::Load(format!(
+                            "GGUF: unsupported expert_gating_func {other} (1 softmax, 2 sigmoid)"
+                        ))),
+                    };
+                    Some(MoeConfig {
+                        num_experts: n,
+                        top_k: get_u("expert_used_count")?,
+                        norm_topk_prob: get_b("expert_weights_norm").unwrap_or(false),
+                        first_dense: get_u("leading_dense_block_count").unwrap_or(0),
+                        sparse_step: 1,
+                        sparse_phase: 0,
+                        num_shared: get_u("expert_shared_count").unwrap_or(0),
+                        gate,
+                        routed_scaling: get_f("expert_weights_scale").unwrap_or(1.0),
+                        num_groups,
+                        topk_groups: get_u("expert_group_used_count")
+                            .unwrap_or(num_groups)
+                            .clamp(1, num_groups),
+                    })
+                }
+                _ => None,
+            };
+            (Some(mla), moe)
+        } else {
+            // llama.cpp's qwen3moe: every layer sparse, softmax, renormalised top-k.
+            let moe = match get_u("expert_count") {
+                Ok(n) if n > 0 => Some(MoeConfig::qwen(n, get_u("expert_used_count")?, true, 1)),
+                _ => None,
+            };
+            (None, moe)
+        };
+        let (num_kv_heads, head_dim, rope_dim, attn_scale) = match &mla {
+            Some(m) => Self::latent_geometry(m, &rope_scaling),
+            None => (
+                num_kv_heads,
+                head_dim,
+                head_dim,
+                1.0 / (head_dim as f32).sqrt(),
+            ),
+        };
         Ok(ModelConfig {
             arch,
             vocab_size,
@@ -189,18 +275,16 @@ impl ModelConfig {
             num_heads,
             num_kv_heads,
             head_dim,
-            rope_dim: head_dim,
+            rope_dim,
             rms_eps: get_f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5) as f64,
             context_length: get_u("context_length").unwrap_or(4096),
             rope_theta: get_f("rope.freq_base").unwrap_or(10_000.0),
             rope_theta_local: 10_000.0,
-            rope_scaling: match get_f("rope.scaling.factor") {
-                Some(f) if linear => RopeScaling::Linear(f),
-                _ => RopeScaling::None,
-            },
-            // llama.cpp permutes Llama's Q/K for interleaved RoPE; the others rotate halves.
-            rope_neox: arch != Arch::Llama,
-            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            rope_scaling,
+            // llama.cpp permutes Llama's Q/K for interleaved RoPE and keeps
+            // DeepSeek's interleaved; the others rotate halves.
+            rope_neox: !matches!(arch, Arch::Llama | Arch::DeepSeek),
+            attn_scale,
             sliding_window: if gemma {
                 get_u("attention.sliding_window").ok()
             } else {
@@ -209,12 +293,8 @@ impl ModelConfig {
             swa_pattern: get_u("attention.sliding_window_pattern").unwrap_or(6),
             attn_softcap: get_f("attn_logit_softcapping"),
             final_softcap: get_f("final_logit_softcapping"),
-            // llama.cpp's qwen3moe: every layer sparse, softmax, renormalised top-k.
-            moe: match get_u("expert_count") {
-                Ok(n) if n > 0 => Some(MoeConfig::qwen(n, get_u("expert_used_count")?, true, 1)),
-                _ => None,
-            },
-            mla: None,
+            moe,
+            mla,
         })
     }
 
@@ -260,17 +340,7 @@ impl ModelConfig {
         };
         let moe = Self::moe_from_hf(cfg, arch)?;
         let (num_kv_heads, head_dim, rope_dim, attn_scale) = match &mla {
-            Some(m) => {
-                // Scores are taken against the nope+rope query, YaRN's mscale squared.
-                let q_head_dim = (m.qk_nope_head_dim + m.qk_rope_head_dim) as f32;
-                let mscale = rope_scaling.attention_mscale();
-                (
-                    1,
-                    m.kv_lora_rank + m.qk_rope_head_dim,
-                    m.qk_rope_head_dim,
-                    mscale * mscale / q_head_dim.sqrt(),
-                )
-            }
+            Some(m) => Self::latent_geometry(m, &rope_scaling),
             None => {
                 let head_dim = get("head_dim").unwrap_or(hidden_size / num_heads);
                 let scale = match get_f("query_pre_attn_scalar") {
@@ -320,6 +390,20 @@ impl ModelConfig {
             moe,
             mla,
         })
+    }
+
+    /// MLA's cache geometry (one latent KV head `kv_lora_rank + rope` wide, of
+    /// which `rope` rotates) and softmax scale: scores are taken against the
+    /// nope+rope query, times YaRN's mscale squared.
+    fn latent_geometry(m: &MlaConfig, rope_scaling: &RopeScaling) -> (usize, usize, usize, f32) {
+        let q_head_dim = (m.qk_nope_head_dim + m.qk_rope_head_dim) as f32;
+        let mscale = rope_scaling.attention_mscale();
+        (
+            1,
+            m.kv_lora_rank + m.qk_rope_head_dim,
+            m.qk_rope_head_dim,
+            mscale * mscale / q_head_dim.sqrt(),
+        )
     }
 
     fn moe_from_hf(cfg: &serde_json::Value, arch: Arch) -> Result<Option<MoeConfig>> {

@@ -92,6 +92,31 @@ impl RopeScaling {
         })
     }
 
+    /// YaRN as a GGUF describes it. llama.cpp scales cos/sin by YaRN's
+    /// default mscale, except for DeepSeek (`mscale_all_dim` given), where cos/sin
+    /// stay unscaled (its `mscale` equals `mscale_all_dim`) and the softmax scale
+    /// carries `mscale(factor, mscale_all_dim)` squared.
+    pub fn gguf_yarn(
+        factor: f32,
+        original_max_position: usize,
+        beta_fast: f32,
+        beta_slow: f32,
+        mscale_all_dim: Option<f32>,
+    ) -> Self {
+        RopeScaling::Yarn {
+            factor,
+            original_max_position,
+            beta_fast,
+            beta_slow,
+            cos_sin_scale: if mscale_all_dim.is_some() {
+                1.0
+            } else {
+                yarn_mscale(factor, 1.0)
+            },
+            mscale_all_dim: mscale_all_dim.unwrap_or(0.0),
+        }
+    }
+
     /// Factor on the softmax scale (DeepSeek YaRN: `mscale(factor, mscale_all_dim)`;
     /// the caller squares it).
     pub fn attention_mscale(&self) -> f32 {

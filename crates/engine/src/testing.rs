@@ -371,27 +371,44 @@ fn checkpoint_config(family: &str, tied: bool) -> serde_json::Value {
     config
 }
 
-/// Convert a `llama` or `qwen3_moe` checkpoint written by
-/// [`write_random_checkpoint`] into a GGUF file the way llama.cpp's converter
-/// does: llama.cpp tensor names, Llama's Q and K rows permuted for interleaved
-/// RoPE, Qwen3-MoE's experts stacked into one `ffn_*_exps` tensor per layer,
-/// the vocabulary as `gpt2` BPE. Matrices are stored as `dtype` (F32, Q8_0...).
+/// How a DeepSeek GGUF stores MLA's `kv_b_proj`: split into `attn_k_b`
+/// (transposed) and `attn_v_b` with the latent as one KV head (llama.cpp since
+/// 2025), or as one `attn_kv_b` matrix (older files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlaLayout {
+    Split,
+    Fused,
+}
+
+/// Convert a `llama`, `qwen3_moe` or `deepseek_v2`/`deepseek_v3` checkpoint
+/// written by [`write_random_checkpoint`] into a GGUF file the way llama.cpp's
+/// converter does: llama.cpp tensor names, Llama's Q and K rows permuted for
+/// interleaved RoPE, MoE experts stacked into one `ffn_*_exps` tensor per
+/// layer, DeepSeek's hyperparameters under `deepseek2.*` (MLA as `mla`
+/// says), the vocabulary as `gpt2` BPE. Matrices are stored as `dtype` (F32,
+/// Q8_0...) where their rows split into whole blocks, else F32.
 pub fn convert_to_gguf(
     dir: &Path,
     family: &str,
     out: &Path,
     dtype: candle_core::quantized::GgmlDType,
+    mla: MlaLayout,
 ) -> Result<()> {
     use candle_core::quantized::{gguf_file::Value, GgmlDType, QTensor};
-    let moe = match family {
-        "llama" => false,
-        "qwen3_moe" => true,
+    let arch = match family {
+        "llama" => "llama",
+        "qwen3_moe" => "qwen3moe",
+        "deepseek_v2" | "deepseek_v3" => "deepseek2",
         other => {
             return Err(crate::error::EngineError::Load(format!(
                 "no GGUF conversion for `{other}`"
             )))
         }
     };
+    let (moe, deepseek) = (arch != "llama", arch == "deepseek2");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)
+            .map_err(|e| crate::error::EngineError::Load(e.to_string()))?;
     let dev = Device::Cpu;
     let st = candle_core::safetensors::load(dir.join("model.safetensors"), &dev)?;
     let get = |name: &str| -> Result<Tensor> {
@@ -402,9 +419,6 @@ pub fn convert_to_gguf(
     };
     // HF rotates halves; GGUF Llama rotates adjacent pairs: reorder each head's rows.
     let permute = |w: Tensor, heads: usize| -> Result<Tensor> {
-        if moe {
-            return Ok(w); // qwen3moe keeps NeoX RoPE in llama.cpp
-        }
         let (rows, cols) = w.dims2()?;
         Ok(w.reshape((heads, 2, rows / heads / 2, cols))?
             .transpose(1, 2)?
@@ -424,34 +438,80 @@ pub fn convert_to_gguf(
     for l in 0..LAYERS {
         let hf = |n: &str| format!("model.layers.{l}.{n}");
         let gg = |n: &str| format!("blk.{l}.{n}");
-        tensors.push((gg("attn_norm.weight"), get(&hf("input_layernorm.weight"))?));
-        tensors.push((
-            gg("ffn_norm.weight"),
-            get(&hf("post_attention_layernorm.weight"))?,
-        ));
-        tensors.push((
-            gg("attn_q.weight"),
-            permute(get(&hf("self_attn.q_proj.weight"))?, HEADS)?,
-        ));
-        tensors.push((
-            gg("attn_k.weight"),
-            permute(get(&hf("self_attn.k_proj.weight"))?, KV_HEADS)?,
-        ));
-        tensors.push((gg("attn_v.weight"), get(&hf("self_attn.v_proj.weight"))?));
-        tensors.push((
-            gg("attn_output.weight"),
-            get(&hf("self_attn.o_proj.weight"))?,
-        ));
-        if moe {
-            tensors.push((
-                gg("attn_q_norm.weight"),
-                get(&hf("self_attn.q_norm.weight"))?,
-            ));
-            tensors.push((
-                gg("attn_k_norm.weight"),
-                get(&hf("self_attn.k_norm.weight"))?,
-            ));
-            tensors.push((gg("ffn_gate_inp.weight"), get(&hf("mlp.gate.weight"))?));
+        // (llama.cpp name, Hugging Face name) of tensors copied as they are.
+        let mut copies: Vec<(&str, &str)> = vec![
+            ("attn_norm.weight", "input_layernorm.weight"),
+            ("ffn_norm.weight", "post_attention_layernorm.weight"),
+            ("attn_output.weight", "self_attn.o_proj.weight"),
+        ];
+        if deepseek {
+            copies.extend([
+                (
+                    "attn_kv_a_mqa.weight",
+                    "self_attn.kv_a_proj_with_mqa.weight",
+                ),
+                ("attn_kv_a_norm.weight", "self_attn.kv_a_layernorm.weight"),
+            ]);
+            if st.contains_key(&hf("self_attn.q_a_proj.weight")) {
+                copies.extend([
+                    ("attn_q_a.weight", "self_attn.q_a_proj.weight"),
+                    ("attn_q_a_norm.weight", "self_attn.q_a_layernorm.weight"),
+                    ("attn_q_b.weight", "self_attn.q_b_proj.weight"),
+                ]);
+            } else {
+                copies.push(("attn_q.weight", "self_attn.q_proj.weight"));
+            }
+            let kv_b = get(&hf("self_attn.kv_b_proj.weight"))?;
+            match mla {
+                MlaLayout::Fused => tensors.push((gg("attn_kv_b.weight"), kv_b)),
+                MlaLayout::Split => {
+                    let kv_b = kv_b.reshape((HEADS, QK_NOPE_DIM + V_HEAD_DIM, KV_LORA_RANK))?;
+                    let k_b = kv_b.narrow(1, 0, QK_NOPE_DIM)?.transpose(1, 2)?;
+                    let v_b = kv_b.narrow(1, QK_NOPE_DIM, V_HEAD_DIM)?;
+                    tensors.push((gg("attn_k_b.weight"), k_b.contiguous()?));
+                    tensors.push((gg("attn_v_b.weight"), v_b.contiguous()?));
+                }
+            }
+        } else {
+            // qwen3moe keeps NeoX RoPE in llama.cpp; Llama's Q/K are permuted.
+            let (q, k) = (
+                get(&hf("self_attn.q_proj.weight"))?,
+                get(&hf("self_attn.k_proj.weight"))?,
+            );
+            let (q, k) = if moe {
+                (q, k)
+            } else {
+                (permute(q, HEADS)?, permute(k, KV_HEADS)?)
+            };
+            tensors.push((gg("attn_q.weight"), q));
+            tensors.push((gg("attn_k.weight"), k));
+            copies.push(("attn_v.weight", "self_attn.v_proj.weight"));
+            if moe {
+                copies.extend([
+                    ("attn_q_norm.weight", "self_attn.q_norm.weight"),
+                    ("attn_k_norm.weight", "self_attn.k_norm.weight"),
+                ]);
+            }
+        }
+        let sparse = st.contains_key(&hf("mlp.gate.weight"));
+        if sparse {
+            copies.push(("ffn_gate_inp.weight", "mlp.gate.weight"));
+            if st.contains_key(&hf("mlp.gate.e_score_correction_bias")) {
+                copies.push(("exp_probs_b.bias", "mlp.gate.e_score_correction_bias"));
+            }
+            if st.contains_key(&hf("mlp.shared_experts.gate_proj.weight")) {
+                copies.extend([
+                    (
+                        "ffn_gate_shexp.weight",
+                        "mlp.shared_experts.gate_proj.weight",
+                    ),
+                    ("ffn_up_shexp.weight", "mlp.shared_experts.up_proj.weight"),
+                    (
+                        "ffn_down_shexp.weight",
+                        "mlp.shared_experts.down_proj.weight",
+                    ),
+                ]);
+            }
             for (gguf, part) in [
                 ("gate", "gate_proj"),
                 ("up", "up_proj"),
@@ -466,16 +526,22 @@ pub fn convert_to_gguf(
                 ));
             }
         } else {
-            tensors.push((gg("ffn_gate.weight"), get(&hf("mlp.gate_proj.weight"))?));
-            tensors.push((gg("ffn_up.weight"), get(&hf("mlp.up_proj.weight"))?));
-            tensors.push((gg("ffn_down.weight"), get(&hf("mlp.down_proj.weight"))?));
+            copies.extend([
+                ("ffn_gate.weight", "mlp.gate_proj.weight"),
+                ("ffn_up.weight", "mlp.up_proj.weight"),
+                ("ffn_down.weight", "mlp.down_proj.weight"),
+            ]);
+        }
+        for (gguf, hf_name) in copies {
+            tensors.push((gg(gguf), get(&hf(hf_name))?));
         }
     }
     // Norms and embeddings stay f32, as llama.cpp keeps 1-D tensors.
     let qtensors = tensors
         .iter()
         .map(|(n, t)| {
-            let ty = if t.rank() >= 2 && n != "token_embd.weight" {
+            let whole_blocks = t.dims().last().is_some_and(|c| c % dtype.block_size() == 0);
+            let ty = if t.rank() >= 2 && n != "token_embd.weight" && whole_blocks {
                 dtype
             } else {
                 GgmlDType::F32
@@ -503,7 +569,6 @@ pub fn convert_to_gguf(
         *t = format!("<unused{i}>");
     }
     let u = |v: usize| Value::U32(v as u32);
-    let arch = if moe { "qwen3moe" } else { "llama" };
     let key = |k: &str| format!("{arch}.{k}");
     let mut metadata: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(arch.into())),
@@ -524,6 +589,9 @@ pub fn convert_to_gguf(
         metadata.push((key("expert_used_count"), u(EXPERTS_PER_TOKEN)));
         metadata.push((key("expert_feed_forward_length"), u(EXPERT_FFN)));
     }
+    if deepseek {
+        metadata.extend(deepseek2_metadata(&config, mla));
+    }
     let tokenizer_md: Vec<(&str, Value)> = vec![
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
         (
@@ -537,9 +605,96 @@ pub fn convert_to_gguf(
         ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
     ];
     metadata.extend(tokenizer_md.into_iter().map(|(k, v)| (k.to_string(), v)));
+    // Later entries win: DeepSeek's latent head replaces the generic geometry.
+    let mut seen = std::collections::HashSet::new();
+    let mut metadata: Vec<(String, Value)> = metadata
+        .into_iter()
+        .rev()
+        .filter(|(k, _)| seen.insert(k.clone()))
+        .collect();
+    metadata.reverse();
     let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let ts: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut f = std::fs::File::create(out)?;
     candle_core::quantized::gguf_file::write(&mut f, &md, &ts)?;
     Ok(())
+}
+
+/// `deepseek2.*` keys as llama.cpp's `DeepseekV2Model` writes them from a
+/// `config.json`: MLA ranks and head lengths, MoE layout and gate, YaRN with
+/// `0.1 * mscale_all_dim` as the log multiplier.
+fn deepseek2_metadata(
+    c: &serde_json::Value,
+    mla: MlaLayout,
+) -> Vec<(String, candle_core::quantized::gguf_file::Value)> {
+    use candle_core::quantized::gguf_file::Value;
+    let n = |k: &str| c[k].as_u64().unwrap_or(0) as u32;
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0) as f32;
+    let (kv_lora, rope, nope, v) = (
+        n("kv_lora_rank"),
+        n("qk_rope_head_dim"),
+        n("qk_nope_head_dim"),
+        n("v_head_dim"),
+    );
+    let mut md = vec![
+        ("attention.kv_lora_rank", Value::U32(kv_lora)),
+        ("rope.dimension_count", Value::U32(rope)),
+        (
+            "leading_dense_block_count",
+            Value::U32(n("first_k_dense_replace")),
+        ),
+        ("expert_shared_count", Value::U32(n("n_shared_experts"))),
+        ("expert_group_count", Value::U32(n("n_group"))),
+        ("expert_group_used_count", Value::U32(n("topk_group"))),
+        (
+            "expert_weights_scale",
+            Value::F32(f(&c["routed_scaling_factor"])),
+        ),
+        (
+            "expert_weights_norm",
+            Value::Bool(c["norm_topk_prob"].as_bool().unwrap_or(false)),
+        ),
+        (
+            "expert_gating_func",
+            Value::U32(if c["scoring_func"] == "sigmoid" { 2 } else { 1 }),
+        ),
+    ];
+    if n("q_lora_rank") > 0 {
+        md.push(("attention.q_lora_rank", Value::U32(n("q_lora_rank"))));
+    }
+    match mla {
+        MlaLayout::Split => md.extend([
+            ("attention.head_count_kv", Value::U32(1)),
+            ("attention.key_length", Value::U32(kv_lora + rope)),
+            ("attention.value_length", Value::U32(kv_lora)),
+            ("attention.key_length_mla", Value::U32(nope + rope)),
+            ("attention.value_length_mla", Value::U32(v)),
+        ]),
+        MlaLayout::Fused => md.extend([
+            ("attention.key_length", Value::U32(nope + rope)),
+            ("attention.value_length", Value::U32(v)),
+        ]),
+    }
+    let scaling = &c["rope_scaling"];
+    if scaling["type"] == "yarn" {
+        md.extend([
+            ("rope.scaling.type", Value::String("yarn".into())),
+            ("rope.scaling.factor", Value::F32(f(&scaling["factor"]))),
+            (
+                "rope.scaling.original_context_length",
+                Value::U32(
+                    scaling["original_max_position_embeddings"]
+                        .as_u64()
+                        .unwrap_or(0) as u32,
+                ),
+            ),
+            (
+                "rope.scaling.yarn_log_multiplier",
+                Value::F32(0.1 * f(&scaling["mscale_all_dim"])),
+            ),
+        ]);
+    }
+    md.into_iter()
+        .map(|(k, v)| (format!("deepseek2.{k}"), v))
+        .collect()
 }

@@ -1,8 +1,8 @@
 //! Tokenizers built from GGUF metadata, matching llama.cpp's vocabularies.
 //!
-//! - `gpt2` vocabularies (SmolLM2, Llama 3, Qwen): byte-level BPE from the
-//!   vocab and merges, via the `tokenizers` crate, pre-tokenized with
-//!   `Digits(individual)` + `ByteLevel(no prefix space)`; control tokens split out.
+//! - `gpt2` vocabularies (SmolLM2, Llama 3, Qwen, DeepSeek): byte-level BPE
+//!   from the vocab and merges, via the `tokenizers` crate, pre-tokenized the
+//!   way `tokenizer.ggml.pre` names ([`crate::pre_tokenizer`]); control tokens split out.
 //! - `llama` vocabularies (Gemma, Llama 2): SentencePiece-style BPE by score
 //!   (repeatedly merge the adjacent pair whose concatenation is the
 //!   best-scoring token), spaces as `▁`, `<0xXX>` byte fallback; control and
@@ -14,12 +14,10 @@
 use std::collections::HashMap;
 
 use candle_core::quantized::gguf_file;
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::digits::Digits;
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::{AddedToken, PreTokenizerWrapper};
+use tokenizers::AddedToken;
 
 use crate::error::{EngineError, Result};
+use crate::pre_tokenizer::PreTokenizerSpec;
 
 const TOKEN_TYPE_CONTROL: i32 = 3;
 const TOKEN_TYPE_USER_DEFINED: i32 = 4;
@@ -94,18 +92,21 @@ impl Tokenizer {
                             .map(|(a, b)| (a.to_string(), b.to_string()))
                     })
                     .collect();
+                let pre = PreTokenizerSpec::from_gguf_pre(
+                    md.get("tokenizer.ggml.pre")
+                        .and_then(|v| v.to_string().ok())
+                        .map(String::as_str),
+                )?;
                 let bpe = tokenizers::models::bpe::BPE::builder()
                     .vocab_and_merges(
                         vocab.clone().into_iter().collect::<ahash::AHashMap<_, _>>(),
                         merges,
                     )
+                    .ignore_merges(pre.ignore_merges)
                     .build()
                     .map_err(|e| load_err(&e.to_string()))?;
                 let mut tk = tokenizers::Tokenizer::new(bpe);
-                tk.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(vec![
-                    PreTokenizerWrapper::Digits(Digits::new(true)),
-                    PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
-                ]))));
+                tk.with_pre_tokenizer(Some(pre.build()?));
                 let added: Vec<AddedToken> = specials
                     .iter()
                     .map(|&i| AddedToken::from(tokens[i as usize].clone(), true))
@@ -125,7 +126,7 @@ impl Tokenizer {
                         }
                     })
                     .collect();
-                (Kind::Bpe(Box::new(tk)), bytes, false)
+                (Kind::Bpe(Box::new(tk)), bytes, pre.default_add_bos)
             }
             "llama" | "gemma" => {
                 let scores: Vec<f32> = match md

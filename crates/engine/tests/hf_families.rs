@@ -12,7 +12,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use common::prefill_logits;
-use switchyard_engine::testing::write_random_checkpoint;
+use switchyard_engine::testing::{write_random_checkpoint, MlaLayout};
 use switchyard_engine::{Engine, EngineConfig, LoadedModel, SamplingParams};
 
 fn tmp_dir(name: &str) -> PathBuf {
@@ -232,7 +232,14 @@ fn llama3_rope_scaling_matches_candle_transformers() {
 fn llama_gguf_and_safetensors_agree() {
     let (dir, _) = write_checkpoint("llama", false);
     let gguf = dir.join("model-f32.gguf");
-    switchyard_engine::testing::convert_to_gguf(&dir, "llama", &gguf, GgmlDType::F32).unwrap();
+    switchyard_engine::testing::convert_to_gguf(
+        &dir,
+        "llama",
+        &gguf,
+        GgmlDType::F32,
+        MlaLayout::Split,
+    )
+    .unwrap();
     let from_st = LoadedModel::load(&dir, &Device::Cpu).unwrap();
     let from_gguf = LoadedModel::load(&gguf, &Device::Cpu).unwrap();
     for tokens in [
@@ -265,7 +272,14 @@ fn qwen3_moe_gguf_with_stacked_experts_matches_safetensors() {
     let from_st = LoadedModel::load(&dir, &Device::Cpu).unwrap();
     for (dtype, tol) in [(GgmlDType::F32, 1e-3), (GgmlDType::Q8_0, 0.15)] {
         let gguf = dir.join(format!("model-{dtype:?}.gguf"));
-        switchyard_engine::testing::convert_to_gguf(&dir, "qwen3_moe", &gguf, dtype).unwrap();
+        switchyard_engine::testing::convert_to_gguf(
+            &dir,
+            "qwen3_moe",
+            &gguf,
+            dtype,
+            MlaLayout::Split,
+        )
+        .unwrap();
         let from_gguf = LoadedModel::load(&gguf, &Device::Cpu).unwrap();
         assert_eq!(from_gguf.model.config().moe, from_st.model.config().moe);
         for tokens in [
@@ -283,4 +297,63 @@ fn qwen3_moe_gguf_with_stacked_experts_matches_safetensors() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// DeepSeek as llama.cpp writes it (`deepseek2`): MLA in both of llama.cpp's
+/// layouts (split `attn_k_b`/`attn_v_b` with the latent as one KV head, and
+/// the older fused `attn_kv_b`), stacked routed experts, shared experts, the
+/// gate and YaRN from `deepseek2.*` keys. Matches the safetensors folder
+/// (itself checked against candle-transformers above): exactly in f32,
+/// within quantization error in Q8_0.
+#[test]
+fn deepseek_gguf_in_both_mla_layouts_matches_safetensors() {
+    for family in ["deepseek_v2", "deepseek_v3"] {
+        let dir = tmp_dir(&format!("{family}-gguf"));
+        let mut config = write_random_checkpoint(&dir, family, false).unwrap();
+        // GGUF (llama.cpp) assumes YaRN's mscale equals mscale_all_dim, as in
+        // every released DeepSeek config; the random V2 checkpoint differs.
+        if config["rope_scaling"].is_object() {
+            config["rope_scaling"]["mscale"] = config["rope_scaling"]["mscale_all_dim"].clone();
+            std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        }
+        let from_st = LoadedModel::load(&dir, &Device::Cpu).unwrap();
+        for (layout, dtype, tol) in [
+            (MlaLayout::Split, GgmlDType::F32, 1e-3),
+            (MlaLayout::Fused, GgmlDType::F32, 1e-3),
+            (MlaLayout::Split, GgmlDType::Q8_0, 0.15),
+        ] {
+            let gguf = dir.join(format!("model-{layout:?}-{dtype:?}.gguf"));
+            switchyard_engine::testing::convert_to_gguf(&dir, family, &gguf, dtype, layout)
+                .unwrap();
+            let from_gguf = LoadedModel::load(&gguf, &Device::Cpu).unwrap();
+            let (a, b) = (from_st.model.config(), from_gguf.model.config());
+            assert_eq!(a.mla, b.mla, "{family} {layout:?}");
+            assert_eq!(a.moe, b.moe, "{family} {layout:?}");
+            // (to 4 decimals: the GGUF stores 0.1 * mscale_all_dim)
+            assert_eq!(
+                format!("{:.4?}", a.rope_scaling),
+                format!("{:.4?}", b.rope_scaling),
+                "{family} {layout:?}"
+            );
+            assert_eq!(
+                (a.num_kv_heads, a.head_dim, a.rope_dim, a.rope_neox),
+                (b.num_kv_heads, b.head_dim, b.rope_dim, b.rope_neox)
+            );
+            assert!((a.attn_scale - b.attn_scale).abs() < 1e-6);
+            for tokens in [
+                vec![5u32, 77, 200, 13],
+                (0..150).map(|i| (i * 7 % 250) as u32).collect(),
+            ] {
+                let x = prefill_logits(&from_st, &tokens);
+                let y = prefill_logits(&from_gguf, &tokens);
+                let max_diff = common::max_abs_diff(&x, &y);
+                assert!(
+                    max_diff < tol,
+                    "{family} {layout:?} {dtype:?}, {} tokens: max |diff| {max_diff}",
+                    tokens.len()
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

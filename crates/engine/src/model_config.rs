@@ -227,9 +227,11 @@ impl ModelConfig {
                         (2, _) => GateKind::SigmoidNoAux,
                         (1, 1) => GateKind::Softmax,
                         (1, _) => GateKind::SoftmaxGroupLimited,
-                        (other, _) => return Err(EngineError::Load(format!(
+                        (other, _) => {
+                            return Err(EngineError::Load(format!(
                             "GGUF: unsupported expert_gating_func {other} (1 softmax, 2 sigmoid)"
-                        ))),
+                        )))
+                        }
                     };
                     Some(MoeConfig {
                         num_experts: n,

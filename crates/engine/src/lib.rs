@@ -9,6 +9,7 @@
 
 pub mod block_pool;
 pub mod chat;
+pub mod cpu_matmul;
 pub mod device;
 pub mod engine;
 pub mod error;

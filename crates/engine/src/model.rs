@@ -7,8 +7,8 @@
 //! part and runs over the paged KV cache ([`crate::kv_cache`]). Logits are
 //! computed only for the rows that will be sampled.
 //!
-//! Weights are candle tensors (`QMatMul`, quantized from GGUF or dense from
-//! safetensors); norms, RoPE and attention are ours. Family extras are data in
+//! Weights are [`Linear`] matrices (candle's quantized or dense matmuls, or
+//! our CPU Q4_1 kernel); norms, RoPE and attention are ours. Family extras are data in
 //! [`ModelConfig`]: Gemma 3's per-head Q/K norms, post-norms, GELU-tanh, scaled
 //! embeddings and sliding/global layers; Qwen's biases and QK-norms; experts
 //! ([`crate::moe`]); and DeepSeek's multi-head latent attention, run in its
@@ -16,15 +16,15 @@
 //! holds one latent row `[c_kv, k_pe]` per token, queries are projected into
 //! the latent space with `W_UK`, and attention outputs leave it through `W_UV`.
 
-use candle_core::quantized::{gguf_file, QMatMul};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{AttentionParams, KvCache, KvLayout, SeqView, ValueStorage};
 pub use crate::model_config::{Arch, GateKind, MlaConfig, ModelConfig, MoeConfig};
 use crate::paged_attention::{DeviceKvCache, StepGeometry};
 use crate::rope::{RopeScaling, RopeTable};
-use crate::weights::WeightSource;
+use crate::weights::{Linear, WeightSource};
 
 struct Layer {
     attn_norm: Tensor,
@@ -38,10 +38,10 @@ struct Layer {
 enum Attention {
     /// Multi-head / grouped-query attention with per-head K and V.
     Standard {
-        wq: QMatMul,
-        wk: QMatMul,
-        wv: QMatMul,
-        wo: QMatMul,
+        wq: Linear,
+        wk: Linear,
+        wv: Linear,
+        wo: Linear,
         bq: Option<Tensor>,
         bk: Option<Tensor>,
         bv: Option<Tensor>,
@@ -55,37 +55,37 @@ enum Attention {
 struct LatentAttention {
     q: QueryProjection,
     /// hidden → `[c_kv (kv_lora_rank), k_pe (rope)]`.
-    kv_a: QMatMul,
+    kv_a: Linear,
     kv_a_norm: Tensor,
     /// `[heads, qk_nope, kv_lora_rank]`: takes `q_nope` into the latent space.
     w_uk: Tensor,
     /// `[heads, kv_lora_rank, v_head_dim]`: takes the latent output back out.
     w_uv_t: Tensor,
-    wo: QMatMul,
+    wo: Linear,
 }
 
 enum QueryProjection {
-    Full(QMatMul),
+    Full(Linear),
     /// `q_b(norm(q_a(x)))` (DeepSeek-V2/V3 with `q_lora_rank`).
     LowRank {
-        a: QMatMul,
+        a: Linear,
         norm: Tensor,
-        b: QMatMul,
+        b: Linear,
     },
 }
 
 /// A gated MLP: `down(act(gate(x)) * up(x))`.
 struct Mlp {
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
 }
 
 enum Ffn {
     Dense(Mlp),
     /// Mixture of experts: a router, routed experts, optional shared experts.
     Moe {
-        router: QMatMul,
+        router: Linear,
         /// DeepSeek-V3's `e_score_correction_bias` (selection only).
         selection_bias: Option<Vec<f32>>,
         experts: Vec<Mlp>,
@@ -160,7 +160,7 @@ pub struct Model {
     embed: Tensor,
     layers: Vec<Layer>,
     output_norm: Tensor,
-    lm_head: QMatMul,
+    lm_head: Linear,
     rope_global: RopeFreqs,
     rope_local: Option<RopeFreqs>,
     device: Device,
@@ -448,7 +448,7 @@ impl Model {
     /// (plus the shared experts, which see every token).
     fn moe(
         &self,
-        router: &QMatMul,
+        router: &Linear,
         selection_bias: Option<&[f32]>,
         experts: &[Mlp],
         shared: Option<&Mlp>,

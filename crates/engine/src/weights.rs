@@ -1,12 +1,99 @@
 //! Where a model's tensors come from: a GGUF file (quantized, llama.cpp's
 //! names) or a Hugging Face safetensors folder (bf16/f16/f32, its own names,
-//! mapped here to llama.cpp's). The forward pass only sees [`WeightSource`].
+//! mapped here to llama.cpp's). The forward pass only sees [`WeightSource`]
+//! and [`Linear`].
+//!
+//! On the CPU, quant types candle runs in scalar code get a fast path at load:
+//! Q4_1 goes to our kernel ([`crate::cpu_matmul`]); Q5_0 is rewritten as Q8_0
+//! without loss (`d·(q−16)` with `q−16` in `[−16, 15]` is a Q8_0 block with the
+//! same scale, and candle dots Q5_0 against Q8_0 activations anyway), which
+//! candle runs with AVX2.
 
-use candle_core::quantized::{gguf_file, QMatMul};
-use candle_core::{DType, Device, Tensor};
+use std::sync::Arc;
 
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+use crate::cpu_matmul::Q4_1Matrix;
 use crate::error::{EngineError, Result};
 use crate::model_config::Arch;
+
+/// A weight matrix for `x @ Wᵀ`: candle's (dense, or quantized with candle's
+/// kernels) or our CPU Q4_1 kernel.
+#[derive(Clone)]
+pub enum Linear {
+    Candle(QMatMul),
+    Q4_1(Arc<Q4_1Matrix>),
+}
+
+impl Linear {
+    /// `x` is `[..., cols]`; the result `[..., rows]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Linear::Candle(m) => m.forward(x),
+            Linear::Q4_1(w) => {
+                let mut dims = x.dims().to_vec();
+                let cols = dims.pop().unwrap_or(0);
+                if cols != w.cols() {
+                    candle_core::bail!("Q4_1 matmul: input width {cols}, weights {}", w.cols());
+                }
+                let tokens = x.elem_count() / cols.max(1);
+                let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                dims.push(w.rows());
+                Tensor::from_vec(w.matmul(&xs, tokens), dims, x.device())
+            }
+        }
+    }
+}
+
+impl From<QMatMul> for Linear {
+    fn from(m: QMatMul) -> Self {
+        Linear::Candle(m)
+    }
+}
+
+/// A GGUF matrix as the forward pass will run it (see the module docs).
+fn linear_from_qtensor(q: QTensor, device: &Device) -> Result<Linear> {
+    let cols = q.shape().dims().last().copied().unwrap_or(0);
+    if !device.is_cpu() || !cols.is_multiple_of(32) {
+        return Ok(QMatMul::from_qtensor(q)?.into());
+    }
+    match q.dtype() {
+        GgmlDType::Q4_1 => {
+            let rows = q.shape().elem_count() / cols;
+            Ok(Linear::Q4_1(Arc::new(Q4_1Matrix::from_gguf_bytes(
+                &q.data()?,
+                rows,
+                cols,
+            )?)))
+        }
+        GgmlDType::Q5_0 => {
+            let q8 = q5_0_as_q8_0(&q.data()?);
+            let storage =
+                QStorage::from_data(std::borrow::Cow::Owned(q8), device, GgmlDType::Q8_0)?;
+            Ok(QMatMul::from_qtensor(QTensor::new(storage, q.shape().clone())?)?.into())
+        }
+        _ => Ok(QMatMul::from_qtensor(q)?.into()),
+    }
+}
+
+/// GGUF Q5_0 blocks (f16 `d`, 32 high bits, 16 bytes of low nibbles) as Q8_0
+/// blocks (f16 `d`, 32 × i8) holding the same values.
+fn q5_0_as_q8_0(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() / 22 * 34);
+    for block in data.chunks_exact(22) {
+        out.extend_from_slice(&block[..2]);
+        let high = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+        let low = &block[6..];
+        let value = |j: usize, nibble: u8| {
+            let q = nibble | ((((high >> j) & 1) as u8) << 4);
+            (q as i8 - 16) as u8
+        };
+        out.extend((0..16).map(|j| value(j, low[j] & 0x0F)));
+        out.extend((0..16).map(|j| value(j + 16, low[j] >> 4)));
+    }
+    out
+}
 
 pub trait WeightSource {
     fn device(&self) -> &Device;
@@ -14,10 +101,10 @@ pub trait WeightSource {
     /// A dense f32 tensor (norms, embeddings, biases).
     fn tensor(&mut self, name: &str) -> Result<Tensor>;
     /// A weight matrix for `x @ Wᵀ`, kept quantized where the source is.
-    fn matmul(&mut self, name: &str) -> Result<QMatMul>;
+    fn matmul(&mut self, name: &str) -> Result<Linear>;
     /// The `count` matrices stacked in one `[count, rows, cols]` tensor
     /// (llama.cpp's `ffn_*_exps`), each kept quantized.
-    fn stacked_matmuls(&mut self, name: &str, count: usize) -> Result<Vec<QMatMul>> {
+    fn stacked_matmuls(&mut self, name: &str, count: usize) -> Result<Vec<Linear>> {
         let _ = count;
         Err(EngineError::Load(format!(
             "`{name}`: stacked tensors only come from GGUF"
@@ -59,11 +146,11 @@ impl<R: std::io::Read + std::io::Seek> WeightSource for GgufWeights<'_, R> {
     fn tensor(&mut self, name: &str) -> Result<Tensor> {
         Ok(self.qtensor(name)?.dequantize(self.device)?)
     }
-    fn matmul(&mut self, name: &str) -> Result<QMatMul> {
-        Ok(QMatMul::from_qtensor(self.qtensor(name)?)?)
+    fn matmul(&mut self, name: &str) -> Result<Linear> {
+        let q = self.qtensor(name)?;
+        linear_from_qtensor(q, self.device)
     }
-    fn stacked_matmuls(&mut self, name: &str, count: usize) -> Result<Vec<QMatMul>> {
-        use candle_core::quantized::{QStorage, QTensor};
+    fn stacked_matmuls(&mut self, name: &str, count: usize) -> Result<Vec<Linear>> {
         let stacked = self.qtensor(name)?;
         let (n, rows, cols) = stacked.shape().dims3()?;
         if n != count {
@@ -79,7 +166,7 @@ impl<R: std::io::Read + std::io::Seek> WeightSource for GgufWeights<'_, R> {
             .map(|e| {
                 let bytes = std::borrow::Cow::Borrowed(&data[e * per..(e + 1) * per]);
                 let storage = QStorage::from_data(bytes, self.device, dtype)?;
-                Ok(QMatMul::from_qtensor(QTensor::new(storage, (rows, cols))?)?)
+                linear_from_qtensor(QTensor::new(storage, (rows, cols))?, self.device)
             })
             .collect()
     }
@@ -206,8 +293,8 @@ impl WeightSource for SafetensorsWeights {
         }
         Ok(t)
     }
-    fn matmul(&mut self, name: &str) -> Result<QMatMul> {
-        Ok(QMatMul::Tensor(self.tensor(name)?))
+    fn matmul(&mut self, name: &str) -> Result<Linear> {
+        Ok(QMatMul::Tensor(self.tensor(name)?).into())
     }
 }
 
@@ -260,5 +347,42 @@ impl LoadProgress {
         } else {
             tracing::info!("loading weights: {pct}% of {:.2} GiB", gib(self.total));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Q5_0 → Q8_0 rewrite keeps every value, and candle's matmul on it
+    /// equals candle's Q5_0 matmul.
+    #[test]
+    fn q5_0_rewritten_as_q8_0_is_lossless() {
+        let (rows, cols) = (48, 640);
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.4)
+            .collect();
+        let w = Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap();
+        let q5 = QTensor::quantize(&w, GgmlDType::Q5_0).unwrap();
+        let q8 = match linear_from_qtensor(q5, &Device::Cpu).unwrap() {
+            Linear::Candle(QMatMul::QTensor(q)) => q,
+            _ => panic!("Q5_0 should become a candle Q8_0 matrix"),
+        };
+        assert_eq!(q8.dtype(), GgmlDType::Q8_0);
+        let q5 = QTensor::quantize(&w, GgmlDType::Q5_0).unwrap();
+        let (a, b) = (
+            q5.dequantize(&Device::Cpu).unwrap(),
+            q8.dequantize(&Device::Cpu).unwrap(),
+        );
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        let x: Vec<f32> = (0..3 * cols)
+            .map(|i| ((i * 31 % 97) as f32 - 48.0) / 40.0)
+            .collect();
+        let x = Tensor::from_vec(x, (3, cols), &Device::Cpu).unwrap();
+        let want = QMatMul::from_qtensor(q5).unwrap().forward(&x).unwrap();
+        let got = QMatMul::QTensor(q8).forward(&x).unwrap();
+        let diff = (want - got).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
     }
 }

@@ -1,16 +1,18 @@
 //! Our paged, batched Llama forward against candle-transformers' own
 //! `quantized_llama` on the same SmolLM2 GGUF: prefill logits and 32 greedy steps.
 //!
-//! Tolerances: both implementations quantize activations to Q8_1 before every
-//! matmul, so a one-ulp difference in attention (different summation order)
-//! can flip a rounding and move logits by ~0.5 (measured: scaling the
-//! attention by 1+1e-6 in our own model moves them by 0.46). Up to 8 tokens
-//! the two agree bit for bit. So: argmax equal, mean |diff| small, max |diff|
-//! bounded; and the greedy prompts below have no near-ties in 32 steps.
+//! Both quantize activations to 8 bits before every matmul, so a one-ulp
+//! difference anywhere (summation order: our Q4_1 kernel is not candle's) can
+//! flip a rounding and move logits by ~0.5. Prefill logits are therefore
+//! judged against the exact computation: candle-transformers on the same
+//! weights dequantized to f32 (no activation quantization). Ours must be as
+//! close to it as candle's own quantized path is, with the same argmax. The
+//! greedy prompts below have no near-ties in 32 steps, so there the tokens
+//! must equal candle's quantized run exactly.
 
 mod common;
 
-use candle_core::quantized::gguf_file;
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use common::*;
@@ -28,6 +30,54 @@ fn reference() -> ModelWeights {
     let mut file = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
     ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap()
+}
+
+/// The same weights dequantized into an f32 GGUF: candle-transformers then
+/// runs plain f32 matmuls (the exact result the quantized paths approximate).
+fn exact_reference() -> ModelWeights {
+    let path = model_path(SMOLLM2);
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let tensors: Vec<(String, QTensor)> = content
+        .tensor_infos
+        .keys()
+        .map(|name| {
+            let t = content.tensor(&mut file, name, &Device::Cpu).unwrap();
+            let f32 = t.dequantize(&Device::Cpu).unwrap();
+            (
+                name.clone(),
+                QTensor::quantize(&f32, GgmlDType::F32).unwrap(),
+            )
+        })
+        .collect();
+    let out = std::env::temp_dir().join(format!(
+        "switchyard-smollm2-f32-{}.gguf",
+        std::process::id()
+    ));
+    {
+        let md: Vec<(&str, &gguf_file::Value)> = content
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
+        let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let mut f = std::fs::File::create(&out).unwrap();
+        gguf_file::write(&mut f, &md, &ts).unwrap();
+    }
+    let mut file = std::fs::File::open(&out).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let model = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
+    let _ = std::fs::remove_file(&out);
+    model
+}
+
+/// Mean and max |a - b|.
+fn error(a: &[f32], b: &[f32]) -> (f32, f32) {
+    let diffs: Vec<f32> = a.iter().zip(b).map(|(x, y)| (x - y).abs()).collect();
+    (
+        diffs.iter().sum::<f32>() / diffs.len() as f32,
+        diffs.iter().cloned().fold(0.0, f32::max),
+    )
 }
 
 fn reference_logits(m: &mut ModelWeights, tokens: &[u32], pos: usize) -> Vec<f32> {
@@ -54,29 +104,30 @@ fn argmax(v: &[f32]) -> usize {
 #[test]
 fn prefill_logits_match_candle_quantized_llama() {
     let loaded = load(SMOLLM2);
+    let mut quantized = reference();
+    let mut exact = exact_reference();
     for prompt in PROMPTS {
         let tokens = loaded.tokenizer.encode(prompt, true).unwrap();
-        let ours = [prefill_logits(&loaded, &tokens)];
-        let theirs = reference_logits(&mut reference(), &tokens, 0);
-        let diffs: Vec<f32> = ours[0]
-            .iter()
-            .zip(&theirs)
-            .map(|(a, b)| (a - b).abs())
-            .collect();
-        let max_diff = diffs.iter().cloned().fold(0.0, f32::max);
-        let mean_diff = diffs.iter().sum::<f32>() / diffs.len() as f32;
+        let ours = prefill_logits(&loaded, &tokens);
+        let truth = reference_logits(&mut exact, &tokens, 0);
+        let candle = reference_logits(&mut quantized, &tokens, 0);
+        let (ours_mean, ours_max) = error(&ours, &truth);
+        let (candle_mean, candle_max) = error(&candle, &truth);
         println!(
-            "{prompt:?}: {} tokens, max |diff| {max_diff:.4}, mean {mean_diff:.4}",
+            "{prompt:?}: {} tokens; vs exact f32: ours mean {ours_mean:.4} max {ours_max:.4}, \
+             candle quantized mean {candle_mean:.4} max {candle_max:.4}",
             tokens.len()
         );
         assert!(
-            max_diff < 1.5 && mean_diff < 0.25,
-            "{prompt:?}: max |diff| {max_diff}, mean {mean_diff}"
+            ours_max < 1.5 && ours_mean < 0.3,
+            "{prompt:?}: max |diff| {ours_max}, mean {ours_mean} against exact f32"
         );
-        if tokens.len() <= 8 {
-            assert_eq!(max_diff, 0.0, "short prompts agree exactly");
-        }
-        assert_eq!(argmax(&ours[0]), argmax(&theirs), "{prompt:?}");
+        assert!(
+            ours_mean <= 2.0 * candle_mean + 0.05,
+            "{prompt:?}: ours is less accurate ({ours_mean}) than candle's quantized path ({candle_mean})"
+        );
+        assert_eq!(argmax(&ours), argmax(&truth), "{prompt:?}");
+        assert_eq!(argmax(&candle), argmax(&truth), "{prompt:?}");
     }
 }
 

@@ -290,6 +290,40 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Any shape, batch and value range (all-zero blocks, outliers): every
+        /// kernel equals candle's Q4_1 matmul up to summation order.
+        #[test]
+        fn q4_1_matches_candle_on_any_shape(
+            rows in 1usize..40,
+            col_blocks in 1usize..9,
+            tokens in 1usize..7,
+            seed in 0u64..1000,
+            zero_block in proptest::prelude::any::<bool>(),
+            outlier in 0f32..50.0,
+        ) {
+            let cols = col_blocks * BLOCK;
+            let w = Tensor::from_vec(random(rows * cols, seed, 0.5), (rows, cols), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
+            let ours = Q4_1Matrix::from_gguf_bytes(&q.data().unwrap(), rows, cols).unwrap();
+            let mut x = random(tokens * cols, seed + 1, 2.0);
+            if zero_block {
+                x[..BLOCK].iter_mut().for_each(|v| *v = 0.0);
+            }
+            x[cols - 1] = outlier;
+            let xt = Tensor::from_vec(x.clone(), (tokens, cols), &Device::Cpu).unwrap();
+            let want = QMatMul::from_qtensor(q).unwrap().forward(&xt).unwrap()
+                .flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for kernel in [Kernel::Scalar, Kernel::detect()] {
+                let got = ours.matmul_with(&x, tokens, kernel);
+                for (g, w) in got.iter().zip(&want) {
+                    proptest::prop_assert!((g - w).abs() <= 1e-4 * w.abs().max(1.0), "{:?}: {} vs {}", kernel, g, w);
+                }
+            }
+        }
+    }
+
     #[test]
     fn rejects_partial_blocks() {
         assert!(Q4_1Matrix::from_gguf_bytes(&[0; 19], 1, 32).is_err());

@@ -226,6 +226,23 @@ fn llama3_rope_scaling_matches_candle_transformers() {
     check_family("llama3", false);
 }
 
+/// Two loads of the same weights give the same prefill logits (within `tol`)
+/// on a short prompt and on one of `long` tokens.
+fn assert_same_logits(a: &LoadedModel, b: &LoadedModel, long: usize, tol: f32, what: &str) {
+    for tokens in [
+        vec![5u32, 77, 200, 13],
+        (0..long).map(|i| (i * 7 % 250) as u32).collect(),
+    ] {
+        let max_diff =
+            common::max_abs_diff(&prefill_logits(a, &tokens), &prefill_logits(b, &tokens));
+        assert!(
+            max_diff < tol,
+            "{what}, {} tokens: max |diff| {max_diff}",
+            tokens.len()
+        );
+    }
+}
+
 /// The same random Llama as a safetensors folder and as an f32 GGUF (Q/K
 /// permuted as llama.cpp's converter does) gives the same logits.
 #[test]
@@ -242,19 +259,7 @@ fn llama_gguf_and_safetensors_agree() {
     .unwrap();
     let from_st = LoadedModel::load(&dir, &Device::Cpu).unwrap();
     let from_gguf = LoadedModel::load(&gguf, &Device::Cpu).unwrap();
-    for tokens in [
-        vec![5u32, 77, 200, 13],
-        (0..40).map(|i| (i * 7 % 250) as u32).collect(),
-    ] {
-        let a = prefill_logits(&from_st, &tokens);
-        let b = prefill_logits(&from_gguf, &tokens);
-        let max_diff = common::max_abs_diff(&a, &b);
-        assert!(
-            max_diff < 1e-3,
-            "{} tokens: max |diff| {max_diff}",
-            tokens.len()
-        );
-    }
+    assert_same_logits(&from_st, &from_gguf, 40, 1e-3, "llama f32");
     assert_eq!(
         from_st.tokenizer.encode("Hi there", false).unwrap(),
         from_gguf.tokenizer.encode("Hi there", false).unwrap()
@@ -282,19 +287,7 @@ fn qwen3_moe_gguf_with_stacked_experts_matches_safetensors() {
         .unwrap();
         let from_gguf = LoadedModel::load(&gguf, &Device::Cpu).unwrap();
         assert_eq!(from_gguf.model.config().moe, from_st.model.config().moe);
-        for tokens in [
-            vec![5u32, 77, 200, 13],
-            (0..30).map(|i| (i * 7 % 250) as u32).collect(),
-        ] {
-            let a = prefill_logits(&from_st, &tokens);
-            let b = prefill_logits(&from_gguf, &tokens);
-            let max_diff = common::max_abs_diff(&a, &b);
-            assert!(
-                max_diff < tol,
-                "{dtype:?}, {} tokens: max |diff| {max_diff}",
-                tokens.len()
-            );
-        }
+        assert_same_logits(&from_st, &from_gguf, 30, tol, &format!("{dtype:?}"));
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -340,19 +333,8 @@ fn deepseek_gguf_in_both_mla_layouts_matches_safetensors() {
                 (b.num_kv_heads, b.head_dim, b.rope_dim, b.rope_neox)
             );
             assert!((a.attn_scale - b.attn_scale).abs() < 1e-6);
-            for tokens in [
-                vec![5u32, 77, 200, 13],
-                (0..150).map(|i| (i * 7 % 250) as u32).collect(),
-            ] {
-                let x = prefill_logits(&from_st, &tokens);
-                let y = prefill_logits(&from_gguf, &tokens);
-                let max_diff = common::max_abs_diff(&x, &y);
-                assert!(
-                    max_diff < tol,
-                    "{family} {layout:?} {dtype:?}, {} tokens: max |diff| {max_diff}",
-                    tokens.len()
-                );
-            }
+            let what = format!("{family} {layout:?} {dtype:?}");
+            assert_same_logits(&from_st, &from_gguf, 150, tol, &what);
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

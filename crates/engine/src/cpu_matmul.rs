@@ -160,7 +160,7 @@ struct RowRef8<'a> {
     sums: &'a [f32],
 }
 
-/// The dot-product implementation, picked once from the CPU's features.
+/// The dot-product implementation, picked from the CPU's features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kernel {
     Scalar,
@@ -170,14 +170,10 @@ enum Kernel {
 
 impl Kernel {
     fn detect() -> Self {
+        // std caches the CPUID answer; this is a load and a branch per call.
         #[cfg(target_arch = "x86_64")]
-        {
-            static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-            if *AVX2
-                .get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-            {
-                return Kernel::Avx2;
-            }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Kernel::Avx2;
         }
         Kernel::Scalar
     }
@@ -255,45 +251,53 @@ mod tests {
             .collect()
     }
 
-    /// Our Q4_1 matmul (each kernel) against candle's own on the same blocks.
+    /// The kernels this CPU can run.
+    fn kernels() -> Vec<Kernel> {
+        let mut k = vec![Kernel::Scalar];
+        if Kernel::detect() != Kernel::Scalar {
+            k.push(Kernel::detect());
+        }
+        k
+    }
+
+    /// Every kernel's `x · Wᵀ` equals candle's Q4_1 matmul on the same blocks
+    /// up to summation order.
+    fn assert_matches_candle(w: Vec<f32>, x: Vec<f32>, rows: usize, cols: usize, tokens: usize) {
+        let w = Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
+        let ours = Q4_1Matrix::from_gguf_bytes(&q.data().unwrap(), rows, cols).unwrap();
+        let xt = Tensor::from_vec(x.clone(), (tokens, cols), &Device::Cpu).unwrap();
+        let want = QMatMul::from_qtensor(q)
+            .unwrap()
+            .forward(&xt)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for kernel in kernels() {
+            let got = ours.matmul_with(&x, tokens, kernel);
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                    "{kernel:?} {rows}x{cols}x{tokens}: {g} vs candle {w}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn q4_1_matches_candle() {
         for (rows, cols, tokens) in [(8, 32, 1), (96, 576, 1), (192, 576, 3), (37, 1536, 17)] {
-            let w =
-                Tensor::from_vec(random(rows * cols, 1, 0.3), (rows, cols), &Device::Cpu).unwrap();
-            let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
-            let ours = Q4_1Matrix::from_gguf_bytes(&q.data().unwrap(), rows, cols).unwrap();
-            let x = random(tokens * cols, 2, 1.0);
-            let xt = Tensor::from_vec(x.clone(), (tokens, cols), &Device::Cpu).unwrap();
-            let want = QMatMul::from_qtensor(q)
-                .unwrap()
-                .forward(&xt)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let mut kernels = vec![Kernel::Scalar];
-            if Kernel::detect() != Kernel::Scalar {
-                kernels.push(Kernel::detect());
-            }
-            for kernel in kernels {
-                let got = ours.matmul_with(&x, tokens, kernel);
-                assert_eq!(got.len(), want.len());
-                for (g, w) in got.iter().zip(&want) {
-                    assert!(
-                        (g - w).abs() <= 1e-4 * w.abs().max(1.0),
-                        "{kernel:?} {rows}x{cols}x{tokens}: {g} vs candle {w}"
-                    );
-                }
-            }
+            let (w, x) = (random(rows * cols, 1, 0.3), random(tokens * cols, 2, 1.0));
+            assert_matches_candle(w, x, rows, cols, tokens);
         }
     }
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
-        /// Any shape, batch and value range (all-zero blocks, outliers): every
-        /// kernel equals candle's Q4_1 matmul up to summation order.
+        /// Any shape, batch and value range (all-zero blocks, outliers).
         #[test]
         fn q4_1_matches_candle_on_any_shape(
             rows in 1usize..40,
@@ -304,23 +308,12 @@ mod tests {
             outlier in 0f32..50.0,
         ) {
             let cols = col_blocks * BLOCK;
-            let w = Tensor::from_vec(random(rows * cols, seed, 0.5), (rows, cols), &Device::Cpu).unwrap();
-            let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
-            let ours = Q4_1Matrix::from_gguf_bytes(&q.data().unwrap(), rows, cols).unwrap();
             let mut x = random(tokens * cols, seed + 1, 2.0);
             if zero_block {
                 x[..BLOCK].iter_mut().for_each(|v| *v = 0.0);
             }
             x[cols - 1] = outlier;
-            let xt = Tensor::from_vec(x.clone(), (tokens, cols), &Device::Cpu).unwrap();
-            let want = QMatMul::from_qtensor(q).unwrap().forward(&xt).unwrap()
-                .flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            for kernel in [Kernel::Scalar, Kernel::detect()] {
-                let got = ours.matmul_with(&x, tokens, kernel);
-                for (g, w) in got.iter().zip(&want) {
-                    proptest::prop_assert!((g - w).abs() <= 1e-4 * w.abs().max(1.0), "{:?}: {} vs {}", kernel, g, w);
-                }
-            }
+            assert_matches_candle(random(rows * cols, seed, 0.5), x, rows, cols, tokens);
         }
     }
 

@@ -127,6 +127,21 @@ impl MoeConfig {
         }
     }
 
+    /// Checks the expert groups (they must split the experts evenly) and
+    /// clamps the groups a token may use to `1..=num_groups`; shared by both
+    /// config formats.
+    fn with_checked_groups(mut self) -> Result<Self> {
+        self.num_groups = self.num_groups.max(1);
+        if !self.num_experts.is_multiple_of(self.num_groups) {
+            return Err(EngineError::Load(format!(
+                "{} experts do not split into {} groups",
+                self.num_experts, self.num_groups
+            )));
+        }
+        self.topk_groups = self.topk_groups.clamp(1, self.num_groups);
+        Ok(self)
+    }
+
     pub fn is_sparse(&self, layer: usize) -> bool {
         layer >= self.first_dense && (layer + self.sparse_phase).is_multiple_of(self.sparse_step)
     }
@@ -222,8 +237,8 @@ impl ModelConfig {
             };
             let moe = match get_u("expert_count") {
                 Ok(n) if n > 0 => {
-                    let num_groups = get_u("expert_group_count").unwrap_or(1).max(1);
-                    let gate = match (get_u("expert_gating_func").unwrap_or(1), num_groups) {
+                    let num_groups = get_u("expert_group_count").unwrap_or(1);
+                    let gate = match (get_u("expert_gating_func").unwrap_or(1), num_groups.max(1)) {
                         (2, _) => GateKind::SigmoidNoAux,
                         (1, 1) => GateKind::Softmax,
                         (1, _) => GateKind::SoftmaxGroupLimited,
@@ -233,21 +248,22 @@ impl ModelConfig {
                         )))
                         }
                     };
-                    Some(MoeConfig {
-                        num_experts: n,
-                        top_k: get_u("expert_used_count")?,
-                        norm_topk_prob: get_b("expert_weights_norm").unwrap_or(false),
-                        first_dense: get_u("leading_dense_block_count").unwrap_or(0),
-                        sparse_step: 1,
-                        sparse_phase: 0,
-                        num_shared: get_u("expert_shared_count").unwrap_or(0),
-                        gate,
-                        routed_scaling: get_f("expert_weights_scale").unwrap_or(1.0),
-                        num_groups,
-                        topk_groups: get_u("expert_group_used_count")
-                            .unwrap_or(num_groups)
-                            .clamp(1, num_groups),
-                    })
+                    Some(
+                        MoeConfig {
+                            num_experts: n,
+                            top_k: get_u("expert_used_count")?,
+                            norm_topk_prob: get_b("expert_weights_norm").unwrap_or(false),
+                            first_dense: get_u("leading_dense_block_count").unwrap_or(0),
+                            sparse_step: 1,
+                            sparse_phase: 0,
+                            num_shared: get_u("expert_shared_count").unwrap_or(0),
+                            gate,
+                            routed_scaling: get_f("expert_weights_scale").unwrap_or(1.0),
+                            num_groups,
+                            topk_groups: get_u("expert_group_used_count").unwrap_or(num_groups),
+                        }
+                        .with_checked_groups()?,
+                    )
                 }
                 _ => None,
             };
@@ -428,25 +444,24 @@ impl ModelConfig {
                     )))
                 }
             };
-            let num_groups = get("n_group").unwrap_or(1).max(1);
-            if !n.is_multiple_of(num_groups) {
-                return Err(EngineError::Load(format!(
-                    "config.json: {n} experts do not split into {num_groups} groups"
-                )));
-            }
-            return Ok(Some(MoeConfig {
-                num_experts: n,
-                top_k: get("num_experts_per_tok").ok_or_else(|| missing("num_experts_per_tok"))?,
-                norm_topk_prob: cfg["norm_topk_prob"].as_bool().unwrap_or(false),
-                first_dense: get("first_k_dense_replace").unwrap_or(0),
-                sparse_step: get("moe_layer_freq").unwrap_or(1).max(1),
-                sparse_phase: 0,
-                num_shared: get("n_shared_experts").unwrap_or(0),
-                gate,
-                routed_scaling: cfg["routed_scaling_factor"].as_f64().unwrap_or(1.0) as f32,
-                num_groups,
-                topk_groups: get("topk_group").unwrap_or(num_groups).clamp(1, num_groups),
-            }));
+            let num_groups = get("n_group").unwrap_or(1);
+            return Ok(Some(
+                MoeConfig {
+                    num_experts: n,
+                    top_k: get("num_experts_per_tok")
+                        .ok_or_else(|| missing("num_experts_per_tok"))?,
+                    norm_topk_prob: cfg["norm_topk_prob"].as_bool().unwrap_or(false),
+                    first_dense: get("first_k_dense_replace").unwrap_or(0),
+                    sparse_step: get("moe_layer_freq").unwrap_or(1).max(1),
+                    sparse_phase: 0,
+                    num_shared: get("n_shared_experts").unwrap_or(0),
+                    gate,
+                    routed_scaling: cfg["routed_scaling_factor"].as_f64().unwrap_or(1.0) as f32,
+                    num_groups,
+                    topk_groups: get("topk_group").unwrap_or(num_groups),
+                }
+                .with_checked_groups()?,
+            ));
         }
         match get("num_experts") {
             Some(n) if n > 0 => Ok(Some(MoeConfig::qwen(

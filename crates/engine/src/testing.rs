@@ -406,6 +406,11 @@ pub fn convert_to_gguf(
         }
     };
     let (moe, deepseek) = (arch != "llama", arch == "deepseek2");
+    let family_arch = match arch {
+        "llama" => crate::model_config::Arch::Llama,
+        "qwen3moe" => crate::model_config::Arch::Qwen3,
+        _ => crate::model_config::Arch::DeepSeek,
+    };
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)
             .map_err(|e| crate::error::EngineError::Load(e.to_string()))?;
@@ -438,28 +443,15 @@ pub fn convert_to_gguf(
     for l in 0..LAYERS {
         let hf = |n: &str| format!("model.layers.{l}.{n}");
         let gg = |n: &str| format!("blk.{l}.{n}");
-        // (llama.cpp name, Hugging Face name) of tensors copied as they are.
-        let mut copies: Vec<(&str, &str)> = vec![
-            ("attn_norm.weight", "input_layernorm.weight"),
-            ("ffn_norm.weight", "post_attention_layernorm.weight"),
-            ("attn_output.weight", "self_attn.o_proj.weight"),
-        ];
+        // llama.cpp names of tensors copied as they are (the loader's map gives the HF names).
+        let mut copies: Vec<&str> =
+            vec!["attn_norm.weight", "ffn_norm.weight", "attn_output.weight"];
         if deepseek {
-            copies.extend([
-                (
-                    "attn_kv_a_mqa.weight",
-                    "self_attn.kv_a_proj_with_mqa.weight",
-                ),
-                ("attn_kv_a_norm.weight", "self_attn.kv_a_layernorm.weight"),
-            ]);
+            copies.extend(["attn_kv_a_mqa.weight", "attn_kv_a_norm.weight"]);
             if st.contains_key(&hf("self_attn.q_a_proj.weight")) {
-                copies.extend([
-                    ("attn_q_a.weight", "self_attn.q_a_proj.weight"),
-                    ("attn_q_a_norm.weight", "self_attn.q_a_layernorm.weight"),
-                    ("attn_q_b.weight", "self_attn.q_b_proj.weight"),
-                ]);
+                copies.extend(["attn_q_a.weight", "attn_q_a_norm.weight", "attn_q_b.weight"]);
             } else {
-                copies.push(("attn_q.weight", "self_attn.q_proj.weight"));
+                copies.push("attn_q.weight");
             }
             let kv_b = get(&hf("self_attn.kv_b_proj.weight"))?;
             match mla {
@@ -485,55 +477,45 @@ pub fn convert_to_gguf(
             };
             tensors.push((gg("attn_q.weight"), q));
             tensors.push((gg("attn_k.weight"), k));
-            copies.push(("attn_v.weight", "self_attn.v_proj.weight"));
+            copies.push("attn_v.weight");
             if moe {
-                copies.extend([
-                    ("attn_q_norm.weight", "self_attn.q_norm.weight"),
-                    ("attn_k_norm.weight", "self_attn.k_norm.weight"),
-                ]);
+                copies.extend(["attn_q_norm.weight", "attn_k_norm.weight"]);
             }
         }
         let sparse = st.contains_key(&hf("mlp.gate.weight"));
         if sparse {
-            copies.push(("ffn_gate_inp.weight", "mlp.gate.weight"));
+            copies.push("ffn_gate_inp.weight");
             if st.contains_key(&hf("mlp.gate.e_score_correction_bias")) {
-                copies.push(("exp_probs_b.bias", "mlp.gate.e_score_correction_bias"));
+                copies.push("exp_probs_b.bias");
             }
             if st.contains_key(&hf("mlp.shared_experts.gate_proj.weight")) {
                 copies.extend([
-                    (
-                        "ffn_gate_shexp.weight",
-                        "mlp.shared_experts.gate_proj.weight",
-                    ),
-                    ("ffn_up_shexp.weight", "mlp.shared_experts.up_proj.weight"),
-                    (
-                        "ffn_down_shexp.weight",
-                        "mlp.shared_experts.down_proj.weight",
-                    ),
+                    "ffn_gate_shexp.weight",
+                    "ffn_up_shexp.weight",
+                    "ffn_down_shexp.weight",
                 ]);
             }
-            for (gguf, part) in [
-                ("gate", "gate_proj"),
-                ("up", "up_proj"),
-                ("down", "down_proj"),
-            ] {
+            for part in ["gate", "up", "down"] {
                 let experts = (0..EXPERTS)
-                    .map(|e| get(&hf(&format!("mlp.experts.{e}.{part}.weight"))))
+                    .map(|e| {
+                        let name = gg(&format!("expert.{e}.ffn_{part}.weight"));
+                        get(&crate::weights::hf_tensor_name(family_arch, &name))
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 tensors.push((
-                    gg(&format!("ffn_{gguf}_exps.weight")),
+                    gg(&format!("ffn_{part}_exps.weight")),
                     Tensor::stack(&experts, 0)?,
                 ));
             }
         } else {
-            copies.extend([
-                ("ffn_gate.weight", "mlp.gate_proj.weight"),
-                ("ffn_up.weight", "mlp.up_proj.weight"),
-                ("ffn_down.weight", "mlp.down_proj.weight"),
-            ]);
+            copies.extend(["ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"]);
         }
-        for (gguf, hf_name) in copies {
-            tensors.push((gg(gguf), get(&hf(hf_name))?));
+        for gguf in copies {
+            let name = gg(gguf);
+            tensors.push((
+                name.clone(),
+                get(&crate::weights::hf_tensor_name(family_arch, &name))?,
+            ));
         }
     }
     // Norms and embeddings stay f32, as llama.cpp keeps 1-D tensors.
@@ -577,13 +559,17 @@ pub fn convert_to_gguf(
         (key("embedding_length"), u(HIDDEN)),
         (key("feed_forward_length"), u(FFN)),
         (key("attention.head_count"), u(HEADS)),
-        (key("attention.head_count_kv"), u(KV_HEADS)),
-        (key("attention.key_length"), u(HEAD_DIM)),
-        (key("attention.value_length"), u(HEAD_DIM)),
         (key("rope.freq_base"), Value::F32(10000.0)),
         (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-6)),
         (key("vocab_size"), u(VOCAB)),
     ];
+    if !deepseek {
+        metadata.extend([
+            (key("attention.head_count_kv"), u(KV_HEADS)),
+            (key("attention.key_length"), u(HEAD_DIM)),
+            (key("attention.value_length"), u(HEAD_DIM)),
+        ]);
+    }
     if moe {
         metadata.push((key("expert_count"), u(EXPERTS)));
         metadata.push((key("expert_used_count"), u(EXPERTS_PER_TOKEN)));
@@ -605,14 +591,6 @@ pub fn convert_to_gguf(
         ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
     ];
     metadata.extend(tokenizer_md.into_iter().map(|(k, v)| (k.to_string(), v)));
-    // Later entries win: DeepSeek's latent head replaces the generic geometry.
-    let mut seen = std::collections::HashSet::new();
-    let mut metadata: Vec<(String, Value)> = metadata
-        .into_iter()
-        .rev()
-        .filter(|(k, _)| seen.insert(k.clone()))
-        .collect();
-    metadata.reverse();
     let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let ts: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut f = std::fs::File::create(out)?;
@@ -671,6 +649,10 @@ fn deepseek2_metadata(
             ("attention.value_length_mla", Value::U32(v)),
         ]),
         MlaLayout::Fused => md.extend([
+            (
+                "attention.head_count_kv",
+                Value::U32(n("num_attention_heads")),
+            ),
             ("attention.key_length", Value::U32(nope + rope)),
             ("attention.value_length", Value::U32(v)),
         ]),

@@ -205,66 +205,71 @@ impl SafetensorsWeights {
         })
     }
 
-    /// llama.cpp name → Hugging Face name for this family.
     fn hf_name(&self, name: &str) -> String {
-        let Some(rest) = name.strip_prefix("blk.") else {
-            return match name {
-                "token_embd.weight" => "model.embed_tokens.weight".into(),
-                "output_norm.weight" => "model.norm.weight".into(),
-                "output.weight" => "lm_head.weight".into(),
-                other => other.into(),
-            };
-        };
-        let (layer, tail) = rest.split_once('.').unwrap_or((rest, ""));
-        // Experts: expert.{e}.ffn_gate.weight -> mlp.experts.{e}.gate_proj.weight
-        if let Some(rest) = tail.strip_prefix("expert.") {
-            if let Some((e, part)) = rest.split_once('.') {
-                let part = part
-                    .replace("ffn_gate", "gate_proj")
-                    .replace("ffn_up", "up_proj")
-                    .replace("ffn_down", "down_proj");
-                return format!("model.layers.{layer}.mlp.experts.{e}.{part}");
-            }
-        }
-        if tail == "exp_probs_b.bias" {
-            return format!("model.layers.{layer}.mlp.gate.e_score_correction_bias");
-        }
-        let gemma = self.arch == Arch::Gemma3;
-        let mapped = match tail.rsplit_once('.') {
-            Some((base, kind)) => {
-                let base = match base {
-                    "attn_norm" => "input_layernorm",
-                    "ffn_norm" if gemma => "pre_feedforward_layernorm",
-                    "ffn_norm" => "post_attention_layernorm",
-                    "post_attention_norm" => "post_attention_layernorm",
-                    "post_ffw_norm" => "post_feedforward_layernorm",
-                    "attn_q" => "self_attn.q_proj",
-                    "attn_k" => "self_attn.k_proj",
-                    "attn_v" => "self_attn.v_proj",
-                    "attn_output" => "self_attn.o_proj",
-                    "attn_q_norm" => "self_attn.q_norm",
-                    "attn_k_norm" => "self_attn.k_norm",
-                    "attn_q_a" => "self_attn.q_a_proj",
-                    "attn_q_a_norm" => "self_attn.q_a_layernorm",
-                    "attn_q_b" => "self_attn.q_b_proj",
-                    "attn_kv_a_mqa" => "self_attn.kv_a_proj_with_mqa",
-                    "attn_kv_a_norm" => "self_attn.kv_a_layernorm",
-                    "attn_kv_b" => "self_attn.kv_b_proj",
-                    "ffn_gate_inp" => "mlp.gate",
-                    "ffn_gate" => "mlp.gate_proj",
-                    "ffn_up" => "mlp.up_proj",
-                    "ffn_down" => "mlp.down_proj",
-                    "ffn_gate_shexp" => "mlp.shared_experts.gate_proj",
-                    "ffn_up_shexp" => "mlp.shared_experts.up_proj",
-                    "ffn_down_shexp" => "mlp.shared_experts.down_proj",
-                    other => other,
-                };
-                format!("{base}.{kind}")
-            }
-            None => tail.to_string(),
-        };
-        format!("model.layers.{layer}.{mapped}")
+        hf_tensor_name(self.arch, name)
     }
+}
+
+/// llama.cpp tensor name → the Hugging Face checkpoint's name for `arch`
+/// (the one map between the two, used by the loader and the test converter).
+pub fn hf_tensor_name(arch: Arch, name: &str) -> String {
+    let Some(rest) = name.strip_prefix("blk.") else {
+        return match name {
+            "token_embd.weight" => "model.embed_tokens.weight".into(),
+            "output_norm.weight" => "model.norm.weight".into(),
+            "output.weight" => "lm_head.weight".into(),
+            other => other.into(),
+        };
+    };
+    let (layer, tail) = rest.split_once('.').unwrap_or((rest, ""));
+    // Experts: expert.{e}.ffn_gate.weight -> mlp.experts.{e}.gate_proj.weight
+    if let Some(rest) = tail.strip_prefix("expert.") {
+        if let Some((e, part)) = rest.split_once('.') {
+            let part = part
+                .replace("ffn_gate", "gate_proj")
+                .replace("ffn_up", "up_proj")
+                .replace("ffn_down", "down_proj");
+            return format!("model.layers.{layer}.mlp.experts.{e}.{part}");
+        }
+    }
+    if tail == "exp_probs_b.bias" {
+        return format!("model.layers.{layer}.mlp.gate.e_score_correction_bias");
+    }
+    let gemma = arch == Arch::Gemma3;
+    let mapped = match tail.rsplit_once('.') {
+        Some((base, kind)) => {
+            let base = match base {
+                "attn_norm" => "input_layernorm",
+                "ffn_norm" if gemma => "pre_feedforward_layernorm",
+                "ffn_norm" => "post_attention_layernorm",
+                "post_attention_norm" => "post_attention_layernorm",
+                "post_ffw_norm" => "post_feedforward_layernorm",
+                "attn_q" => "self_attn.q_proj",
+                "attn_k" => "self_attn.k_proj",
+                "attn_v" => "self_attn.v_proj",
+                "attn_output" => "self_attn.o_proj",
+                "attn_q_norm" => "self_attn.q_norm",
+                "attn_k_norm" => "self_attn.k_norm",
+                "attn_q_a" => "self_attn.q_a_proj",
+                "attn_q_a_norm" => "self_attn.q_a_layernorm",
+                "attn_q_b" => "self_attn.q_b_proj",
+                "attn_kv_a_mqa" => "self_attn.kv_a_proj_with_mqa",
+                "attn_kv_a_norm" => "self_attn.kv_a_layernorm",
+                "attn_kv_b" => "self_attn.kv_b_proj",
+                "ffn_gate_inp" => "mlp.gate",
+                "ffn_gate" => "mlp.gate_proj",
+                "ffn_up" => "mlp.up_proj",
+                "ffn_down" => "mlp.down_proj",
+                "ffn_gate_shexp" => "mlp.shared_experts.gate_proj",
+                "ffn_up_shexp" => "mlp.shared_experts.up_proj",
+                "ffn_down_shexp" => "mlp.shared_experts.down_proj",
+                other => other,
+            };
+            format!("{base}.{kind}")
+        }
+        None => tail.to_string(),
+    };
+    format!("model.layers.{layer}.{mapped}")
 }
 
 impl WeightSource for SafetensorsWeights {

@@ -6,29 +6,49 @@
 //! take it back (a prefix-cache hit). Allocation pops the *head* of the queue and
 //! evicts whatever hash the block still had. A full block's hash chains its
 //! parent's hash with its own token ids, so equal hashes mean equal prefixes.
+//! The hash is SHA-256 (vLLM's `sha256` prefix-caching hash), so a crafted
+//! prompt cannot collide into another request's blocks; a request's
+//! `cache_salt` seeds the chain, so only requests with the same salt share.
 //!
 //! Invariants (checked by the property tests in `scheduler.rs`):
 //! - a block is in the free queue iff its ref count is zero;
 //! - `cached` maps a hash to exactly one block, and that block carries that hash.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
+
+use sha2::{Digest, Sha256};
 
 pub type BlockId = u32;
 
-/// Chained content hash of one full block of token ids.
+/// Chained content hash of one full block of token ids (SHA-256).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct BlockHash(pub u64);
+pub struct BlockHash(pub [u8; 32]);
 
 impl BlockHash {
-    /// Hash of a full block given its parent's hash (None for the first block).
+    /// Hash of a full block given its parent's hash (for the first block,
+    /// the request's salt root, or None).
     pub fn of(parent: Option<BlockHash>, tokens: &[u32]) -> BlockHash {
-        // SipHash with fixed keys: deterministic across runs and processes.
-        #[allow(deprecated)]
-        let mut h = std::hash::SipHasher::new_with_keys(0x5357_4954_4348, 0x5941_5244);
-        parent.map(|p| p.0).hash(&mut h);
-        tokens.hash(&mut h);
-        BlockHash(h.finish())
+        let mut h = Sha256::new();
+        match parent {
+            Some(p) => {
+                h.update([1u8]);
+                h.update(p.0);
+            }
+            None => h.update([0u8]),
+        }
+        for t in tokens {
+            h.update(t.to_le_bytes());
+        }
+        BlockHash(h.finalize().into())
+    }
+
+    /// The chain's root for requests that carry a `cache_salt`: their first
+    /// block's parent, so they share blocks only with the same salt.
+    pub fn salt_root(salt: &str) -> BlockHash {
+        let mut h = Sha256::new();
+        h.update([2u8]);
+        h.update(salt.as_bytes());
+        BlockHash(h.finalize().into())
     }
 }
 

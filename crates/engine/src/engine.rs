@@ -164,10 +164,16 @@ impl Engine {
     /// Start the step loop for a loaded model.
     pub fn start(id: &str, loaded: LoadedModel, cfg: EngineConfig) -> Result<Engine> {
         let LoadedModel {
-            model,
+            mut model,
             tokenizer,
             template,
         } = loaded;
+        if let Some(cap) = cfg.max_model_len {
+            if cap == 0 {
+                return Err(EngineError::Load("max_model_len must be at least 1".into()));
+            }
+            model.cap_context_length(cap);
+        }
         let mc = model.config().clone();
         let layout_for = |num_blocks| model.kv_layout(num_blocks, cfg.block_size);
         let per_block = layout_for(0).bytes_per_token() * cfg.block_size;
@@ -362,10 +368,12 @@ impl EngineCore {
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 let prompt_len = prompt.len();
-                if let Err(e) = self
-                    .scheduler
-                    .add(seq, prompt, prompt_len + params.max_tokens)
-                {
+                if let Err(e) = self.scheduler.add_salted(
+                    seq,
+                    prompt,
+                    prompt_len + params.max_tokens,
+                    params.cache_salt.as_deref(),
+                ) {
                     let _ = events.send(Event::Error {
                         message: e.to_string(),
                     });

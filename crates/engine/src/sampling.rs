@@ -32,6 +32,9 @@ pub struct SamplingParams {
     pub ignore_eos: bool,
     /// Return the chosen token's logprob and this many alternatives.
     pub logprobs: Option<usize>,
+    /// Prefix-cache isolation (vLLM's `cache_salt`): KV blocks are shared
+    /// only between requests with the same salt (or none).
+    pub cache_salt: Option<String>,
 }
 
 impl Default for SamplingParams {
@@ -52,6 +55,7 @@ impl Default for SamplingParams {
             stop_token_ids: Vec::new(),
             ignore_eos: false,
             logprobs: None,
+            cache_salt: None,
         }
     }
 }

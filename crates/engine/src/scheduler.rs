@@ -69,6 +69,8 @@ struct Sequence {
     block_table: Vec<BlockId>,
     /// Hashes of the leading full blocks that are computed and registered.
     block_hashes: Vec<BlockHash>,
+    /// The first block's parent in the hash chain (`cache_salt`), if any.
+    salt_root: Option<BlockHash>,
     status: SeqStatus,
 }
 
@@ -160,6 +162,18 @@ impl Scheduler {
         prompt: Vec<u32>,
         max_total_tokens: usize,
     ) -> Result<(), AddError> {
+        self.add_salted(id, prompt, max_total_tokens, None)
+    }
+
+    /// [`Scheduler::add`] for a request with a `cache_salt`: its blocks are
+    /// shared only with requests that carry the same salt.
+    pub fn add_salted(
+        &mut self,
+        id: SeqId,
+        prompt: Vec<u32>,
+        max_total_tokens: usize,
+        salt: Option<&str>,
+    ) -> Result<(), AddError> {
         if prompt.is_empty() {
             return Err(AddError::Empty);
         }
@@ -187,6 +201,7 @@ impl Scheduler {
                 num_computed: 0,
                 block_table: Vec::new(),
                 block_hashes: Vec::new(),
+                salt_root: salt.map(BlockHash::salt_root),
                 status: SeqStatus::Waiting,
             },
         );
@@ -208,6 +223,7 @@ impl Scheduler {
             num_computed: p.num_computed,
             block_table: p.block_table.clone(),
             block_hashes: p.block_hashes.clone(),
+            salt_root: p.salt_root,
             status: p.status,
         };
         for &b in &seq.block_table {
@@ -424,7 +440,7 @@ impl Scheduler {
             return 0;
         }
         let max_blocks = (seq.tokens.len() - 1) / block_size;
-        let mut parent = None;
+        let mut parent = seq.salt_root;
         let mut hits = Vec::new();
         for b in 0..max_blocks {
             let hash = BlockHash::of(parent, &seq.tokens[b * block_size..(b + 1) * block_size]);
@@ -468,7 +484,7 @@ impl Scheduler {
             while seq.block_hashes.len() < full {
                 let b = seq.block_hashes.len();
                 let hash = BlockHash::of(
-                    seq.block_hashes.last().copied(),
+                    seq.block_hashes.last().copied().or(seq.salt_root),
                     &seq.tokens[b * block_size..(b + 1) * block_size],
                 );
                 self.pool.register(seq.block_table[b], hash);

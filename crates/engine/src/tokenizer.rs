@@ -37,6 +37,8 @@ pub struct Tokenizer {
     /// Tokens that end generation (EOS and end-of-turn markers).
     eog: Vec<u32>,
     vocab: HashMap<String, u32>,
+    /// Most bytes of input text one token can stand for (see [`Tokenizer::min_tokens`]).
+    longest_token_bytes: usize,
 }
 
 impl Tokenizer {
@@ -82,7 +84,8 @@ impl Tokenizer {
             })
             .collect();
 
-        let (kind, token_bytes, default_add_bos) = match model.as_str() {
+        let (kind, token_bytes, default_add_bos): (Kind, Vec<Vec<u8>>, bool) = match model.as_str()
+        {
             "gpt2" => {
                 let merges = strings("tokenizer.ggml.merges")?;
                 let merges: Vec<(String, String)> = merges
@@ -181,6 +184,7 @@ impl Tokenizer {
             }
         }
         Ok(Tokenizer {
+            longest_token_bytes: longest_token_bytes(&vocab, &token_bytes, 1),
             kind,
             token_bytes,
             is_control,
@@ -252,7 +256,11 @@ impl Tokenizer {
                 eog.push(e);
             }
         }
+        // A normalizer can shrink text before it is split (Unicode composition
+        // joins up to three characters into one): allow for that in the bound.
+        let shrink = if raw["normalizer"].is_null() { 1 } else { 4 };
         Ok(Tokenizer {
+            longest_token_bytes: longest_token_bytes(&vocab, &token_bytes, shrink),
             kind: Kind::Bpe(Box::new(tk)),
             token_bytes,
             is_control,
@@ -281,6 +289,14 @@ impl Tokenizer {
         self.eog
             .first()
             .map(|&e| String::from_utf8_lossy(&self.token_bytes[e as usize]).into_owned())
+    }
+
+    /// A lower bound on the number of tokens any encoding of `text_bytes`
+    /// bytes of text has: no token stands for more than the longest token's
+    /// bytes. Lets a caller refuse a prompt that cannot fit a context window
+    /// without tokenizing it.
+    pub fn min_tokens(&self, text_bytes: usize) -> usize {
+        text_bytes / self.longest_token_bytes.max(1)
     }
 
     /// Encode text; special tokens written in the text become their ids.
@@ -325,6 +341,18 @@ impl Tokenizer {
         }
         String::from_utf8_lossy(&bytes).into_owned()
     }
+}
+
+/// The most input bytes one token can cover: its vocabulary string or its
+/// decoded bytes, whichever is longer, times `shrink` for normalizers.
+fn longest_token_bytes(
+    vocab: &HashMap<String, u32>,
+    token_bytes: &[Vec<u8>],
+    shrink: usize,
+) -> usize {
+    let by_text = vocab.keys().map(String::len).max().unwrap_or(1);
+    let by_bytes = token_bytes.iter().map(Vec::len).max().unwrap_or(1);
+    by_text.max(by_bytes).max(1) * shrink
 }
 
 /// SentencePiece-style BPE by token score, as in llama.cpp's `llm_tokenizer_spm`.
@@ -394,30 +422,9 @@ impl Spm {
             normalized.push('▁');
         }
         normalized.push_str(&text.replace(' ', "▁"));
-        // Symbols as byte ranges into `normalized`, one per char to start with.
-        let mut syms: Vec<(usize, usize)> = normalized
-            .char_indices()
-            .map(|(i, c)| (i, i + c.len_utf8()))
-            .collect();
-        // Greedy merging: best score first, leftmost on ties. Quadratic in the
-        // piece length, which is fine for the short pieces between specials.
-        loop {
-            let mut best: Option<(f32, usize, u32)> = None;
-            for i in 0..syms.len().saturating_sub(1) {
-                let candidate = &normalized[syms[i].0..syms[i + 1].1];
-                if let Some(&id) = vocab.get(candidate) {
-                    let score = self.scores[id as usize];
-                    if best.is_none_or(|(s, _, _)| score > s) {
-                        best = Some((score, i, id));
-                    }
-                }
-            }
-            let Some((_, i, _)) = best else { break };
-            syms[i].1 = syms[i + 1].1;
-            syms.remove(i + 1);
-        }
-        for (a, b) in syms {
-            let piece = &normalized[a..b];
+        let syms = self.merge(&normalized, vocab);
+        for piece in syms {
+            let piece = &normalized[piece];
             match vocab.get(piece) {
                 Some(&id) => out.push(id),
                 None => {
@@ -431,6 +438,109 @@ impl Spm {
         }
     }
 }
+
+impl Spm {
+    /// Merge the characters of `text` into tokens: repeatedly join the
+    /// adjacent pair whose concatenation is the best-scoring token (leftmost
+    /// on ties). llama.cpp's `llm_tokenizer_spm`: symbols in a linked list, a
+    /// max-heap of candidate pairs, stale pairs skipped when popped, so a
+    /// piece of n characters costs O(n log n) rather than O(n²).
+    fn merge(&self, text: &str, vocab: &HashMap<String, u32>) -> Vec<std::ops::Range<usize>> {
+        // Symbols as byte ranges into `text`, one per char to start with; a
+        // symbol merged into its left neighbour becomes empty.
+        let mut syms: Vec<SpmSymbol> = text
+            .char_indices()
+            .enumerate()
+            .map(|(i, (at, c))| SpmSymbol {
+                range: at..at + c.len_utf8(),
+                prev: i.checked_sub(1),
+                next: i + 1,
+            })
+            .collect();
+        let mut heap = std::collections::BinaryHeap::new();
+        let candidate =
+            |syms: &[SpmSymbol], left: usize, heap: &mut std::collections::BinaryHeap<SpmPair>| {
+                let Some(right) = syms.get(syms[left].next) else {
+                    return;
+                };
+                let range = syms[left].range.start..right.range.end;
+                if let Some(&id) = vocab.get(&text[range.clone()]) {
+                    heap.push(SpmPair {
+                        score: self
+                            .scores
+                            .get(id as usize)
+                            .copied()
+                            .unwrap_or(f32::NEG_INFINITY),
+                        left,
+                        len: range.len(),
+                    });
+                }
+            };
+        for left in 0..syms.len() {
+            candidate(&syms, left, &mut heap);
+        }
+        while let Some(pair) = heap.pop() {
+            let right = syms[pair.left].next;
+            // Stale: one side was merged away or grew since the pair was pushed.
+            let (l, r) = (&syms[pair.left].range, syms.get(right).map(|s| &s.range));
+            if l.is_empty() || r.is_none_or(|r| r.is_empty() || l.len() + r.len() != pair.len) {
+                continue;
+            }
+            let absorbed = std::mem::replace(&mut syms[right].range, 0..0);
+            let after = syms[right].next;
+            syms[pair.left].range.end = absorbed.end;
+            syms[pair.left].next = after;
+            if let Some(s) = syms.get_mut(after) {
+                s.prev = Some(pair.left);
+            }
+            if let Some(prev) = syms[pair.left].prev {
+                candidate(&syms, prev, &mut heap);
+            }
+            candidate(&syms, pair.left, &mut heap);
+        }
+        syms.into_iter()
+            .map(|s| s.range)
+            .filter(|r| !r.is_empty())
+            .collect()
+    }
+}
+
+struct SpmSymbol {
+    range: std::ops::Range<usize>,
+    prev: Option<usize>,
+    /// Index of the next live symbol (`len` past the end).
+    next: usize,
+}
+
+/// A candidate merge of symbol `left` with its right neighbour, `len` bytes in all.
+struct SpmPair {
+    score: f32,
+    left: usize,
+    len: usize,
+}
+
+impl Ord for SpmPair {
+    /// Best score first; on ties the leftmost pair.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.score
+            .total_cmp(&other.score)
+            .then_with(|| other.left.cmp(&self.left))
+    }
+}
+
+impl PartialOrd for SpmPair {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for SpmPair {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for SpmPair {}
 
 fn spm_token_bytes(token: &str) -> Vec<u8> {
     if token.len() == 6 && token.starts_with("<0x") && token.ends_with('>') {
@@ -528,6 +638,63 @@ mod tests {
         assert_eq!(d.push(b"a\xff"), "a\u{FFFD}");
         assert_eq!(d.push(&euro[..2]), "");
         assert_eq!(d.finish(), "\u{FFFD}");
+    }
+
+    /// The quadratic greedy merge the heap version replaced: scan every
+    /// adjacent pair, join the best-scoring one (leftmost on ties), repeat.
+    fn merge_by_scan(spm: &Spm, text: &str, vocab: &HashMap<String, u32>) -> Vec<String> {
+        let mut syms: Vec<(usize, usize)> = text
+            .char_indices()
+            .map(|(i, c)| (i, i + c.len_utf8()))
+            .collect();
+        loop {
+            let mut best: Option<(f32, usize)> = None;
+            for i in 0..syms.len().saturating_sub(1) {
+                if let Some(&id) = vocab.get(&text[syms[i].0..syms[i + 1].1]) {
+                    let score = spm.scores[id as usize];
+                    if best.is_none_or(|(s, _)| score > s) {
+                        best = Some((score, i));
+                    }
+                }
+            }
+            let Some((_, i)) = best else { break };
+            syms[i].1 = syms[i + 1].1;
+            syms.remove(i + 1);
+        }
+        syms.into_iter()
+            .map(|(a, b)| text[a..b].to_string())
+            .collect()
+    }
+
+    fn spm_with(vocab: &[(&str, f32)]) -> (Spm, HashMap<String, u32>) {
+        let map = vocab
+            .iter()
+            .enumerate()
+            .map(|(i, (t, _))| (t.to_string(), i as u32))
+            .collect();
+        let spm = Spm {
+            scores: vocab.iter().map(|&(_, s)| s).collect(),
+            byte_tokens: vec![None; 256],
+            add_space_prefix: false,
+            specials_by_first_byte: HashMap::new(),
+            unk: None,
+        };
+        (spm, map)
+    }
+
+    proptest::proptest! {
+        /// The heap merge picks exactly the pairs the quadratic scan picks,
+        /// ties included (scores drawn from a few values so ties are common).
+        #[test]
+        fn heap_merge_equals_quadratic_scan(
+            pieces in proptest::collection::vec(("[ab▁é]{2,4}", 0u8..4), 1..24),
+            text in "[ab▁é]{0,40}",
+        ) {
+            let vocab: Vec<(&str, f32)> = pieces.iter().map(|(p, s)| (p.as_str(), *s as f32)).collect();
+            let (spm, map) = spm_with(&vocab);
+            let heap: Vec<String> = spm.merge(&text, &map).into_iter().map(|r| text[r].to_string()).collect();
+            proptest::prop_assert_eq!(heap, merge_by_scan(&spm, &text, &map));
+        }
     }
 
     #[test]

@@ -159,6 +159,56 @@ fn prefix_reuse_computes_fewer_tokens_with_same_output() {
     assert!(computed_second < computed_first);
 }
 
+/// Cached tokens of one greedy run.
+fn cached_tokens(e: &Engine, prompt: Vec<u32>, params: SamplingParams) -> usize {
+    let mut stream = e.submit(prompt, params).unwrap();
+    while let Some(ev) = stream.blocking_next() {
+        match ev {
+            Event::Finished { usage, .. } => return usage.cached_tokens,
+            Event::Error { message } => panic!("{message}"),
+            Event::Delta { .. } => {}
+        }
+    }
+    panic!("stream ended without finishing")
+}
+
+#[test]
+fn cache_salt_isolates_prefix_reuse() {
+    let e = engine(SMOLLM2, EngineConfig::default());
+    let ps = prompts(&e);
+    let prompt = [ps[7].clone(), ps[4].clone()].concat();
+    let salted = |salt: &str| SamplingParams {
+        cache_salt: Some(salt.into()),
+        ..greedy(2)
+    };
+    let reusable = (prompt.len() - 1) / 16 * 16;
+    assert_eq!(cached_tokens(&e, prompt.clone(), greedy(2)), 0);
+    // Another tenant's salt sees none of the unsalted blocks, nor another salt's.
+    assert_eq!(cached_tokens(&e, prompt.clone(), salted("tenant-a")), 0);
+    assert_eq!(cached_tokens(&e, prompt.clone(), salted("tenant-b")), 0);
+    // The same salt (and no salt) reuse their own.
+    assert_eq!(
+        cached_tokens(&e, prompt.clone(), salted("tenant-a")),
+        reusable
+    );
+    assert_eq!(cached_tokens(&e, prompt.clone(), greedy(2)), reusable);
+}
+
+#[test]
+fn max_model_len_caps_the_context_window() {
+    let e = engine(
+        SMOLLM2,
+        EngineConfig {
+            max_model_len: Some(64),
+            ..Default::default()
+        },
+    );
+    assert_eq!(e.context_length(), 64);
+    let err = e.submit(vec![1; 60], greedy(8)).err().expect("refused");
+    assert!(err.to_string().contains("64"), "{err}");
+    assert_eq!(generate(&e, vec![1; 56], greedy(8)).len(), 8);
+}
+
 #[test]
 fn n_choices_share_the_prompt_and_match_single_runs() {
     let e = engine(SMOLLM2, EngineConfig::default());

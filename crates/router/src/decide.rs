@@ -358,6 +358,15 @@ fn exclusion(
         ));
     }
     let caps = &m.routing.capabilities;
+    if let Some(asked) = req
+        .max_tokens
+        .filter(|&t| caps.max_output > 0 && t > caps.max_output)
+    {
+        return Some(format!(
+            "max_tokens {asked} > its max_output {}",
+            caps.max_output
+        ));
+    }
     if req.needs_tools && !caps.tools {
         return Some("does not support tools".into());
     }
@@ -494,6 +503,20 @@ mod tests {
         assert_eq!(pick(Objective::Quality), "big");
         assert_eq!(pick(Objective::Cost), "cheap");
         assert_eq!(pick(Objective::Latency), "fast");
+    }
+
+    #[test]
+    fn max_output_excludes_longer_requests() {
+        let mut short = model("short", 8192, Some(0.9), 1.0, 10.0);
+        short.routing.capabilities.max_output = 40;
+        let models = [short, model("long", 8192, Some(0.3), 1.0, 10.0)];
+        let d = decide(&models, &request(RoutingOptions::default()), &Idle);
+        let why = d.candidates[0].excluded.as_deref().unwrap();
+        assert!(why.contains("max_tokens 50 > its max_output 40"), "{why}");
+        assert_eq!(d.order, vec!["long"]);
+        let mut within = request(RoutingOptions::default());
+        within.max_tokens = Some(40);
+        assert_eq!(decide(&models, &within, &Idle).order.len(), 2);
     }
 
     #[test]

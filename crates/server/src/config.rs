@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use serde::Deserialize;
 use switchyard_engine::{EngineConfig, ModelSource};
 use switchyard_router::{Objective, RoutingProfile};
@@ -77,23 +79,73 @@ impl EngineSection {
     }
 }
 
+/// Limits from `[server]`, in the units handlers use.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Requests waiting in one engine beyond which new ones get 503.
+    pub max_waiting: usize,
+    pub body_limit: usize,
+    /// A non-streamed request that has not finished by then gets a 504.
+    pub request_timeout: Duration,
+    /// A stream that produces nothing for this long ends with an error event.
+    pub stream_idle_timeout: Duration,
+    /// After SIGTERM, in-flight requests may finish for this long.
+    pub shutdown_grace: Duration,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
-    /// Environment variable holding the API key; unset or empty means no auth.
+    /// Environment variable holding the API key, or several separated by
+    /// commas; unset or empty (and no `api_keys_file`) means no auth.
     pub api_key_env: String,
+    /// A file of API keys, one a line (`#` starts a comment line).
+    pub api_keys_file: Option<PathBuf>,
+    /// Requests per minute allowed to each API key (429 + Retry-After
+    /// beyond); 0 is unlimited.
+    pub rate_limit_per_minute: u32,
     /// Waiting requests per model beyond which new ones get 503 + Retry-After.
     pub max_waiting: usize,
     /// Largest accepted request body, in bytes (413 beyond).
     pub max_body_bytes: usize,
+    /// A non-streamed request still running after this many seconds gets a 504.
+    pub request_timeout_s: f64,
+    /// A stream silent for this many seconds ends with an error event.
+    pub stream_idle_timeout_s: f64,
+    /// On SIGTERM/SIGINT, seconds that requests in flight may still run.
+    pub shutdown_grace_s: f64,
+    /// Threads tokenizing prompts and rendering templates (default: the cores).
+    pub tokenizer_threads: Option<usize>,
+    /// Prompts that may wait for those threads; beyond, 503 + Retry-After.
+    pub tokenizer_queue: usize,
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
         ServerSection {
             api_key_env: "SWITCHYARD_API_KEY".into(),
+            api_keys_file: None,
+            rate_limit_per_minute: 0,
             max_waiting: 256,
             max_body_bytes: 4 << 20,
+            request_timeout_s: 600.0,
+            stream_idle_timeout_s: 300.0,
+            shutdown_grace_s: 30.0,
+            tokenizer_threads: None,
+            tokenizer_queue: 256,
+        }
+    }
+}
+
+impl ServerSection {
+    pub fn limits(&self) -> Limits {
+        let secs = |s: f64| Duration::from_secs_f64(s.clamp(0.001, 1e9));
+        Limits {
+            max_waiting: self.max_waiting,
+            body_limit: self.max_body_bytes,
+            request_timeout: secs(self.request_timeout_s),
+            stream_idle_timeout: secs(self.stream_idle_timeout_s),
+            shutdown_grace: secs(self.shutdown_grace_s),
         }
     }
 }
@@ -162,10 +214,15 @@ impl Catalog {
 
     /// The audit database's path, relative paths taken from the catalog's directory.
     pub fn audit_db(&self) -> PathBuf {
-        if self.router.audit_db.is_absolute() {
-            self.router.audit_db.clone()
+        self.relative(&self.router.audit_db)
+    }
+
+    /// A path from the catalog: relative ones are taken from its directory.
+    pub fn relative(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
         } else {
-            self.base_dir.join(&self.router.audit_db)
+            self.base_dir.join(path)
         }
     }
 

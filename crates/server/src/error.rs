@@ -5,6 +5,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use switchyard_engine::EngineError;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -47,6 +48,19 @@ impl ApiError {
             ..Self::invalid(format!(
                 "This model's maximum context length is {ctx} tokens. However, you requested {} tokens ({prompt} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
                 prompt + max_tokens
+            ))
+        }
+    }
+
+    /// The prompt provably has at least `at_least` tokens (counted without
+    /// tokenizing it), too many for the window.
+    pub fn context_length_at_least(ctx: usize, at_least: usize, max_tokens: usize) -> Self {
+        ApiError {
+            code: Some("context_length_exceeded".into()),
+            param: Some("messages".into()),
+            ..Self::invalid(format!(
+                "This model's maximum context length is {ctx} tokens. However, you requested at least {} tokens (at least {at_least} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
+                at_least + max_tokens
             ))
         }
     }
@@ -109,6 +123,73 @@ impl ApiError {
         }
     }
 
+    /// Temporarily unable to take the request (a full queue): retry soon.
+    pub fn busy(message: impl Into<String>) -> Self {
+        ApiError {
+            retry_after_s: Some(1),
+            code: Some("overloaded".into()),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+        }
+    }
+
+    pub fn shutting_down() -> Self {
+        ApiError {
+            retry_after_s: Some(1),
+            code: Some("shutting_down".into()),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "The server is shutting down; retry on another replica.",
+            )
+        }
+    }
+
+    /// A model named in the catalog that has not finished loading.
+    pub fn model_loading(model: &str) -> Self {
+        ApiError {
+            retry_after_s: Some(5),
+            code: Some("model_loading".into()),
+            param: Some("model".into()),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                format!("Model `{model}` is still loading. Retry shortly."),
+            )
+        }
+    }
+
+    pub fn rate_limited(retry_after_s: u64) -> Self {
+        ApiError {
+            retry_after_s: Some(retry_after_s),
+            code: Some("rate_limit_exceeded".into()),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                format!("Rate limit reached for this API key. Retry in {retry_after_s} s."),
+            )
+        }
+    }
+
+    pub fn timeout(after: std::time::Duration) -> Self {
+        ApiError {
+            code: Some("timeout".into()),
+            ..Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "server_error",
+                format!(
+                    "The request did not finish within {} s.",
+                    after.as_secs_f64()
+                ),
+            )
+        }
+    }
+
+    /// Is this the request's own fault (the same on any model), rather than
+    /// the serving side's (overload, a stopped engine)?
+    pub fn is_client_error(&self) -> bool {
+        self.status.is_client_error() && self.status != StatusCode::TOO_MANY_REQUESTS
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
@@ -120,6 +201,21 @@ impl ApiError {
             "param": self.param,
             "code": self.code,
         }})
+    }
+}
+
+/// Engine errors keep their kind: a bad request is a 400, a stopped engine a
+/// 503 to retry, a failure inside the engine a 500.
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::InvalidRequest(m) => ApiError::invalid(m),
+            EngineError::Tokenizer(m) | EngineError::Template(m) => {
+                ApiError::invalid_param("messages", m)
+            }
+            EngineError::Stopped => ApiError::busy("The model's engine has stopped."),
+            other => ApiError::internal(other.to_string()),
+        }
     }
 }
 

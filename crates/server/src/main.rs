@@ -1,20 +1,14 @@
 //! `switchyard`: serve several local LLMs behind one OpenAI-compatible API.
 
-mod config;
-mod error;
-mod metrics;
-mod openai;
-mod routed;
-mod routes;
-
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use switchyard_engine::{ChatMessage, Engine, EngineConfig, Event, LoadedModel, SamplingParams};
-
-use crate::config::{Catalog, ModelEntry};
+use switchyard_engine::{ChatMessage, Engine, EngineConfig, Event, SamplingParams};
+use switchyard_server::config::Catalog;
+use switchyard_server::job::ValidatedRequest;
+use switchyard_server::{error, openai, routed, startup};
 
 #[derive(Parser)]
 #[command(name = "switchyard", version, about)]
@@ -111,7 +105,7 @@ fn main() -> anyhow::Result<()> {
             config,
             addr,
             audit_db,
-        } => serve(&config, &addr, audit_db)?,
+        } => startup::serve(&config, &addr, audit_db)?,
         Command::Route { config, input } => route_dry_run(&config, &input)?,
         Command::RouterTrain { data, out } => {
             let (classifier, eval) = switchyard_router::training::train_and_evaluate(&data)
@@ -225,29 +219,6 @@ fn print_evaluation(e: &switchyard_router::training::Evaluation) {
     }
 }
 
-/// Context window of a catalog entry without loading its weights: the GGUF's
-/// metadata or `config.json` when the weights are local, else the entry's `context_window`.
-fn preview_context_window(catalog: &Catalog, entry: &ModelEntry) -> anyhow::Result<usize> {
-    let from_file = catalog.resolve(entry).ok().and_then(|path| {
-        let config = if path.is_dir() {
-            let json = std::fs::read_to_string(path.join("config.json")).ok()?;
-            switchyard_engine::ModelConfig::from_hf(&serde_json::from_str(&json).ok()?).ok()?
-        } else {
-            let mut f = std::fs::File::open(path).ok()?;
-            let content = switchyard_engine::candle_gguf::Content::read(&mut f).ok()?;
-            switchyard_engine::ModelConfig::from_gguf(&content).ok()?
-        };
-        Some(config.context_length)
-    });
-    let window = from_file.or(entry.context_window).ok_or_else(|| {
-        anyhow::anyhow!(
-            "model `{}`: set context_window (its weights are not local)",
-            entry.id
-        )
-    })?;
-    Ok(entry.max_model_len.map_or(window, |m| window.min(m)))
-}
-
 /// Nobody is waiting anywhere: a preview assumes idle engines at nominal speed.
 struct IdleLoad;
 
@@ -266,17 +237,7 @@ impl switchyard_router::LiveLoad for IdleLoad {
 fn route_dry_run(config: &std::path::Path, input: &std::path::Path) -> anyhow::Result<()> {
     use std::io::BufRead;
     let catalog = Catalog::load(config)?;
-    let profiles: Vec<switchyard_router::ModelProfile> = catalog
-        .models
-        .iter()
-        .map(|m| {
-            Ok(switchyard_router::ModelProfile {
-                id: m.id.clone(),
-                context_window: preview_context_window(&catalog, m)?,
-                routing: m.routing.clone(),
-            })
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let profiles = startup::profiles(&catalog)?;
     let classifier = switchyard_router::Classifier::embedded().map_err(anyhow::Error::msg)?;
     let reader: Box<dyn BufRead> = if input.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
@@ -299,112 +260,36 @@ fn route_dry_run(config: &std::path::Path, input: &std::path::Path) -> anyhow::R
     Ok(())
 }
 
+/// One dry-run decision: the same validated request the server builds.
 fn preview_one(
     catalog: &Catalog,
     profiles: &[switchyard_router::ModelProfile],
     classifier: &switchyard_router::Classifier,
     line: &str,
 ) -> Result<switchyard_router::Decision, error::ApiError> {
-    let req: openai::ChatRequest = openai::parse_body(line.as_bytes())?;
-    let messages = openai::chat_messages(&req.messages)?;
-    let mut options = req.routing.clone().unwrap_or_default();
-    if options.objective.is_none() {
-        options.objective = routed::parse_auto(&req.model)?.flatten();
+    let req: openai::ChatRequest = openai::parse_body(line.as_bytes(), openai::CHAT_FIELDS)?;
+    let v = ValidatedRequest::chat(req)?;
+    let mut options = v.routing.clone().unwrap_or_default();
+    if let (None, switchyard_server::job::ModelChoice::Auto(objective)) =
+        (options.objective, &v.model)
+    {
+        options.objective = *objective;
     }
-    let text = routed::routing_text(&messages);
+    let messages = v.messages();
+    let text = routed::routing_text(messages);
     // Without the tokenizers, estimate: ~4 characters a token plus template overhead.
     let chars: usize = messages.iter().map(|m| m.content.chars().count()).sum();
     let estimate = chars.div_ceil(4) + 8 * messages.len() + 8;
     let rr = switchyard_router::RouteRequest {
         classification: classifier.classify(&text),
         prompt_tokens: vec![("*".into(), estimate)],
-        max_tokens: req.sampling.max_tokens()?,
-        needs_tools: req.tools.as_ref().is_some_and(|t| !t.is_empty()),
-        needs_json: req.response_format.is_some(),
+        max_tokens: v.max_tokens,
+        needs_tools: v.needs_tools,
+        needs_json: v.needs_json,
         options,
         default_objective: catalog.router.default_objective,
     };
     Ok(switchyard_router::decide(profiles, &rr, &IdleLoad))
-}
-
-/// The router over the loaded engines: profiles from the catalog (context
-/// windows from the engines), the committed classifier, the audit database.
-fn router_state(
-    catalog: &Catalog,
-    engines: &std::collections::BTreeMap<String, std::sync::Arc<Engine>>,
-) -> anyhow::Result<routed::RouterState> {
-    let profiles = catalog
-        .models
-        .iter()
-        .filter_map(|m| {
-            let engine = engines.get(&m.id)?;
-            Some(switchyard_router::ModelProfile {
-                id: m.id.clone(),
-                context_window: engine.context_length(),
-                routing: m.routing.clone(),
-            })
-        })
-        .collect();
-    let audit_path = catalog.audit_db();
-    Ok(routed::RouterState {
-        classifier: switchyard_router::Classifier::embedded().map_err(anyhow::Error::msg)?,
-        profiles,
-        audit: switchyard_router::AuditLog::open(&audit_path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", audit_path.display()))?,
-        default_objective: catalog.router.default_objective,
-        store_prompts: catalog.router.store_prompts,
-        fault_models: std::env::var("SWITCHYARD_FAULT_MODELS")
-            .map(|v| {
-                v.split(',')
-                    .map(|m| m.trim().to_string())
-                    .filter(|m| !m.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default(),
-    })
-}
-
-/// Load catalog entries onto the catalog's device and start their engines.
-/// On a GPU each model's weights are checked against free memory before it
-/// loads (a clear error names what needs how much), and the memory left under
-/// `gpu_memory_utilization` is split between the KV pools.
-fn start_engines(
-    catalog: &Catalog,
-    entries: &[&ModelEntry],
-    tweak: impl Fn(&mut EngineConfig),
-) -> anyhow::Result<Vec<Engine>> {
-    use switchyard_engine::device;
-    let spec = catalog.engine.device_spec();
-    let dev = device::parse_device(&spec)?;
-    let utilization = catalog.engine.gpu_memory_utilization;
-    let mut loaded = Vec::with_capacity(entries.len());
-    let mut weights = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let path = catalog.resolve(entry)?;
-        let bytes = device::weights_bytes(&path);
-        if let Some((free, total)) = device::memory_info(&dev) {
-            let reserve = (total as f64 * (1.0 - utilization)) as usize;
-            device::check_fits(&entry.id, bytes, free, reserve)?;
-        }
-        tracing::info!(model = %entry.id, path = %path.display(), device = %spec, "loading");
-        loaded.push(LoadedModel::load(&path, &dev)?);
-        weights.push(bytes);
-    }
-    let budgets = device::memory_info(&dev)
-        .map(|(free, total)| device::kv_budgets(free, total, utilization, &weights));
-    let mut engines = Vec::with_capacity(entries.len());
-    for (i, (entry, model)) in entries.iter().zip(loaded).enumerate() {
-        let mut cfg = entry.engine_config(&catalog.engine);
-        if let Some(b) = &budgets {
-            cfg.kv_cache_bytes = b[i];
-        }
-        tweak(&mut cfg);
-        engines.push(
-            Engine::start(&entry.id, model, cfg)
-                .map_err(|e| anyhow::anyhow!("model `{}`: {e}", entry.id))?,
-        );
-    }
-    Ok(engines)
 }
 
 /// Start the engine of the catalog model named `model`.
@@ -417,57 +302,10 @@ fn load_engine(
     let entry = catalog
         .find(model)
         .ok_or_else(|| anyhow::anyhow!("model `{model}` is not in {}", config.display()))?;
-    let mut engines = start_engines(&catalog, &[entry], tweak)?;
+    let mut engines = startup::start_engines(&catalog, &[entry], tweak)?;
     engines
         .pop()
         .ok_or_else(|| anyhow::anyhow!("model `{model}` did not start"))
-}
-
-fn serve(config: &std::path::Path, addr: &str, audit_db: Option<PathBuf>) -> anyhow::Result<()> {
-    let mut catalog = Catalog::load(config)?;
-    if let Some(p) = audit_db {
-        catalog.router.audit_db = p;
-    }
-    let entries: Vec<&ModelEntry> = catalog.models.iter().collect();
-    let engines: std::collections::BTreeMap<_, _> = start_engines(&catalog, &entries, |_| {})?
-        .into_iter()
-        .zip(&catalog.models)
-        .map(|(engine, entry)| (entry.id.clone(), std::sync::Arc::new(engine)))
-        .collect();
-    let api_key = std::env::var(&catalog.server.api_key_env)
-        .ok()
-        .filter(|k| !k.is_empty());
-    let router = router_state(&catalog, &engines)?;
-    let state = std::sync::Arc::new(routes::AppState {
-        engines,
-        metrics: metrics::Metrics::default(),
-        api_key,
-        max_waiting: catalog.server.max_waiting,
-        body_limit: catalog.server.max_body_bytes,
-        router: Some(router),
-        started: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
-        tracing::info!(
-            "serving {} model(s) on http://{}",
-            state.engines.len(),
-            listener.local_addr()?
-        );
-        axum::serve(listener, routes::router(state))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
-        Ok(())
-    })
 }
 
 /// Submit `n` requests at once (distinct random prompts, so no prefix reuse)

@@ -1,9 +1,11 @@
 //! OpenAI request bodies and their translation to engine sampling parameters.
 //!
-//! Unknown fields are ignored (clients send many); known fields are checked
-//! against OpenAI's documented ranges and rejected with the field's name.
-//! vLLM's extensions (`top_k`, `min_p`, `repetition_penalty`, `ignore_eos`,
-//! `stop_token_ids`) are accepted too.
+//! A field is honoured or refused: an unknown field is a 400 naming it (as
+//! OpenAI answers), and known fields are checked against OpenAI's documented
+//! ranges and rejected with the field's name. vLLM's extensions (`top_k`,
+//! `min_p`, `repetition_penalty`, `ignore_eos`, `stop_token_ids`,
+//! `cache_salt`) are accepted too. `user` is accepted and logged (it names
+//! the end user; it never changes the output).
 
 use std::collections::HashMap;
 
@@ -47,7 +49,49 @@ pub struct SamplingFields {
     #[serde(default)]
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    /// vLLM's prefix-cache isolation key.
+    pub cache_salt: Option<String>,
+    pub user: Option<String>,
 }
+
+/// The sampling fields' names, for the unknown-field check.
+const SAMPLING_FIELDS: &[&str] = &[
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "ignore_eos",
+    "stop_token_ids",
+    "stream",
+    "stream_options",
+    "cache_salt",
+    "user",
+];
+
+/// Top-level fields of a chat request besides the sampling ones.
+pub const CHAT_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "logprobs",
+    "top_logprobs",
+    "routing",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+];
+
+/// Top-level fields of a text-completion request besides the sampling ones.
+pub const COMPLETION_FIELDS: &[&str] = &["model", "prompt", "echo", "logprobs", "suffix"];
 
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
@@ -58,6 +102,8 @@ pub struct ChatRequest {
     /// switchyard's routing options, for `model: "auto"`.
     pub routing: Option<switchyard_router::RoutingOptions>,
     pub tools: Option<Vec<Value>>,
+    pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<bool>,
     pub response_format: Option<Value>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
@@ -74,15 +120,28 @@ pub struct CompletionRequest {
     pub sampling: SamplingFields,
 }
 
-/// Parse a JSON body into a request type, with OpenAI-shaped errors.
-pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+/// Parse a JSON body into a request type, with OpenAI-shaped errors; a
+/// top-level field outside `known` (and the sampling fields) is refused.
+pub fn parse_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    known: &[&str],
+) -> Result<T, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid(format!(
             "We could not parse the JSON body of your request: {e}"
         ))
     })?;
-    if !value.is_object() {
+    let Some(fields) = value.as_object() else {
         return Err(ApiError::invalid("The request body must be a JSON object."));
+    };
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !known.contains(&k.as_str()) && !SAMPLING_FIELDS.contains(&k.as_str()))
+    {
+        return Err(ApiError::invalid_param(
+            unknown,
+            format!("Unrecognized request argument supplied: {unknown}"),
+        ));
     }
     serde_json::from_value(value).map_err(|e| {
         let msg = e.to_string();
@@ -107,11 +166,9 @@ impl SamplingFields {
 
     /// Check the fields and build engine parameters. `max_tokens` is resolved
     /// by the caller once the prompt length is known.
-    pub fn to_params(
-        &self,
-        tokenizer: &Tokenizer,
-        logprobs: Option<usize>,
-    ) -> Result<SamplingParams, ApiError> {
+    /// The vocabulary range of `logit_bias` and `stop_token_ids` is the
+    /// model's, checked when the request is admitted to one.
+    pub fn to_params(&self, logprobs: Option<usize>) -> Result<SamplingParams, ApiError> {
         if self.stream_options.is_some() && !self.stream() {
             return Err(ApiError::invalid_param(
                 "stream_options",
@@ -210,12 +267,6 @@ impl SamplingFields {
                         format!("logit_bias key `{k}` is not a token id"),
                     )
                 })?;
-                if id as usize >= tokenizer.vocab_size() {
-                    return Err(ApiError::invalid_param(
-                        "logit_bias",
-                        format!("token id {id} is outside the vocabulary"),
-                    ));
-                }
                 if !(-100.0..=100.0).contains(&v) {
                     return Err(ApiError::invalid_param(
                         "logit_bias",
@@ -230,6 +281,7 @@ impl SamplingFields {
         }
         p.ignore_eos = self.ignore_eos.unwrap_or(false);
         p.logprobs = logprobs;
+        p.cache_salt = self.cache_salt.clone().filter(|s| !s.is_empty());
         Ok(p)
     }
 
@@ -250,7 +302,8 @@ impl SamplingFields {
     }
 }
 
-/// Chat messages in the template's terms: content as plain text.
+/// Chat messages in the template's terms: content as plain text. A message
+/// key the templates cannot carry yet (`tool_calls`, `name`) is refused.
 pub fn chat_messages(messages: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::invalid_param(
@@ -263,6 +316,15 @@ pub fn chat_messages(messages: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
         .enumerate()
         .map(|(i, m)| {
             let param = format!("messages.[{i}]");
+            let Some(fields) = m.as_object() else {
+                return Err(ApiError::invalid_param(&param, format!("messages[{i}] must be an object")));
+            };
+            if let Some(key) = fields.keys().find(|k| !["role", "content", "tool_call_id"].contains(&k.as_str())) {
+                return Err(ApiError::invalid_param(
+                    &format!("{param}.{key}"),
+                    format!("messages[{i}].{key} is not supported."),
+                ));
+            }
             let role = m
                 .get("role")
                 .and_then(Value::as_str)
@@ -307,35 +369,29 @@ pub fn chat_messages(messages: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
         .collect()
 }
 
+/// One text-completion prompt: text to tokenize, or token ids as given.
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
 /// Completion prompts: a string, strings, token ids, or lists of token ids.
-pub fn completion_prompts(
-    prompt: &Value,
-    tokenizer: &Tokenizer,
-) -> Result<Vec<Vec<u32>>, ApiError> {
+pub fn completion_prompts(prompt: &Value) -> Result<Vec<Prompt>, ApiError> {
     let bad = || {
         ApiError::invalid_param("prompt", "'prompt' must be a string, an array of strings, an array of token ids, or an array of token-id arrays.")
     };
-    let ids = |v: &[Value]| -> Result<Vec<u32>, ApiError> {
+    let ids = |v: &[Value]| -> Result<Prompt, ApiError> {
         v.iter()
-            .map(|x| {
-                x.as_u64()
-                    .filter(|&t| t < tokenizer.vocab_size() as u64)
-                    .map(|t| t as u32)
-            })
+            .map(|x| x.as_u64().and_then(|t| u32::try_from(t).ok()))
             .collect::<Option<Vec<u32>>>()
+            .map(Prompt::Ids)
             .ok_or_else(|| {
-                ApiError::invalid_param(
-                    "prompt",
-                    "token ids must be integers inside the vocabulary",
-                )
+                ApiError::invalid_param("prompt", "token ids must be non-negative integers")
             })
     };
-    let text = |s: &str| {
-        tokenizer
-            .encode(s, true)
-            .map_err(|e| ApiError::invalid_param("prompt", e.to_string()))
-    };
-    let prompts = match prompt {
+    let text = |s: &str| Ok(Prompt::Text(s.to_string()));
+    let prompts: Vec<Prompt> = match prompt {
         Value::String(s) => vec![text(s)?],
         Value::Array(items) if items.is_empty() => return Err(bad()),
         Value::Array(items) => match &items[0] {
@@ -352,7 +408,10 @@ pub fn completion_prompts(
         },
         _ => return Err(bad()),
     };
-    if prompts.iter().any(Vec::is_empty) {
+    if prompts.iter().any(|p| match p {
+        Prompt::Text(t) => t.is_empty(),
+        Prompt::Ids(ids) => ids.is_empty(),
+    }) {
         return Err(ApiError::invalid_param(
             "prompt",
             "prompts must not be empty",
@@ -407,11 +466,21 @@ mod tests {
 
     #[test]
     fn malformed_bodies_are_400s() {
-        let e = parse_body::<ChatRequest>(b"{not json").unwrap_err();
+        let e = parse_body::<ChatRequest>(b"{not json", CHAT_FIELDS).unwrap_err();
         assert_eq!(e.status, 400);
-        let e = parse_body::<ChatRequest>(br#"{"model": "m"}"#).unwrap_err();
+        let e = parse_body::<ChatRequest>(br#"{"model": "m"}"#, CHAT_FIELDS).unwrap_err();
         assert!(e.message.contains("messages"), "{}", e.message);
-        let e = parse_body::<ChatRequest>(br#"[1]"#).unwrap_err();
+        let e = parse_body::<ChatRequest>(br#"[1]"#, CHAT_FIELDS).unwrap_err();
         assert_eq!(e.status, 400);
+        let e = parse_body::<ChatRequest>(
+            br#"{"model": "m", "messages": [], "frobnicate": 1}"#,
+            CHAT_FIELDS,
+        )
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("frobnicate"));
+        assert!(
+            chat_messages(&[serde_json::json!({"role": "user", "content": "x", "name": "a"})])
+                .is_err()
+        );
     }
 }

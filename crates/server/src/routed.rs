@@ -2,7 +2,9 @@
 //! byte reaches the client, and record everything in the audit log.
 //!
 //! The router crate decides; this module adapts the engines to its
-//! [`LiveLoad`] view and runs the candidates in order.
+//! [`LiveLoad`] view and runs the candidates in order. A request reaches it
+//! validated ([`ValidatedRequest`]) and every candidate goes through the same
+//! [`admit`] as a pinned request, so invalid input is answered the same way.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,70 +14,13 @@ use serde_json::{json, Value};
 use switchyard_engine::{ChatMessage, Event};
 use switchyard_router::audit::Query;
 use switchyard_router::{
-    decide, AuditLog, Classifier, Decision, LiveLoad, LoadSnapshot, ModelProfile, Objective,
-    Outcome, RouteRequest, RoutingOptions,
+    decide, Decision, LiveLoad, LoadSnapshot, Outcome, RouteRequest, RoutingOptions,
 };
 
 use crate::error::ApiError;
-use crate::routes::{finish_job, random_id, AppState, Job, Kind, Pending};
-
-pub struct RouterState {
-    pub classifier: Classifier,
-    pub profiles: Vec<ModelProfile>,
-    pub audit: AuditLog,
-    pub default_objective: Objective,
-    pub store_prompts: bool,
-    /// Testing hook (`SWITCHYARD_FAULT_MODELS=a,b`): submissions to these models fail.
-    pub fault_models: Vec<String>,
-}
-
-/// What the response needs to carry about the routing, and what the audit
-/// record still needs once the request is done.
-pub struct RouteCtx {
-    pub decision_id: String,
-    pub summary: Value,
-    pub outcome: Outcome,
-    pub started: Instant,
-    /// $/hour or per-token prices of the served model, for the actual cost.
-    pub profile: ModelProfile,
-}
-
-impl RouteCtx {
-    /// Fill in the outcome and write it to the audit log.
-    pub fn finish(
-        &mut self,
-        state: &AppState,
-        prompt: usize,
-        completion: usize,
-        ttft_ms: Option<f64>,
-        error: Option<String>,
-    ) {
-        let elapsed = self.started.elapsed().as_secs_f64();
-        self.outcome.prompt_tokens = prompt;
-        self.outcome.completion_tokens = completion;
-        self.outcome.ttft_ms = ttft_ms;
-        self.outcome.total_ms = Some(elapsed * 1000.0);
-        self.outcome.cost_usd = Some(actual_cost(&self.profile, prompt, completion, elapsed));
-        self.outcome.error = error;
-        if let Some(r) = &state.router {
-            if let Err(e) = r.audit.complete(&self.decision_id, &self.outcome) {
-                tracing::warn!("audit: {e}");
-            }
-        }
-    }
-}
-
-fn actual_cost(p: &ModelProfile, prompt: usize, completion: usize, elapsed_s: f64) -> f64 {
-    match p.routing.cost {
-        switchyard_router::catalog::Cost::Priced {
-            input_per_mtok,
-            output_per_mtok,
-        } => (prompt as f64 * input_per_mtok + completion as f64 * output_per_mtok) / 1e6,
-        switchyard_router::catalog::Cost::Derived { usd_per_hour } => {
-            usd_per_hour * elapsed_s / 3600.0
-        }
-    }
-}
+use crate::job::{admit, tokenize, Job, ModelChoice, Pending, ValidatedRequest};
+use crate::record::{summary, RouteCtx};
+use crate::state::{random_id, AppState};
 
 struct EngineLoad<'a>(&'a AppState);
 
@@ -93,23 +38,7 @@ impl LiveLoad for EngineLoad<'_> {
         })
     }
     fn max_waiting(&self) -> usize {
-        self.0.max_waiting
-    }
-}
-
-/// `auto`, `auto:<objective>`; None for a concrete model name.
-pub fn parse_auto(model: &str) -> Result<Option<Option<Objective>>, ApiError> {
-    match model.strip_prefix("auto") {
-        Some("") => Ok(Some(None)),
-        Some(rest) => match rest.strip_prefix(':').and_then(Objective::parse) {
-            Some(o) => Ok(Some(Some(o))),
-            None if rest.starts_with(':') => Err(ApiError::invalid_param(
-                "model",
-                format!("unknown routing objective in `{model}`: use auto, auto:quality, auto:cost, auto:latency or auto:balanced"),
-            )),
-            None => Ok(None),
-        },
-        None => Ok(None),
+        self.0.limits.max_waiting
     }
 }
 
@@ -124,38 +53,13 @@ pub fn routing_text(messages: &[ChatMessage]) -> String {
         .unwrap_or_default()
 }
 
-/// A request that can be built for any model (the caller's fields bound).
-pub struct RoutedChat<'a> {
-    pub messages: Vec<ChatMessage>,
-    pub fields: &'a crate::openai::SamplingFields,
-    pub top_logprobs: Option<usize>,
-    pub needs_tools: bool,
-    pub needs_json: bool,
-    pub options: RoutingOptions,
-}
-
-fn summary(id: &str, d: &Decision, served: &str, fallbacks: &[(String, String)]) -> Value {
-    json!({
-        "decision_id": id,
-        "task": d.classification.family.as_str(),
-        "task_confidence": d.classification.family_confidence,
-        "difficulty": d.classification.difficulty,
-        "difficulty_confidence": d.classification.difficulty_confidence,
-        "objective": d.objective,
-        "served_model": served,
-        "fallbacks": fallbacks.iter().map(|(m, r)| json!({"model": m, "reason": r})).collect::<Vec<_>>(),
-        "pinned": d.pinned,
-        "why": d.why,
-    })
-}
-
-/// Decide, then submit to the candidates in order until one starts; the
-/// returned stream has its first event already received (so a failure could
-/// still fall back).
+/// Decide, then admit and submit to the candidates in order until one
+/// starts; the returned stream has its first event already received (so a
+/// failure could still fall back). On failure, the error and the decision id.
 pub async fn route_chat(
     state: &Arc<AppState>,
-    req: RoutedChat<'_>,
-) -> Result<(Job, Pending, RouteCtx), (ApiError, Option<String>)> {
+    v: &ValidatedRequest,
+) -> Result<(Job, Pending), (ApiError, Option<String>)> {
     let Some(router) = &state.router else {
         return Err((
             ApiError::invalid_param("model", "routing is not configured on this server"),
@@ -163,39 +67,39 @@ pub async fn route_chat(
         ));
     };
     let started = Instant::now();
-    let text = routing_text(&req.messages);
+    let mut options = v.routing.clone().unwrap_or_default();
+    if let (None, ModelChoice::Auto(objective)) = (options.objective, &v.model) {
+        options.objective = *objective;
+    }
+    let text = routing_text(v.messages());
     let classification = router.classifier.classify(&text);
-    // Each model's own template and tokenizer; kept for the one that serves.
-    let mut prompts: HashMap<String, Result<Vec<u32>, String>> = router
-        .profiles
-        .iter()
-        .filter_map(|p| {
-            let engine = state.engines.get(&p.id)?;
-            Some((
-                p.id.clone(),
-                engine.encode_chat(&req.messages).map_err(|e| e.to_string()),
-            ))
-        })
-        .collect();
-    let prompt_tokens = router
-        .profiles
-        .iter()
-        .map(|p| {
-            let n = match prompts.get(&p.id) {
-                Some(Ok(t)) => t.len(),
-                _ => usize::MAX / 4, // cannot render: excluded by the context check
-            };
-            (p.id.clone(), n)
-        })
-        .collect();
-    let max_tokens = req.fields.max_tokens().map_err(|e| (e, None))?;
+    // Each model's own template and tokenizer (off the async runtime), kept
+    // for the one that serves; a prompt provably too long is not tokenized.
+    let mut prompts: HashMap<String, Result<Vec<Vec<u32>>, ApiError>> = HashMap::new();
+    let mut prompt_tokens = Vec::with_capacity(router.profiles.len());
+    for p in &router.profiles {
+        let n = match state.engines.get(&p.id) {
+            Some(engine) => {
+                let tokens = tokenize(state, v, &engine).await;
+                let n = match &tokens {
+                    Ok(t) => t.iter().map(Vec::len).max().unwrap_or(0),
+                    Err(e) if !e.is_client_error() => return Err((e.clone(), None)),
+                    Err(_) => v.min_prompt_tokens(&engine).max(p.context_window + 1),
+                };
+                prompts.insert(p.id.clone(), tokens);
+                n
+            }
+            None => 0, // not loaded: excluded by decide
+        };
+        prompt_tokens.push((p.id.clone(), n));
+    }
     let rr = RouteRequest {
         classification,
         prompt_tokens,
-        max_tokens,
-        needs_tools: req.needs_tools,
-        needs_json: req.needs_json,
-        options: req.options.clone(),
+        max_tokens: v.max_tokens,
+        needs_tools: v.needs_tools,
+        needs_json: v.needs_json,
+        options,
         default_objective: router.default_objective,
     };
     let decision = decide(&router.profiles, &rr, &EngineLoad(state));
@@ -208,6 +112,9 @@ pub async fn route_chat(
     }
     tracing::info!(decision = %id, why = %decision.why, "routed");
     let mut fallbacks: Vec<(String, String)> = Vec::new();
+    // The first refusal that is the request's own fault, answered as a
+    // pinned model would if every candidate refuses.
+    let mut client_error: Option<ApiError> = None;
     for model in &decision.order {
         if router.fault_models.contains(model) {
             fallbacks.push((
@@ -216,37 +123,28 @@ pub async fn route_chat(
             ));
             continue;
         }
-        let Some(engine) = state.engines.get(model).cloned() else {
+        let Some(engine) = state.engines.get(model) else {
+            fallbacks.push((model.clone(), "not loaded".into()));
             continue;
         };
-        let attempt = (|| {
-            let params = req.fields.to_params(engine.tokenizer(), req.top_logprobs)?;
-            let prompt = prompts
-                .remove(model)
-                .unwrap_or_else(|| Err("no prompt".into()))
-                .map_err(ApiError::invalid)?;
-            let job = Job {
-                kind: Kind::Chat,
-                model: model.clone(),
-                engine: engine.clone(),
-                prompts: vec![prompt],
-                params,
-                stream: req.fields.stream(),
-                include_usage: req.fields.include_usage(),
-                id: random_id("chatcmpl-"),
-                created: crate::routes::now_secs(),
-                route: None,
-            };
-            finish_job(state, job, req.fields)
-        })();
+        let attempt = prompts
+            .remove(model)
+            .unwrap_or_else(|| Err(ApiError::internal("no prompt")))
+            .and_then(|p| admit(state, v, model, engine.clone(), p));
         let job = match attempt {
             Ok(j) => j,
             Err(e) => {
-                fallbacks.push((model.clone(), e.message));
+                fallbacks.push((model.clone(), e.message.clone()));
+                if e.is_client_error() {
+                    client_error.get_or_insert(e);
+                }
                 continue;
             }
         };
-        let mut stream = match engine.submit(job.prompts[0].clone(), job.params.clone()) {
+        let mut stream = match job
+            .engine
+            .submit(job.prompts[0].clone(), job.params.clone())
+        {
             Ok(s) => s,
             Err(e) => {
                 fallbacks.push((model.clone(), e.to_string()));
@@ -261,7 +159,8 @@ pub async fn route_chat(
                     fallbacks.push((model.clone(), "no catalog profile".into()));
                     continue;
                 };
-                let ctx = RouteCtx {
+                let mut job = job;
+                job.route = Some(RouteCtx {
                     summary: summary(&id, &decision, model, &fallbacks),
                     decision_id: id.clone(),
                     outcome: Outcome {
@@ -271,45 +170,40 @@ pub async fn route_chat(
                     },
                     started,
                     profile,
-                };
-                return Ok((job, Pending::new(stream, Some(first)), ctx));
+                });
+                return Ok((job, Pending::new(stream, Some(first))));
             }
         }
     }
-    let (status_err, msg) = if decision.order.is_empty() {
-        (
-            true,
-            format!("No model can serve this request: {}", exclusions(&decision)),
-        )
+    let all_refused = client_error.is_some() && fallbacks.len() == decision.order.len();
+    let err = if decision.order.is_empty() {
+        ApiError {
+            code: Some("no_eligible_model".into()),
+            ..ApiError::invalid_param(
+                "model",
+                format!("No model can serve this request: {}", exclusions(&decision)),
+            )
+        }
+    } else if let (true, Some(e)) = (all_refused, client_error) {
+        e
     } else {
-        (
-            false,
-            format!(
-                "Every candidate failed: {}",
-                fallbacks
-                    .iter()
-                    .map(|(m, r)| format!("{m}: {r}"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-        )
+        ApiError::unavailable(format!(
+            "Every candidate failed: {}",
+            fallbacks
+                .iter()
+                .map(|(m, r)| format!("{m}: {r}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
     };
     let outcome = Outcome {
         fallbacks,
-        error: Some(msg.clone()),
+        error: Some(err.message.clone()),
         ..Default::default()
     };
     if let Err(e) = router.audit.complete(&id, &outcome) {
         tracing::warn!("audit: {e}");
     }
-    let err = if status_err {
-        ApiError {
-            code: Some("no_eligible_model".into()),
-            ..ApiError::invalid_param("model", msg)
-        }
-    } else {
-        ApiError::unavailable(msg)
-    };
     Err((err, Some(id)))
 }
 

@@ -1,68 +1,36 @@
 //! The HTTP API: OpenAI's chat and text completions (streamed as SSE or not),
-//! models, health, readiness and metrics, behind request-id and auth layers.
+//! models, health, readiness and metrics, behind request-id, auth and
+//! draining layers.
 //!
-//! Handlers only use the engine's public API (`submit`, `stats`, tokenizer,
-//! chat template). A client that goes away drops its `RequestStream`, which
-//! cancels the request in the engine, freeing its KV blocks that step.
+//! Handlers are short: parse the body, build the [`ValidatedRequest`] once,
+//! then either route it (`model: "auto"`) or admit it to the named model, and
+//! answer from the engine's events. Handlers only use the engine's public API.
+//! A client that goes away drops its `RequestStream`, which cancels the
+//! request in the engine, freeing its KV blocks that step.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream;
-use rand::Rng;
 use serde_json::{json, Value};
-use switchyard_engine::{
-    Engine, Event, FinishReason, RequestStream, SamplingParams, TokenLogprob, Usage,
-};
+use switchyard_engine::{Engine, Event, FinishReason, TokenLogprob, Usage};
 
 use crate::error::ApiError;
-use crate::metrics::Metrics;
-use crate::openai::{self, ChatRequest, CompletionRequest, SamplingFields};
-use crate::routed::{self, RouteCtx, RoutedChat, RouterState};
-
-pub struct AppState {
-    pub engines: BTreeMap<String, Arc<Engine>>,
-    pub metrics: Metrics,
-    /// When set, `/v1/*` requires `Authorization: Bearer <key>`.
-    pub api_key: Option<String>,
-    /// Requests waiting in one engine beyond which new ones get 503.
-    pub max_waiting: usize,
-    pub body_limit: usize,
-    pub started: u64,
-    /// The router for `model: "auto"` (None: only pinned models).
-    pub router: Option<RouterState>,
-}
-
-/// An engine stream whose first event may already have been received
-/// (routing waits for it so that a failing model can still fall back).
-pub struct Pending {
-    first: Option<Event>,
-    stream: RequestStream,
-}
-
-impl Pending {
-    pub fn new(stream: RequestStream, first: Option<Event>) -> Self {
-        Pending { first, stream }
-    }
-
-    async fn next(&mut self) -> Option<Event> {
-        match self.first.take() {
-            Some(e) => Some(e),
-            None => self.stream.next().await,
-        }
-    }
-}
+use crate::job::{self, admit, tokenize, Job, Kind, ModelChoice, Pending, ValidatedRequest};
+use crate::openai::{self, ChatRequest, CompletionRequest};
+use crate::routed;
+use crate::state::{random_id, AppState, InFlight, KeyRefusal};
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -77,20 +45,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("No such endpoint.") })
         .layer(middleware::from_fn_with_state(state.clone(), auth))
-        .layer(DefaultBodyLimit::max(state.body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), draining))
+        .layer(DefaultBodyLimit::max(state.limits.body_limit))
         .layer(middleware::from_fn(request_id))
         .with_state(state)
-}
-
-pub(crate) fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-pub(crate) fn random_id(prefix: &str) -> String {
-    let n: u128 = rand::rng().random();
-    format!("{prefix}{:024x}", n & ((1u128 << 96) - 1))
 }
 
 /// Every response carries `x-request-id` (the caller's, or a fresh one).
@@ -109,18 +67,32 @@ async fn request_id(req: Request, next: Next) -> Response {
     resp
 }
 
+/// `/v1/*` needs one of the API keys (when any are set), within its rate limit.
 async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if let Some(key) = &state.api_key {
+    if let Some(keys) = &state.keys {
         if req.uri().path().starts_with("/v1/") {
             let given = req
                 .headers()
                 .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            if given != Some(key.as_str()) {
-                return ApiError::unauthorized().into_response();
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                .unwrap_or_default();
+            match keys.admit(given) {
+                Ok(()) => {}
+                Err(KeyRefusal::Unknown) => return ApiError::unauthorized().into_response(),
+                Err(KeyRefusal::RateLimited(s)) => {
+                    state.metrics.request("none", "429");
+                    return ApiError::rate_limited(s).into_response();
+                }
             }
         }
+    }
+    next.run(req).await
+}
+
+/// After SIGTERM new work is refused with 503 (reads still answer).
+async fn draining(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if state.lifecycle.draining() && req.method() == Method::POST {
+        return ApiError::shutting_down().into_response();
     }
     next.run(req).await
 }
@@ -138,6 +110,7 @@ fn model_card(id: &str, created: u64, engine: &Engine) -> Value {
 async fn list_models(State(state): State<Arc<AppState>>) -> Json<Value> {
     let mut data: Vec<Value> = state
         .engines
+        .all()
         .iter()
         .map(|(id, e)| model_card(id, state.started, e))
         .collect();
@@ -164,11 +137,8 @@ async fn get_model(
     if id == "auto" && state.router.is_some() {
         return Ok(Json(auto_card(state.started)));
     }
-    let e = state
-        .engines
-        .get(&id)
-        .ok_or_else(|| ApiError::model_not_found(&id))?;
-    Ok(Json(model_card(&id, state.started, e)))
+    let e = engine_for(&state, &id)?;
+    Ok(Json(model_card(&id, state.started, &e)))
 }
 
 async fn get_decision(
@@ -200,206 +170,81 @@ async fn list_decisions(
     routed::list_decisions(&state, q).map(Json)
 }
 
+/// 200 once every catalog model is loaded and while not draining; 503 with
+/// the models still loading (or `draining`) otherwise.
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    let models: Vec<&String> = state.engines.keys().collect();
-    if models.is_empty() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "loading"})),
-        )
-            .into_response();
-    }
-    Json(json!({"status": "ready", "models": models})).into_response()
+    let models: Vec<String> = state.engines.all().into_iter().map(|(id, _)| id).collect();
+    let loading = state.engines.still_loading();
+    let status = if state.lifecycle.draining() {
+        "draining"
+    } else if !loading.is_empty() || models.is_empty() {
+        "loading"
+    } else {
+        "ready"
+    };
+    let code = if status == "ready" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(json!({"status": status, "models": models, "loading": loading})),
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let engines = state.engines.all();
     let body = state
         .metrics
-        .render(state.engines.values().map(|e| e.as_ref()));
+        .render(engines.iter().map(|(_, e)| e.as_ref()));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rej| {
         if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(state.body_limit)
+            ApiError::too_large(state.limits.body_limit)
         } else {
             ApiError::invalid(format!("Could not read the request body: {rej}"))
         }
     })
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Chat,
-    Completion,
-}
-
-/// A validated request, ready to submit.
-pub(crate) struct Job {
-    pub kind: Kind,
-    pub model: String,
-    pub engine: Arc<Engine>,
-    pub prompts: Vec<Vec<u32>>,
-    pub params: SamplingParams,
-    pub stream: bool,
-    pub include_usage: bool,
-    pub id: String,
-    pub created: u64,
-    /// Set for `model: "auto"` requests.
-    pub route: Option<RouteCtx>,
-}
-
 fn engine_for(state: &AppState, model: &str) -> Result<Arc<Engine>, ApiError> {
-    state
-        .engines
-        .get(model)
-        .cloned()
-        .ok_or_else(|| ApiError::model_not_found(model))
+    match state.engines.get(model) {
+        Some(e) => Ok(e),
+        None if state.engines.still_loading().iter().any(|m| m == model) => {
+            Err(ApiError::model_loading(model))
+        }
+        None => Err(ApiError::model_not_found(model)),
+    }
 }
 
-/// Resolve max_tokens against the context window and the KV pool; refuse
-/// requests that cannot fit, and shed load when the queue is too deep.
-pub(crate) fn finish_job(
-    state: &AppState,
-    mut job: Job,
-    fields: &SamplingFields,
-) -> Result<Job, ApiError> {
-    let ctx = job.engine.context_length();
-    let longest = job.prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let max_tokens = match fields.max_tokens()? {
-        Some(m) => m,
-        None => ctx.saturating_sub(longest).max(1),
-    };
-    if longest + max_tokens > ctx {
-        return Err(ApiError::context_length(ctx, longest, max_tokens));
-    }
-    let stats = job.engine.stats();
-    let pool_tokens = stats.kv_blocks_total * stats.block_size;
-    if longest + max_tokens > pool_tokens {
-        return Err(ApiError::invalid_param(
-            "max_tokens",
-            format!("The KV cache holds {pool_tokens} tokens; this request needs up to {}. Lower max_tokens.", longest + max_tokens),
-        ));
-    }
-    if stats.waiting >= state.max_waiting {
-        return Err(ApiError::overloaded(&job.model, stats.waiting));
-    }
-    job.params.max_tokens = max_tokens;
-    Ok(job)
+/// Count a failed request and answer it.
+fn fail(state: &AppState, model: &str, e: ApiError) -> Response {
+    state.metrics.request(model, e.status.as_str());
+    e.into_response()
 }
 
 async fn chat_completions(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let req = match body_bytes(&state, body).and_then(|b| openai::parse_body::<ChatRequest>(&b)) {
-        Ok(r) => r,
-        Err(e) => return run(state, Err(e)).await,
+    let validated = body_bytes(&state, body)
+        .and_then(|b| openai::parse_body::<ChatRequest>(&b, openai::CHAT_FIELDS))
+        .and_then(ValidatedRequest::chat)
+        .and_then(|v| v.refuse_unsupported().map(|()| v));
+    let v = match validated {
+        Ok(v) => v,
+        Err(e) => return fail(&state, "none", e),
     };
-    let top = match (req.logprobs, req.top_logprobs) {
-        (_, Some(k)) if !(0..=20).contains(&k) => Err(ApiError::invalid_param(
-            "top_logprobs",
-            format!("{k} is not in [0, 20] - 'top_logprobs'"),
-        )),
-        (Some(true), k) => Ok(Some(k.unwrap_or(0) as usize)),
-        (_, Some(_)) => Err(ApiError::invalid_param(
-            "top_logprobs",
-            "'top_logprobs' requires 'logprobs' to be true.",
-        )),
-        _ => Ok(None),
-    };
-    let top = match top {
-        Ok(t) => t,
-        Err(e) => return run(state, Err(e)).await,
-    };
-    match routed::parse_auto(&req.model) {
-        Err(e) => run(state, Err(e)).await,
-        Ok(Some(objective)) => routed_chat(state, req, objective, top).await,
-        Ok(None) => {
-            let prepared = (|| {
-                let engine = engine_for(&state, &req.model)?;
-                let params = req.sampling.to_params(engine.tokenizer(), top)?;
-                let messages = openai::chat_messages(&req.messages)?;
-                let prompt = engine
-                    .encode_chat(&messages)
-                    .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
-                let job = Job {
-                    kind: Kind::Chat,
-                    model: req.model.clone(),
-                    engine,
-                    prompts: vec![prompt],
-                    params,
-                    stream: req.sampling.stream(),
-                    include_usage: req.sampling.include_usage(),
-                    id: random_id("chatcmpl-"),
-                    created: now_secs(),
-                    route: None,
-                };
-                finish_job(&state, job, &req.sampling)
-            })();
-            // A concrete model with routing options: recorded as pinned.
-            let mut decision_id = None;
-            let prepared = prepared.map(|mut job| {
-                if let (Some(options), Ok(messages)) =
-                    (&req.routing, openai::chat_messages(&req.messages))
-                {
-                    decision_id = routed::pin(&state, &mut job, &messages, options.clone());
-                }
-                job
-            });
-            let mut resp = run(state, prepared).await;
-            if let Some(v) = decision_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
-                resp.headers_mut().insert("x-switchyard-decision-id", v);
-            }
-            resp
-        }
-    }
-}
-
-async fn routed_chat(
-    state: Arc<AppState>,
-    req: ChatRequest,
-    objective: Option<switchyard_router::Objective>,
-    top: Option<usize>,
-) -> Response {
-    let messages = match openai::chat_messages(&req.messages) {
-        Ok(m) => m,
-        Err(e) => return run(state, Err(e)).await,
-    };
-    let mut options = req.routing.clone().unwrap_or_default();
-    if options.objective.is_none() {
-        options.objective = objective;
-    }
-    let needs_json = req
-        .response_format
-        .as_ref()
-        .is_some_and(|f| f.get("type").and_then(Value::as_str) != Some("text"));
-    let routed = RoutedChat {
-        messages,
-        fields: &req.sampling,
-        top_logprobs: top,
-        needs_tools: req.tools.as_ref().is_some_and(|t| !t.is_empty()),
-        needs_json,
-        options,
-    };
-    match routed::route_chat(&state, routed).await {
-        Ok((mut job, pending, ctx)) => {
-            let id = ctx.decision_id.clone();
-            job.route = Some(ctx);
-            let mut resp = serve(state, job, vec![pending]).await;
-            if let Ok(v) = HeaderValue::from_str(&id) {
-                resp.headers_mut().insert("x-switchyard-decision-id", v);
-            }
-            resp
-        }
-        Err((e, id)) => {
-            state.metrics.request("auto", e.status.as_str());
-            let mut resp = e.into_response();
-            if let Some(v) = id.and_then(|id| HeaderValue::from_str(id.as_str()).ok()) {
-                resp.headers_mut().insert("x-switchyard-decision-id", v);
-            }
-            resp
+    match &v.model {
+        ModelChoice::Auto(_) => routed_chat(state, v).await,
+        ModelChoice::Pinned(model) => {
+            let model = model.clone();
+            pinned(state, v, model).await
         }
     }
 }
@@ -408,72 +253,72 @@ async fn completions(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let prepared = (|| {
-        let req: CompletionRequest = openai::parse_body(&body_bytes(&state, body)?)?;
-        if routed::parse_auto(&req.model)?.is_some() {
-            return Err(ApiError::invalid_param(
-                "model",
-                "`auto` routing is served on /v1/chat/completions; name a model for /v1/completions.",
-            ));
-        }
-        let engine = engine_for(&state, &req.model)?;
-        if req.echo == Some(true) {
-            return Err(ApiError::invalid_param("echo", "'echo' is not supported."));
-        }
-        if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
-            return Err(ApiError::invalid_param(
-                "suffix",
-                "'suffix' is not supported.",
-            ));
-        }
-        let top = match req.logprobs {
-            Some(k) if !(0..=20).contains(&k) => {
-                return Err(ApiError::invalid_param(
-                    "logprobs",
-                    format!("{k} is not in [0, 20] - 'logprobs'"),
-                ))
+    let validated = body_bytes(&state, body)
+        .and_then(|b| openai::parse_body::<CompletionRequest>(&b, openai::COMPLETION_FIELDS))
+        .and_then(ValidatedRequest::completion);
+    match validated {
+        Ok(v) => match &v.model {
+            ModelChoice::Pinned(model) => {
+                let model = model.clone();
+                pinned(state, v, model).await
             }
-            k => k.map(|k| k as usize),
-        };
-        let params = req.sampling.to_params(engine.tokenizer(), top)?;
-        let prompts = openai::completion_prompts(&req.prompt, engine.tokenizer())?;
-        let job = Job {
-            kind: Kind::Completion,
-            model: req.model.clone(),
-            engine,
-            prompts,
-            params,
-            stream: req.sampling.stream(),
-            include_usage: req.sampling.include_usage(),
-            id: random_id("cmpl-"),
-            created: now_secs(),
-            route: None,
-        };
-        finish_job(&state, job, &req.sampling)
-    })();
-    run(state, prepared).await
+            ModelChoice::Auto(_) => fail(&state, "none", ApiError::internal("unreachable")),
+        },
+        Err(e) => fail(&state, "none", e),
+    }
 }
 
-async fn run(state: Arc<AppState>, job: Result<Job, ApiError>) -> Response {
-    let job = match job {
+/// A request for a named model: tokenize, admit, record when it carries
+/// routing options, submit, answer.
+async fn pinned(state: Arc<AppState>, v: ValidatedRequest, model: String) -> Response {
+    let admitted = async {
+        let engine = engine_for(&state, &model)?;
+        let prompts = tokenize(&state, &v, &engine).await?;
+        admit(&state, &v, &model, engine, prompts)
+    }
+    .await;
+    let mut job = match admitted {
         Ok(j) => j,
+        Err(e) => return fail(&state, &model, e),
+    };
+    // A concrete model with routing options: recorded as pinned.
+    let decision_id = v
+        .routing
+        .clone()
+        .and_then(|options| routed::pin(&state, &mut job, v.messages(), options));
+    let mut resp = match job::submit(&job) {
+        Ok(streams) => serve(state, job, streams).await,
         Err(e) => {
-            state.metrics.request("none", e.status.as_str());
-            return e.into_response();
+            if let Some(route) = job.route.as_mut() {
+                route.finish(&state, 0, 0, None, Some(e.message.clone()));
+            }
+            fail(&state, &job.model, e)
         }
     };
-    let mut streams = Vec::with_capacity(job.prompts.len());
-    for p in &job.prompts {
-        match job.engine.submit(p.clone(), job.params.clone()) {
-            Ok(s) => streams.push(Pending::new(s, None)),
-            Err(e) => {
-                let err = ApiError::invalid(e.to_string());
-                state.metrics.request(&job.model, err.status.as_str());
-                return err.into_response();
+    if let Some(v) = decision_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        resp.headers_mut().insert("x-switchyard-decision-id", v);
+    }
+    resp
+}
+
+async fn routed_chat(state: Arc<AppState>, v: ValidatedRequest) -> Response {
+    match routed::route_chat(&state, &v).await {
+        Ok((job, pending)) => {
+            let id = job.route.as_ref().map(|r| r.decision_id.clone());
+            let mut resp = serve(state, job, vec![pending]).await;
+            if let Some(v) = id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+                resp.headers_mut().insert("x-switchyard-decision-id", v);
             }
+            resp
+        }
+        Err((e, id)) => {
+            let mut resp = fail(&state, "auto", e);
+            if let Some(v) = id.and_then(|id| HeaderValue::from_str(id.as_str()).ok()) {
+                resp.headers_mut().insert("x-switchyard-decision-id", v);
+            }
+            resp
         }
     }
-    serve(state, job, streams).await
 }
 
 /// Answer from submitted streams: one JSON body, or SSE.
@@ -482,6 +327,7 @@ async fn serve(state: Arc<AppState>, job: Job, streams: Vec<Pending>) -> Respons
         stream_response(state, job, streams)
     } else {
         let mut job = job;
+        let _in_flight = InFlight::new(state.clone());
         match collect(&state, &mut job, streams).await {
             Ok(body) => {
                 state.metrics.request(&job.model, "200");
@@ -553,7 +399,13 @@ async fn collect(
     job: &mut Job,
     streams: Vec<Pending>,
 ) -> Result<Value, ApiError> {
-    let result = collect_inner(state, job, streams).await;
+    let limit = state.limits.request_timeout;
+    let result = tokio::select! {
+        r = tokio::time::timeout(limit, collect_inner(state, job, streams)) => {
+            r.unwrap_or_else(|_| Err(ApiError::timeout(limit)))
+        }
+        () = state.lifecycle.cancelled() => Err(ApiError::shutting_down()),
+    };
     match (&result, job.route.as_mut()) {
         (Ok((_, usage, ttft)), Some(route)) => route.finish(state, usage.0, usage.1, *ttft, None),
         (Err(e), Some(route)) => route.finish(state, 0, 0, None, Some(e.message.clone())),
@@ -573,7 +425,7 @@ async fn collect_inner(
     streams: Vec<Pending>,
 ) -> Result<(Value, (usize, usize), Option<f64>), ApiError> {
     let n = job.params.n;
-    let started = job.route.as_ref().map_or_else(Instant::now, |r| r.started);
+    let started = job::started(job);
     let mut ttft_ms = None;
     let mut outs: Vec<ChoiceOut> = (0..n * streams.len())
         .map(|_| ChoiceOut::default())
@@ -610,7 +462,7 @@ async fn collect_inner(
                     remaining -= 1;
                 }
                 Some(Event::Error { message }) => return Err(ApiError::internal(message)),
-                None => return Err(ApiError::internal("the engine stopped")),
+                None => return Err(ApiError::busy("The model's engine has stopped.")),
             }
         }
     }
@@ -669,6 +521,7 @@ struct SseState {
     /// Choices of the front stream still to finish.
     remaining: usize,
     finished: bool,
+    _in_flight: InFlight,
 }
 
 impl Drop for SseState {
@@ -797,13 +650,16 @@ impl SseState {
                 self.pending
                     .push_back(SseEvent::default().data(chunk.to_string()));
             }
-            Event::Error { message } => self.fail(&message),
+            Event::Error { message } => self.fail(ApiError::internal(message)),
         }
     }
 
-    fn fail(&mut self, message: &str) {
-        let err = ApiError::internal(message);
-        self.state.metrics.request(&self.job.model, "500");
+    /// End the stream with an error event (the SSE status is already 200).
+    fn fail(&mut self, err: ApiError) {
+        let message = err.message.clone();
+        self.state
+            .metrics
+            .request(&self.job.model, err.status.as_str());
         self.pending
             .push_back(SseEvent::default().data(err.body().to_string()));
         self.pending.push_back(SseEvent::default().data("[DONE]"));
@@ -811,7 +667,7 @@ impl SseState {
         self.finished = true;
         if let Some(mut route) = self.job.route.take() {
             let (p, c, _) = self.usage;
-            route.finish(&self.state, p, c, self.ttft_ms, Some(message.to_string()));
+            route.finish(&self.state, p, c, self.ttft_ms, Some(message));
         }
     }
 
@@ -846,7 +702,6 @@ fn stream_response(state: Arc<AppState>, job: Job, streams: Vec<Pending>) -> Res
     let n = job.params.n;
     let total = n * streams.len();
     let mut st = SseState {
-        state,
         streams: streams
             .into_iter()
             .enumerate()
@@ -854,12 +709,14 @@ fn stream_response(state: Arc<AppState>, job: Job, streams: Vec<Pending>) -> Res
             .collect(),
         pending: VecDeque::new(),
         text_offsets: vec![0; total],
-        started: job.route.as_ref().map_or_else(Instant::now, |r| r.started),
+        started: job::started(&job),
         last_token: None,
         ttft_ms: None,
         usage: (0, 0, 0),
         remaining: n,
         finished: false,
+        _in_flight: InFlight::new(state.clone()),
+        state,
         job,
     };
     // The role comes first, once per choice (chat only).
@@ -883,8 +740,19 @@ fn stream_response(state: Arc<AppState>, job: Job, streams: Vec<Pending>) -> Res
                 continue;
             };
             let base = *base;
-            match front.next().await {
-                Some(ev) => {
+            let idle = st.state.limits.stream_idle_timeout;
+            let cancelled = st.state.lifecycle.cancelled();
+            let next = tokio::select! {
+                ev = tokio::time::timeout(idle, front.next()) => Some(ev),
+                () = cancelled => None,
+            };
+            let Some(next) = next else {
+                st.fail(ApiError::shutting_down());
+                continue;
+            };
+            match next {
+                Err(_) => st.fail(ApiError::timeout(idle)),
+                Ok(Some(ev)) => {
                     let finished = matches!(ev, Event::Finished { .. });
                     st.on_event(base, ev);
                     if finished {
@@ -895,7 +763,7 @@ fn stream_response(state: Arc<AppState>, job: Job, streams: Vec<Pending>) -> Res
                         }
                     }
                 }
-                None => st.fail("the engine stopped"),
+                Ok(None) => st.fail(ApiError::busy("The model's engine has stopped.")),
             }
         }
     });

@@ -1,0 +1,418 @@
+//! One validated request, built once (TGI's `validation.rs` pattern).
+//!
+//! [`ValidatedRequest::chat`] and [`ValidatedRequest::completion`] turn a
+//! parsed body into typed parts and refuse, with the field's name, anything
+//! that is wrong whatever model serves it. What depends on a model (the
+//! vocabulary range of `logit_bias`, the context window, the KV pool, the
+//! queue) is [`admit`], which pinned and routed requests both call, so the
+//! same bad body gets the same answer either way. Prompts are tokenized by
+//! [`tokenize`] on the bounded blocking pool, never on an async worker, after
+//! a length check that needs no tokenizer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use switchyard_engine::{ChatMessage, Engine, Event, RequestStream, SamplingParams};
+use switchyard_router::{Objective, RoutingOptions};
+
+use crate::error::ApiError;
+use crate::openai::{self, ChatRequest, CompletionRequest, Prompt};
+use crate::record::RouteCtx;
+use crate::state::{now_secs, random_id, AppState};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    Chat,
+    Completion,
+}
+
+/// Which model serves: one named by the request, or the router's pick.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelChoice {
+    Pinned(String),
+    Auto(Option<Objective>),
+}
+
+/// What the model reads: chat messages (rendered by each model's template)
+/// or completion prompts.
+#[derive(Debug, Clone)]
+pub enum Input {
+    Chat(Arc<Vec<ChatMessage>>),
+    Completion(Arc<Vec<Prompt>>),
+}
+
+/// A request whose every model-independent field has been checked.
+#[derive(Debug, Clone)]
+pub struct ValidatedRequest {
+    pub kind: Kind,
+    pub model: ModelChoice,
+    pub input: Input,
+    /// Engine parameters; `max_tokens` is resolved by [`admit`].
+    pub params: SamplingParams,
+    pub max_tokens: Option<usize>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub routing: Option<RoutingOptions>,
+    /// The request needs tool calls / structured output from its model.
+    pub needs_tools: bool,
+    pub needs_json: bool,
+}
+
+/// `auto`, `auto:<objective>`, or a concrete model name.
+pub fn parse_model(model: &str) -> Result<ModelChoice, ApiError> {
+    match model.strip_prefix("auto") {
+        Some("") => Ok(ModelChoice::Auto(None)),
+        Some(rest) if rest.starts_with(':') => Objective::parse(&rest[1..])
+            .map(|o| ModelChoice::Auto(Some(o)))
+            .ok_or_else(|| ApiError::invalid_param(
+                "model",
+                format!("unknown routing objective in `{model}`: use auto, auto:quality, auto:cost, auto:latency or auto:balanced"),
+            )),
+        _ => Ok(ModelChoice::Pinned(model.to_string())),
+    }
+}
+
+impl ValidatedRequest {
+    pub fn chat(req: ChatRequest) -> Result<Self, ApiError> {
+        let model = parse_model(&req.model)?;
+        let top_logprobs = match (req.logprobs, req.top_logprobs) {
+            (_, Some(k)) if !(0..=20).contains(&k) => {
+                return Err(ApiError::invalid_param(
+                    "top_logprobs",
+                    format!("{k} is not in [0, 20] - 'top_logprobs'"),
+                ))
+            }
+            (Some(true), k) => Some(k.unwrap_or(0) as usize),
+            (_, Some(_)) => {
+                return Err(ApiError::invalid_param(
+                    "top_logprobs",
+                    "'top_logprobs' requires 'logprobs' to be true.",
+                ))
+            }
+            _ => None,
+        };
+        let params = req.sampling.to_params(top_logprobs)?;
+        let max_tokens = req.sampling.max_tokens()?;
+        let messages = openai::chat_messages(&req.messages)?;
+        let needs_tools = req.tools.as_ref().is_some_and(|t| !t.is_empty());
+        if req.tool_choice.is_some() && !needs_tools {
+            return Err(ApiError::invalid_param(
+                "tool_choice",
+                "'tool_choice' is only allowed when 'tools' are specified.",
+            ));
+        }
+        if req.parallel_tool_calls.is_some() && !needs_tools {
+            return Err(ApiError::invalid_param(
+                "parallel_tool_calls",
+                "'parallel_tool_calls' is only allowed when 'tools' are specified.",
+            ));
+        }
+        let needs_json =
+            match &req.response_format {
+                None | Some(serde_json::Value::Null) => false,
+                Some(f) => match f.get("type").and_then(serde_json::Value::as_str) {
+                    Some("text") => false,
+                    Some("json_object" | "json_schema") => true,
+                    _ => return Err(ApiError::invalid_param(
+                        "response_format",
+                        "'response_format.type' must be 'text', 'json_object' or 'json_schema'.",
+                    )),
+                },
+            };
+        if let Some(user) = &req.sampling.user {
+            tracing::debug!(user, "request for end user");
+        }
+        Ok(ValidatedRequest {
+            kind: Kind::Chat,
+            model,
+            input: Input::Chat(Arc::new(messages)),
+            params,
+            max_tokens,
+            stream: req.sampling.stream(),
+            include_usage: req.sampling.include_usage(),
+            routing: req.routing,
+            needs_tools,
+            needs_json,
+        })
+    }
+
+    pub fn completion(req: CompletionRequest) -> Result<Self, ApiError> {
+        let model = parse_model(&req.model)?;
+        if model != ModelChoice::Pinned(req.model.clone()) {
+            return Err(ApiError::invalid_param(
+                "model",
+                "`auto` routing is served on /v1/chat/completions; name a model for /v1/completions.",
+            ));
+        }
+        if req.echo == Some(true) {
+            return Err(ApiError::invalid_param("echo", "'echo' is not supported."));
+        }
+        if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::invalid_param(
+                "suffix",
+                "'suffix' is not supported.",
+            ));
+        }
+        let top = match req.logprobs {
+            Some(k) if !(0..=20).contains(&k) => {
+                return Err(ApiError::invalid_param(
+                    "logprobs",
+                    format!("{k} is not in [0, 20] - 'logprobs'"),
+                ))
+            }
+            k => k.map(|k| k as usize),
+        };
+        Ok(ValidatedRequest {
+            kind: Kind::Completion,
+            model,
+            input: Input::Completion(Arc::new(openai::completion_prompts(&req.prompt)?)),
+            params: req.sampling.to_params(top)?,
+            max_tokens: req.sampling.max_tokens()?,
+            stream: req.sampling.stream(),
+            include_usage: req.sampling.include_usage(),
+            routing: None,
+            needs_tools: false,
+            needs_json: false,
+        })
+    }
+
+    /// Refuse what no local engine can honour yet (tool calls, structured
+    /// output): a 400 naming the field, never a silent drop.
+    pub fn refuse_unsupported(&self) -> Result<(), ApiError> {
+        if self.needs_tools {
+            return Err(ApiError::invalid_param(
+                "tools",
+                "'tools' are not supported by this server's models yet.",
+            ));
+        }
+        if self.needs_json {
+            return Err(ApiError::invalid_param(
+                "response_format",
+                "'response_format' other than 'text' is not supported by this server's models yet.",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The chat messages, for the router's classifier.
+    pub fn messages(&self) -> &[ChatMessage] {
+        match &self.input {
+            Input::Chat(m) => m,
+            Input::Completion(_) => &[],
+        }
+    }
+
+    /// Bytes of prompt text the longest prompt has (a chat's message
+    /// contents): the tokenizer-free length check works from this.
+    pub fn text_bytes(&self) -> usize {
+        match &self.input {
+            Input::Chat(m) => m.iter().map(|m| m.content.len()).sum(),
+            Input::Completion(p) => p
+                .iter()
+                .map(|p| match p {
+                    Prompt::Text(t) => t.len(),
+                    Prompt::Ids(_) => 0,
+                })
+                .max()
+                .unwrap_or(0),
+        }
+    }
+
+    /// The fewest prompt tokens this request can have on `engine` (a lower
+    /// bound, computed without tokenizing).
+    pub fn min_prompt_tokens(&self, engine: &Engine) -> usize {
+        let ids = match &self.input {
+            Input::Completion(p) => p
+                .iter()
+                .map(|p| match p {
+                    Prompt::Ids(ids) => ids.len(),
+                    Prompt::Text(_) => 0,
+                })
+                .max()
+                .unwrap_or(0),
+            Input::Chat(_) => 0,
+        };
+        ids.max(engine.tokenizer().min_tokens(self.text_bytes()))
+    }
+}
+
+/// Refuse, without tokenizing, a prompt that provably cannot fit the
+/// context window; then tokenize on the blocking pool.
+pub async fn tokenize(
+    state: &AppState,
+    v: &ValidatedRequest,
+    engine: &Arc<Engine>,
+) -> Result<Vec<Vec<u32>>, ApiError> {
+    let ctx = engine.context_length();
+    let at_least = v.min_prompt_tokens(engine);
+    let out = v.max_tokens.unwrap_or(1);
+    if at_least + out > ctx {
+        return Err(ApiError::context_length_at_least(ctx, at_least, out));
+    }
+    let engine = engine.clone();
+    let input = v.input.clone();
+    state
+        .blocking
+        .run(move || -> Result<Vec<Vec<u32>>, ApiError> {
+            match input {
+                Input::Chat(messages) => Ok(vec![engine.encode_chat(&messages)?]),
+                Input::Completion(prompts) => prompts
+                    .iter()
+                    .map(|p| match p {
+                        Prompt::Ids(ids) => Ok(ids.clone()),
+                        Prompt::Text(t) => engine
+                            .tokenizer()
+                            .encode(t, true)
+                            .map_err(|e| ApiError::invalid_param("prompt", e.to_string())),
+                    })
+                    .collect(),
+            }
+        })
+        .await?
+}
+
+/// A request admitted to one engine, ready to submit.
+pub struct Job {
+    pub kind: Kind,
+    pub model: String,
+    pub engine: Arc<Engine>,
+    pub prompts: Vec<Vec<u32>>,
+    pub params: SamplingParams,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub id: String,
+    pub created: u64,
+    /// Set for routed requests and pinned ones with routing options.
+    pub route: Option<RouteCtx>,
+}
+
+/// The model-dependent checks, the same for pinned and routed requests:
+/// token ids inside the vocabulary, `max_tokens` against `max_output`, the
+/// context window and the KV pool, and load shedding past `max_waiting`.
+pub fn admit(
+    state: &AppState,
+    v: &ValidatedRequest,
+    model: &str,
+    engine: Arc<Engine>,
+    prompts: Vec<Vec<u32>>,
+) -> Result<Job, ApiError> {
+    let vocab = engine.tokenizer().vocab_size();
+    if let Some(&(id, _)) = v
+        .params
+        .logit_bias
+        .iter()
+        .find(|(id, _)| *id as usize >= vocab)
+    {
+        return Err(ApiError::invalid_param(
+            "logit_bias",
+            format!("token id {id} is outside the vocabulary (size {vocab})"),
+        ));
+    }
+    if let Some(id) = v
+        .params
+        .stop_token_ids
+        .iter()
+        .find(|&&id| id as usize >= vocab)
+    {
+        return Err(ApiError::invalid_param(
+            "stop_token_ids",
+            format!("token id {id} is outside the vocabulary (size {vocab})"),
+        ));
+    }
+    if let Some(id) = prompts.iter().flatten().find(|&&id| id as usize >= vocab) {
+        return Err(ApiError::invalid_param(
+            "prompt",
+            format!("token id {id} is outside the vocabulary (size {vocab})"),
+        ));
+    }
+    let ctx = engine.context_length();
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let max_output = state.max_output(model);
+    if let Some(m) = v.max_tokens.filter(|&m| max_output > 0 && m > max_output) {
+        return Err(ApiError::invalid_param(
+            "max_tokens",
+            format!("{m} is more than `{model}`'s max_output of {max_output}"),
+        ));
+    }
+    let max_tokens = match v.max_tokens {
+        Some(m) => m,
+        None => {
+            let room = ctx.saturating_sub(longest).max(1);
+            if max_output > 0 {
+                room.min(max_output)
+            } else {
+                room
+            }
+        }
+    };
+    if longest + max_tokens > ctx {
+        return Err(ApiError::context_length(ctx, longest, max_tokens));
+    }
+    let stats = engine.stats();
+    let pool_tokens = stats.kv_blocks_total * stats.block_size;
+    if longest + max_tokens > pool_tokens {
+        return Err(ApiError::invalid_param(
+            "max_tokens",
+            format!("The KV cache holds {pool_tokens} tokens; this request needs up to {}. Lower max_tokens.", longest + max_tokens),
+        ));
+    }
+    if stats.waiting >= state.limits.max_waiting {
+        return Err(ApiError::overloaded(model, stats.waiting));
+    }
+    let mut params = v.params.clone();
+    params.max_tokens = max_tokens;
+    Ok(Job {
+        kind: v.kind,
+        model: model.to_string(),
+        engine,
+        prompts,
+        params,
+        stream: v.stream,
+        include_usage: v.include_usage,
+        id: random_id(if v.kind == Kind::Chat {
+            "chatcmpl-"
+        } else {
+            "cmpl-"
+        }),
+        created: now_secs(),
+        route: None,
+    })
+}
+
+/// An engine stream whose first event may already have been received
+/// (routing waits for it so that a failing model can still fall back).
+pub struct Pending {
+    first: Option<Event>,
+    stream: RequestStream,
+}
+
+impl Pending {
+    pub fn new(stream: RequestStream, first: Option<Event>) -> Self {
+        Pending { first, stream }
+    }
+
+    pub async fn next(&mut self) -> Option<Event> {
+        match self.first.take() {
+            Some(e) => Some(e),
+            None => self.stream.next().await,
+        }
+    }
+}
+
+/// Submit every prompt of a job; engine errors keep their kind.
+pub fn submit(job: &Job) -> Result<Vec<Pending>, ApiError> {
+    job.prompts
+        .iter()
+        .map(|p| {
+            job.engine
+                .submit(p.clone(), job.params.clone())
+                .map(|s| Pending::new(s, None))
+                .map_err(ApiError::from)
+        })
+        .collect()
+}
+
+/// When a request started, for TTFT: the routing decision's start if any.
+pub fn started(job: &Job) -> Instant {
+    job.route.as_ref().map_or_else(Instant::now, |r| r.started)
+}

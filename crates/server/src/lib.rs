@@ -1,0 +1,17 @@
+//! switchyard's server: the OpenAI-compatible HTTP API over the engines and
+//! the router. A library so that handlers can be tested in-process; the
+//! `switchyard` binary (`main.rs`) is the CLI over it.
+//!
+//! Floors run one way: `routes → routed → job → record → state →
+//! {openai, config, error, metrics}`.
+
+pub mod config;
+pub mod error;
+pub mod job;
+pub mod metrics;
+pub mod openai;
+pub mod record;
+pub mod routed;
+pub mod routes;
+pub mod startup;
+pub mod state;

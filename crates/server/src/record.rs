@@ -1,0 +1,73 @@
+//! The audit record of one served request: what the response says about its
+//! routing, and the outcome written back to the audit log when it ends.
+
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use switchyard_router::{Decision, ModelProfile, Outcome};
+
+use crate::state::AppState;
+
+/// What the response needs to carry about the routing, and what the audit
+/// record still needs once the request is done.
+pub struct RouteCtx {
+    pub decision_id: String,
+    pub summary: Value,
+    pub outcome: Outcome,
+    pub started: Instant,
+    /// $/hour or per-token prices of the served model, for the actual cost.
+    pub profile: ModelProfile,
+}
+
+impl RouteCtx {
+    /// Fill in the outcome and write it to the audit log.
+    pub fn finish(
+        &mut self,
+        state: &AppState,
+        prompt: usize,
+        completion: usize,
+        ttft_ms: Option<f64>,
+        error: Option<String>,
+    ) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        self.outcome.prompt_tokens = prompt;
+        self.outcome.completion_tokens = completion;
+        self.outcome.ttft_ms = ttft_ms;
+        self.outcome.total_ms = Some(elapsed * 1000.0);
+        self.outcome.cost_usd = Some(actual_cost(&self.profile, prompt, completion, elapsed));
+        self.outcome.error = error;
+        if let Some(r) = &state.router {
+            if let Err(e) = r.audit.complete(&self.decision_id, &self.outcome) {
+                tracing::warn!("audit: {e}");
+            }
+        }
+    }
+}
+
+fn actual_cost(p: &ModelProfile, prompt: usize, completion: usize, elapsed_s: f64) -> f64 {
+    match p.routing.cost {
+        switchyard_router::catalog::Cost::Priced {
+            input_per_mtok,
+            output_per_mtok,
+        } => (prompt as f64 * input_per_mtok + completion as f64 * output_per_mtok) / 1e6,
+        switchyard_router::catalog::Cost::Derived { usd_per_hour } => {
+            usd_per_hour * elapsed_s / 3600.0
+        }
+    }
+}
+
+/// The `routing` object of a response.
+pub fn summary(id: &str, d: &Decision, served: &str, fallbacks: &[(String, String)]) -> Value {
+    json!({
+        "decision_id": id,
+        "task": d.classification.family.as_str(),
+        "task_confidence": d.classification.family_confidence,
+        "difficulty": d.classification.difficulty,
+        "difficulty_confidence": d.classification.difficulty_confidence,
+        "objective": d.objective,
+        "served_model": served,
+        "fallbacks": fallbacks.iter().map(|(m, r)| json!({"model": m, "reason": r})).collect::<Vec<_>>(),
+        "pinned": d.pinned,
+        "why": d.why,
+    })
+}

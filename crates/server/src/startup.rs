@@ -1,0 +1,269 @@
+//! Start-up: the catalog's router data, the shared state, the engines, and
+//! `switchyard serve` itself (bind first, load models behind a 503 `/ready`,
+//! drain on SIGTERM/SIGINT).
+
+use std::future::IntoFuture;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_engine::{Engine, EngineConfig, LoadedModel};
+use switchyard_router::ModelProfile;
+
+use crate::config::{Catalog, ModelEntry};
+use crate::metrics::Metrics;
+use crate::state::{ApiKeys, AppState, BlockingPool, Engines, Lifecycle, RouterState};
+
+/// Context window of a catalog entry without loading its weights: the GGUF's
+/// metadata or `config.json` when the weights are local, else the entry's `context_window`.
+pub fn preview_context_window(catalog: &Catalog, entry: &ModelEntry) -> anyhow::Result<usize> {
+    let from_file = catalog.resolve(entry).ok().and_then(|path| {
+        let config = if path.is_dir() {
+            let json = std::fs::read_to_string(path.join("config.json")).ok()?;
+            switchyard_engine::ModelConfig::from_hf(&serde_json::from_str(&json).ok()?).ok()?
+        } else {
+            let mut f = std::fs::File::open(path).ok()?;
+            let content = switchyard_engine::candle_gguf::Content::read(&mut f).ok()?;
+            switchyard_engine::ModelConfig::from_gguf(&content).ok()?
+        };
+        Some(config.context_length)
+    });
+    let window = from_file.or(entry.context_window).ok_or_else(|| {
+        anyhow::anyhow!(
+            "model `{}`: set context_window (its weights are not local)",
+            entry.id
+        )
+    })?;
+    Ok(entry.max_model_len.map_or(window, |m| window.min(m)))
+}
+
+/// The router's view of the catalog: each model's context window (from its
+/// weights' metadata, capped by `max_model_len`, exactly as the dry run
+/// sees it) and routing profile.
+pub fn profiles(catalog: &Catalog) -> anyhow::Result<Vec<ModelProfile>> {
+    catalog
+        .models
+        .iter()
+        .map(|m| {
+            Ok(ModelProfile {
+                id: m.id.clone(),
+                context_window: preview_context_window(catalog, m)?,
+                routing: m.routing.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The router: profiles, the committed classifier, the audit database.
+fn router_state(catalog: &Catalog) -> anyhow::Result<RouterState> {
+    let audit_path = catalog.audit_db();
+    Ok(RouterState {
+        classifier: switchyard_router::Classifier::embedded().map_err(anyhow::Error::msg)?,
+        profiles: profiles(catalog)?,
+        audit: switchyard_router::AuditLog::open(&audit_path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", audit_path.display()))?,
+        default_objective: catalog.router.default_objective,
+        store_prompts: catalog.router.store_prompts,
+        fault_models: std::env::var("SWITCHYARD_FAULT_MODELS")
+            .map(|v| {
+                v.split(',')
+                    .map(|m| m.trim().to_string())
+                    .filter(|m| !m.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
+/// The API keys: the `api_key_env` variable (one key or a comma list) and
+/// `api_keys_file` (one key a line, `#` comments), together.
+fn api_keys(catalog: &Catalog) -> anyhow::Result<Option<ApiKeys>> {
+    let server = &catalog.server;
+    let mut keys: Vec<String> = std::env::var(&server.api_key_env)
+        .unwrap_or_default()
+        .split(',')
+        .map(|k| k.trim().to_string())
+        .collect();
+    if let Some(file) = &server.api_keys_file {
+        let path = catalog.relative(file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("api_keys_file {}: {e}", path.display()))?;
+        keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    Ok(ApiKeys::new(keys, server.rate_limit_per_minute))
+}
+
+/// The shared state for a catalog, with no engine loaded yet.
+pub fn app_state(catalog: &Catalog) -> anyhow::Result<AppState> {
+    let server = &catalog.server;
+    let threads = server
+        .tokenizer_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    Ok(AppState {
+        engines: Engines::loading(catalog.models.iter().map(|m| m.id.clone()).collect()),
+        metrics: Metrics::default(),
+        limits: server.limits(),
+        keys: api_keys(catalog)?,
+        started: crate::state::now_secs(),
+        router: Some(router_state(catalog)?),
+        blocking: BlockingPool::new(threads, server.tokenizer_queue),
+        lifecycle: Lifecycle::default(),
+    })
+}
+
+/// Load catalog entries onto the catalog's device and start their engines.
+/// On a GPU each model's weights are checked against free memory before it
+/// loads (a clear error names what needs how much), and the memory left under
+/// `gpu_memory_utilization` is split between the KV pools.
+pub fn start_engines(
+    catalog: &Catalog,
+    entries: &[&ModelEntry],
+    tweak: impl Fn(&mut EngineConfig),
+) -> anyhow::Result<Vec<Engine>> {
+    use switchyard_engine::device;
+    let spec = catalog.engine.device_spec();
+    let dev = device::parse_device(&spec)?;
+    let utilization = catalog.engine.gpu_memory_utilization;
+    let mut loaded = Vec::with_capacity(entries.len());
+    let mut weights = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let path = catalog.resolve(entry)?;
+        let bytes = device::weights_bytes(&path);
+        if let Some((free, total)) = device::memory_info(&dev) {
+            let reserve = (total as f64 * (1.0 - utilization)) as usize;
+            device::check_fits(&entry.id, bytes, free, reserve)?;
+        }
+        tracing::info!(model = %entry.id, path = %path.display(), device = %spec, "loading");
+        loaded.push(LoadedModel::load(&path, &dev)?);
+        weights.push(bytes);
+    }
+    let budgets = device::memory_info(&dev)
+        .map(|(free, total)| device::kv_budgets(free, total, utilization, &weights));
+    let mut engines = Vec::with_capacity(entries.len());
+    for (i, (entry, model)) in entries.iter().zip(loaded).enumerate() {
+        let mut cfg = entry.engine_config(&catalog.engine);
+        if let Some(b) = &budgets {
+            cfg.kv_cache_bytes = b[i];
+        }
+        tweak(&mut cfg);
+        engines.push(
+            Engine::start(&entry.id, model, cfg)
+                .map_err(|e| anyhow::anyhow!("model `{}`: {e}", entry.id))?,
+        );
+    }
+    Ok(engines)
+}
+
+/// `switchyard serve`: bind the port, then load the models (`/ready` lists
+/// those still loading), serve until SIGTERM/SIGINT, then drain: refuse new
+/// work, let requests in flight finish within `shutdown_grace_s`, cancel the
+/// rest with a final error event, and exit 0.
+pub fn serve(config: &Path, addr: &str, audit_db: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut catalog = Catalog::load(config)?;
+    if let Some(p) = audit_db {
+        catalog.router.audit_db = p;
+    }
+    let state = Arc::new(app_state(&catalog)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
+        tracing::info!("listening on http://{}", listener.local_addr()?);
+        // Loading runs on its own thread; a failure ends the process with
+        // the error, a signal during loading ends it cleanly.
+        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
+        {
+            let state = state.clone();
+            std::thread::Builder::new()
+                .name("loader".into())
+                .spawn(move || {
+                    let _ = loaded_tx.send(load_all(&catalog, &state));
+                })?;
+        }
+        let mut server = tokio::spawn(
+            axum::serve(listener, crate::routes::router(state.clone()))
+                .with_graceful_shutdown(drain(state.clone()))
+                .into_future(),
+        );
+        tokio::select! {
+            served = &mut server => return Ok(served??),
+            loaded = loaded_rx => {
+                loaded.map_err(|_| anyhow::anyhow!("the loader thread died"))??;
+            }
+        }
+        server.await??;
+        Ok(())
+    })
+}
+
+/// Load every catalog model and hand each engine to the state.
+fn load_all(catalog: &Catalog, state: &AppState) -> anyhow::Result<()> {
+    let entries: Vec<&ModelEntry> = catalog.models.iter().collect();
+    for (engine, entry) in start_engines(catalog, &entries, |_| {})?
+        .into_iter()
+        .zip(&catalog.models)
+    {
+        state.engines.insert(entry.id.clone(), Arc::new(engine));
+    }
+    tracing::info!("all {} model(s) loaded", catalog.models.len());
+    Ok(())
+}
+
+/// Resolves when the server should stop accepting connections: after a
+/// signal, once requests in flight are done or the grace period is over.
+async fn drain(state: Arc<AppState>) {
+    shutdown_signal().await;
+    state.lifecycle.start_draining();
+    let grace = state.limits.shutdown_grace;
+    tracing::info!(
+        in_flight = state.lifecycle.in_flight(),
+        "draining: refusing new requests, {}s for those in flight",
+        grace.as_secs_f64()
+    );
+    let deadline = tokio::time::Instant::now() + grace;
+    while state.lifecycle.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if state.lifecycle.in_flight() > 0 {
+        tracing::warn!(
+            in_flight = state.lifecycle.in_flight(),
+            "grace period over: cancelling"
+        );
+        state.lifecycle.cancel_all();
+        // Let the final error events reach their clients.
+        let flush = tokio::time::Instant::now() + Duration::from_secs(2);
+        while state.lifecycle.in_flight() > 0 && tokio::time::Instant::now() < flush {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    tracing::info!("drained; exiting");
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,264 @@
+//! The bottom floor of the server: what every request shares. The engines
+//! (filled in as models finish loading), the router's data, API keys and rate
+//! limits, the bounded pool that tokenizes off the async runtime, the
+//! shutdown lifecycle, ids and the clock. Nothing here imports the layers
+//! above it (`job`, `routed`, `routes`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use switchyard_engine::Engine;
+use switchyard_router::{AuditLog, Classifier, ModelProfile, Objective};
+use tokio::sync::{watch, Semaphore};
+
+pub use crate::config::Limits;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+pub struct AppState {
+    pub engines: Engines,
+    pub metrics: Metrics,
+    pub limits: Limits,
+    /// When set, `/v1/*` requires `Authorization: Bearer <one of the keys>`.
+    pub keys: Option<ApiKeys>,
+    pub started: u64,
+    /// The router for `model: "auto"` (None: only pinned models).
+    pub router: Option<RouterState>,
+    /// Tokenization and template rendering run here, never on async workers.
+    pub blocking: BlockingPool,
+    pub lifecycle: Lifecycle,
+}
+
+impl AppState {
+    /// The catalog's `capabilities.max_output` for a model (0: context-bound).
+    pub fn max_output(&self, model: &str) -> usize {
+        self.router
+            .as_ref()
+            .and_then(|r| r.profiles.iter().find(|p| p.id == model))
+            .map_or(0, |p| p.routing.capabilities.max_output)
+    }
+}
+
+/// The loaded engines by model id; models still loading are listed apart.
+#[derive(Default)]
+pub struct Engines {
+    loaded: RwLock<BTreeMap<String, Arc<Engine>>>,
+    loading: RwLock<Vec<String>>,
+}
+
+impl Engines {
+    pub fn loading(ids: Vec<String>) -> Self {
+        Engines {
+            loaded: RwLock::default(),
+            loading: RwLock::new(ids),
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Engine>> {
+        self.loaded.read().ok()?.get(id).cloned()
+    }
+
+    /// Every loaded engine, in id order.
+    pub fn all(&self) -> Vec<(String, Arc<Engine>)> {
+        self.loaded
+            .read()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn still_loading(&self) -> Vec<String> {
+        self.loading.read().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// A model finished loading.
+    pub fn insert(&self, id: String, engine: Arc<Engine>) {
+        if let Ok(mut l) = self.loading.write() {
+            l.retain(|m| m != &id);
+        }
+        if let Ok(mut m) = self.loaded.write() {
+            m.insert(id, engine);
+        }
+    }
+}
+
+/// What `model: "auto"` decides with.
+pub struct RouterState {
+    pub classifier: Classifier,
+    pub profiles: Vec<ModelProfile>,
+    pub audit: AuditLog,
+    pub default_objective: Objective,
+    pub store_prompts: bool,
+    /// Testing hook (`SWITCHYARD_FAULT_MODELS=a,b`): submissions to these models fail.
+    pub fault_models: Vec<String>,
+}
+
+/// API keys, compared in constant time, each with an optional request-rate
+/// limit (a token bucket per key).
+pub struct ApiKeys {
+    keys: Vec<String>,
+    /// Requests per minute per key; 0 is unlimited.
+    per_minute: u32,
+    buckets: Mutex<HashMap<usize, (f64, Instant)>>,
+}
+
+/// Why a request's key was refused.
+pub enum KeyRefusal {
+    Unknown,
+    /// Over the rate limit: retry after this many seconds.
+    RateLimited(u64),
+}
+
+impl ApiKeys {
+    pub fn new(keys: Vec<String>, per_minute: u32) -> Option<Self> {
+        let keys: Vec<String> = keys.into_iter().filter(|k| !k.is_empty()).collect();
+        (!keys.is_empty()).then(|| ApiKeys {
+            keys,
+            per_minute,
+            buckets: Mutex::default(),
+        })
+    }
+
+    /// Check a presented key and take one request from its bucket.
+    pub fn admit(&self, given: &[u8]) -> Result<(), KeyRefusal> {
+        use subtle::ConstantTimeEq;
+        // Every key is compared (no early exit), each in constant time.
+        let mut found = None;
+        for (i, k) in self.keys.iter().enumerate() {
+            if bool::from(k.as_bytes().ct_eq(given)) {
+                found = Some(i);
+            }
+        }
+        let key = found.ok_or(KeyRefusal::Unknown)?;
+        if self.per_minute == 0 {
+            return Ok(());
+        }
+        let capacity = f64::from(self.per_minute);
+        let per_sec = capacity / 60.0;
+        let mut buckets = self.buckets.lock().map_err(|_| KeyRefusal::Unknown)?;
+        let now = Instant::now();
+        let (tokens, at) = buckets.entry(key).or_insert((capacity, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_sec).min(capacity);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(KeyRefusal::RateLimited(
+                ((1.0 - *tokens) / per_sec).ceil().max(1.0) as u64,
+            ))
+        }
+    }
+}
+
+/// A bounded pool for CPU-heavy request work (tokenizing, chat templates):
+/// at most `threads` jobs run at once on tokio's blocking threads, at most
+/// `max_queued` wait; beyond that the request is shed with 503 + Retry-After,
+/// so a flood of huge prompts never starves the async workers.
+pub struct BlockingPool {
+    permits: Arc<Semaphore>,
+    queued: AtomicUsize,
+    max_queued: usize,
+}
+
+impl BlockingPool {
+    pub fn new(threads: usize, max_queued: usize) -> Self {
+        BlockingPool {
+            permits: Arc::new(Semaphore::new(threads.max(1))),
+            queued: AtomicUsize::new(0),
+            max_queued,
+        }
+    }
+
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        if self.queued.fetch_add(1, Ordering::SeqCst) >= self.max_queued {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::busy(
+                "Too many prompts are being tokenized right now. Retry shortly.",
+            ));
+        }
+        let permit = self.permits.clone().acquire_owned().await;
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        let permit = permit.map_err(|_| ApiError::shutting_down())?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("request preparation failed: {e}")))
+    }
+}
+
+/// Draining on SIGTERM: `/ready` turns 503, new requests get 503, requests in
+/// flight may finish until the grace period ends, then are cancelled.
+pub struct Lifecycle {
+    draining: AtomicBool,
+    in_flight: AtomicUsize,
+    cancel: watch::Sender<bool>,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            cancel: watch::channel(false).0,
+        }
+    }
+}
+
+impl Lifecycle {
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+    /// The grace period is over: requests still running end now.
+    pub fn cancel_all(&self) {
+        self.cancel.send_replace(true);
+    }
+    /// Resolves once [`Lifecycle::cancel_all`] was called.
+    pub fn cancelled(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.cancel.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
+    }
+}
+
+/// Counts a request as in flight while it lives (a streamed one until its
+/// last event).
+pub struct InFlight(Arc<AppState>);
+
+impl InFlight {
+    pub fn new(state: Arc<AppState>) -> Self {
+        state.lifecycle.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.lifecycle.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub fn random_id(prefix: &str) -> String {
+    let n: u128 = rand::rng().random();
+    format!("{prefix}{:024x}", n & ((1u128 << 96) - 1))
+}

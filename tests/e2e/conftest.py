@@ -1,5 +1,7 @@
 """Fixtures for the end-to-end tests: the server started by tests/e2e/run."""
 import os
+import re
+import socket
 
 import httpx
 import openai
@@ -31,3 +33,17 @@ def aclient(base_url):
 def http(base_url):
     with httpx.Client(base_url=base_url, timeout=120) as c:
         yield c
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def kv_used(http, model):
+    """KV blocks held by requests of one model, from /metrics."""
+    m = http.get("/metrics").text
+    return float(re.search(rf'switchyard_kv_blocks_used{{model="{model}"}} (\S+)', m).group(1))

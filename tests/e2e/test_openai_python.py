@@ -1,14 +1,13 @@
 """The server through the official OpenAI Python SDK: shapes, streaming,
 helpers, n>1, seeds, logprobs, errors, cancellation and concurrency."""
 import asyncio
-import re
 import time
 
 import httpx
 import openai
 import pytest
 
-from conftest import GEMMA, SMOL
+from conftest import GEMMA, SMOL, kv_used
 
 HELLO = [{"role": "user", "content": "Name a fruit."}]
 
@@ -146,11 +145,6 @@ def test_health_ready_metrics(http):
     for name in ["switchyard_requests_total", "switchyard_time_to_first_token_seconds_bucket",
                  "switchyard_kv_blocks_free", "switchyard_queue_depth", "switchyard_preemptions_total"]:
         assert name in m
-
-
-def kv_used(http, model):
-    m = http.get("/metrics").text
-    return float(re.search(rf'switchyard_kv_blocks_used{{model="{model}"}} (\S+)', m).group(1))
 
 
 def test_cancellation_frees_blocks(base_url, http):

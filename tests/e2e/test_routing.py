@@ -2,7 +2,6 @@
 header and records, streaming, scope/exclude, and fallback under fault
 injection with the record surviving a kill -9 and restart."""
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import GEMMA, SMOL
+from conftest import GEMMA, SMOL, free_port
 
 KNOWLEDGE = [{"role": "user", "content": "What is the capital of Australia?"}]
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,14 +84,6 @@ def test_bad_routing_requests(client):
     assert "chat/completions" in e.value.message
 
 
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def _start(port, db, log, env_extra):
     env = dict(os.environ, **env_extra)
     p = subprocess.Popen([os.environ["SWITCHYARD_BIN"], "serve", "--config", str(ROOT / "models.toml"),
@@ -113,7 +104,7 @@ def _start(port, db, log, env_extra):
 def test_fallback_under_fault_injection_and_record_survives_kill9(tmp_path):
     if "SWITCHYARD_BIN" not in os.environ:
         pytest.skip("SWITCHYARD_BIN is not set: run tests/e2e/run")
-    port, db = _free_port(), tmp_path / "audit.db"
+    port, db = free_port(), tmp_path / "audit.db"
     with open(tmp_path / "server.log", "wb") as log:
         # SmolLM2 wins auto:quality on a knowledge prompt; make it fail.
         p = _start(port, db, log, {"SWITCHYARD_FAULT_MODELS": SMOL})

@@ -115,7 +115,7 @@ enum Command {
     Submit {
         request: u64,
         prompt: Vec<u32>,
-        params: SamplingParams,
+        params: Box<SamplingParams>,
         events: UnboundedSender<Event>,
     },
     Cancel {
@@ -291,7 +291,7 @@ impl Engine {
             .send(Command::Submit {
                 request,
                 prompt,
-                params,
+                params: Box::new(params),
                 events: tx,
             })
             .map_err(|_| EngineError::Stopped)?;
@@ -379,7 +379,7 @@ impl EngineCore {
                     });
                     return;
                 }
-                let params = Arc::new(params);
+                let params = Arc::new(*params);
                 self.seqs.insert(
                     seq,
                     SeqState {

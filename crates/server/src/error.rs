@@ -42,25 +42,22 @@ impl ApiError {
     }
 
     pub fn context_length(ctx: usize, prompt: usize, max_tokens: usize) -> Self {
-        ApiError {
-            code: Some("context_length_exceeded".into()),
-            param: Some("messages".into()),
-            ..Self::invalid(format!(
-                "This model's maximum context length is {ctx} tokens. However, you requested {} tokens ({prompt} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
-                prompt + max_tokens
-            ))
-        }
+        Self::context_exceeded(ctx, prompt, max_tokens, "")
     }
 
     /// The prompt provably has at least `at_least` tokens (counted without
     /// tokenizing it), too many for the window.
     pub fn context_length_at_least(ctx: usize, at_least: usize, max_tokens: usize) -> Self {
+        Self::context_exceeded(ctx, at_least, max_tokens, "at least ")
+    }
+
+    fn context_exceeded(ctx: usize, prompt: usize, max_tokens: usize, bound: &str) -> Self {
         ApiError {
             code: Some("context_length_exceeded".into()),
             param: Some("messages".into()),
             ..Self::invalid(format!(
-                "This model's maximum context length is {ctx} tokens. However, you requested at least {} tokens (at least {at_least} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
-                at_least + max_tokens
+                "This model's maximum context length is {ctx} tokens. However, you requested {bound}{} tokens ({bound}{prompt} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
+                prompt + max_tokens
             ))
         }
     }

@@ -207,33 +207,29 @@ impl ValidatedRequest {
     pub fn text_bytes(&self) -> usize {
         match &self.input {
             Input::Chat(m) => m.iter().map(|m| m.content.len()).sum(),
-            Input::Completion(p) => p
-                .iter()
-                .map(|p| match p {
-                    Prompt::Text(t) => t.len(),
-                    Prompt::Ids(_) => 0,
-                })
-                .max()
-                .unwrap_or(0),
+            Input::Completion(p) => longest(p, |p| match p {
+                Prompt::Text(t) => t.len(),
+                Prompt::Ids(_) => 0,
+            }),
         }
     }
 
     /// The fewest prompt tokens this request can have on `engine` (a lower
     /// bound, computed without tokenizing).
     pub fn min_prompt_tokens(&self, engine: &Engine) -> usize {
-        let ids = match &self.input {
-            Input::Completion(p) => p
-                .iter()
-                .map(|p| match p {
-                    Prompt::Ids(ids) => ids.len(),
-                    Prompt::Text(_) => 0,
-                })
-                .max()
-                .unwrap_or(0),
+        let given_ids = match &self.input {
+            Input::Completion(p) => longest(p, |p| match p {
+                Prompt::Ids(ids) => ids.len(),
+                Prompt::Text(_) => 0,
+            }),
             Input::Chat(_) => 0,
         };
-        ids.max(engine.tokenizer().min_tokens(self.text_bytes()))
+        given_ids.max(engine.tokenizer().min_tokens(self.text_bytes()))
     }
+}
+
+fn longest(prompts: &[Prompt], len: impl Fn(&Prompt) -> usize) -> usize {
+    prompts.iter().map(len).max().unwrap_or(0)
 }
 
 /// Refuse, without tokenizing, a prompt that provably cannot fit the

@@ -236,16 +236,9 @@ async fn chat_completions(
         .and_then(|b| openai::parse_body::<ChatRequest>(&b, openai::CHAT_FIELDS))
         .and_then(ValidatedRequest::chat)
         .and_then(|v| v.refuse_unsupported().map(|()| v));
-    let v = match validated {
-        Ok(v) => v,
-        Err(e) => return fail(&state, "none", e),
-    };
-    match &v.model {
-        ModelChoice::Auto(_) => routed_chat(state, v).await,
-        ModelChoice::Pinned(model) => {
-            let model = model.clone();
-            pinned(state, v, model).await
-        }
+    match validated {
+        Ok(v) => answer(state, v).await,
+        Err(e) => fail(&state, "none", e),
     }
 }
 
@@ -257,14 +250,16 @@ async fn completions(
         .and_then(|b| openai::parse_body::<CompletionRequest>(&b, openai::COMPLETION_FIELDS))
         .and_then(ValidatedRequest::completion);
     match validated {
-        Ok(v) => match &v.model {
-            ModelChoice::Pinned(model) => {
-                let model = model.clone();
-                pinned(state, v, model).await
-            }
-            ModelChoice::Auto(_) => fail(&state, "none", ApiError::internal("unreachable")),
-        },
+        Ok(v) => answer(state, v).await,
         Err(e) => fail(&state, "none", e),
+    }
+}
+
+/// Serve a validated request: routed for `auto`, else on the named model.
+async fn answer(state: Arc<AppState>, v: ValidatedRequest) -> Response {
+    match v.model.clone() {
+        ModelChoice::Auto(_) => routed_chat(state, v).await,
+        ModelChoice::Pinned(model) => pinned(state, v, model).await,
     }
 }
 

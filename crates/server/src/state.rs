@@ -262,3 +262,54 @@ pub fn random_id(prefix: &str) -> String {
     let n: u128 = rand::rng().random();
     format!("{prefix}{:024x}", n & ((1u128 << 96) - 1))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn keys_are_checked_and_rate_limited_per_key() {
+        assert!(ApiKeys::new(vec![String::new()], 0).is_none());
+        let keys = ApiKeys::new(vec!["alpha".into(), "beta".into()], 2).unwrap();
+        assert!(matches!(keys.admit(b"alph"), Err(KeyRefusal::Unknown)));
+        assert!(matches!(keys.admit(b"alphaa"), Err(KeyRefusal::Unknown)));
+        assert!(matches!(keys.admit(b""), Err(KeyRefusal::Unknown)));
+        assert!(keys.admit(b"alpha").is_ok());
+        assert!(keys.admit(b"alpha").is_ok());
+        match keys.admit(b"alpha") {
+            Err(KeyRefusal::RateLimited(s)) => assert!((1..=30).contains(&s), "{s}"),
+            _ => panic!("third request in a minute should be limited"),
+        }
+        assert!(keys.admit(b"beta").is_ok(), "each key has its own bucket");
+        let unlimited = ApiKeys::new(vec!["k".into()], 0).unwrap();
+        assert!((0..100).all(|_| unlimited.admit(b"k").is_ok()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocking_pool_sheds_past_its_queue() {
+        let pool = Arc::new(BlockingPool::new(1, 1));
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let wait = Arc::new(Mutex::new(wait));
+        let hold = {
+            let (pool, wait) = (pool.clone(), wait.clone());
+            tokio::spawn(async move {
+                pool.run(move || wait.lock().map(|w| w.recv()).is_ok())
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let queued = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.run(|| 7).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let shed = pool.run(|| 8).await.expect_err("third job is shed");
+        assert_eq!(shed.status, 503);
+        assert_eq!(shed.retry_after_s, Some(1));
+        release.send(()).unwrap();
+        assert!(hold.await.unwrap().unwrap());
+        assert_eq!(queued.await.unwrap().unwrap(), 7);
+        assert_eq!(pool.run(|| 9).await.unwrap(), 9);
+    }
+}

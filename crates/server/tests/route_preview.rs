@@ -120,6 +120,11 @@ fn scope_exclude_context_window_and_unknown_quality() {
             json!({}),
         ),
         chat("auto", KNOWLEDGE, json!({"routing": {"min_quality": 0.2}})),
+        chat(
+            "auto",
+            &"lorem ipsum ".repeat(3000),
+            json!({"max_tokens": 100}),
+        ),
     ]);
     assert_eq!(winner(&out[0]), "gemma-3-270m");
     assert!(candidate(&out[0], "smollm2-135m-instruct")["excluded"]
@@ -127,11 +132,22 @@ fn scope_exclude_context_window_and_unknown_quality() {
         .unwrap()
         .contains("allowlist"));
     assert_eq!(winner(&out[1]), "gemma-3-270m");
+    // 9000 output tokens: past SmolLM2's window and past Gemma's max_output.
     let small = candidate(&out[2], "smollm2-135m-instruct")["excluded"]
         .as_str()
         .unwrap();
     assert!(small.contains("context window 8192"), "{small}");
-    assert_eq!(winner(&out[2]), "gemma-3-270m");
+    let gemma = candidate(&out[2], "gemma-3-270m")["excluded"]
+        .as_str()
+        .unwrap();
+    assert!(gemma.contains("max_output 4096"), "{gemma}");
+    assert_eq!(winner(&out[2]), "none");
+    // A ~9k-token prompt only fits Gemma's window.
+    let small = candidate(&out[5], "smollm2-135m-instruct")["excluded"]
+        .as_str()
+        .unwrap();
+    assert!(small.contains("context window 8192"), "{small}");
+    assert_eq!(winner(&out[5]), "gemma-3-270m");
     // Gemma 3 270M has no math evidence: unknown, not zero, not borrowed.
     let g = candidate(&out[3], "gemma-3-270m");
     assert!(

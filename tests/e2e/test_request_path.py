@@ -105,7 +105,7 @@ INVALID_FIELDS = st.one_of(
     st.fixed_dictionaries({"min_p": st.floats(1.01, 5)}),
     st.fixed_dictionaries({"repetition_penalty": st.floats(-5, 0)}),
     st.fixed_dictionaries({"top_k": st.integers(-100, -2)}),
-    st.fixed_dictionaries({st.text("abcdefghij_", min_size=3, max_size=12).filter(lambda k: k not in {"stop", "seed", "user"}): st.integers()}),
+    st.dictionaries(st.text("abcdefghij_", min_size=3, max_size=12), st.integers(), min_size=1, max_size=2),
     st.fixed_dictionaries({"messages": st.sampled_from([
         [], [{"role": "wizard", "content": "x"}], [{"content": "x"}], [{"role": "user", "content": 5}],
         [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],

@@ -99,10 +99,19 @@ impl KvCache {
             ValueStorage::Separate => layout.num_layers,
             ValueStorage::KeyPrefix(_) => 0,
         };
+        // Written, not `vec![0.0; n]`: a zeroed allocation is committed lazily,
+        // page by page as blocks are first used, so the process would grow
+        // for as long as the LRU free queue reaches new blocks. Committing the
+        // pool now makes its memory what it is: reserved at start-up.
+        let committed = || {
+            let mut buf = Vec::with_capacity(n);
+            buf.resize(n, 0.0f32);
+            buf
+        };
         KvCache {
             layout,
-            k: (0..layout.num_layers).map(|_| vec![0.0; n]).collect(),
-            v: (0..v_layers).map(|_| vec![0.0; n]).collect(),
+            k: (0..layout.num_layers).map(|_| committed()).collect(),
+            v: (0..v_layers).map(|_| committed()).collect(),
         }
     }
 

@@ -7,7 +7,7 @@
 //! `cache_salt`) are accepted too. `user` is accepted and logged (it names
 //! the end user; it never changes the output).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -40,7 +40,8 @@ pub struct SamplingFields {
     pub seed: Option<i64>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
-    pub logit_bias: Option<HashMap<String, f32>>,
+    /// Ordered, so that the first bad key reported is always the same one.
+    pub logit_bias: Option<BTreeMap<String, f32>>,
     pub top_k: Option<i64>,
     pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,

@@ -238,6 +238,8 @@ def keyed_server(tmp_path_factory):
 api_keys_file = "keys.txt"
 rate_limit_per_minute = 6
 shutdown_grace_s = 20
+request_timeout_s = 1.5
+stream_idle_timeout_s = 1.5
 
 [router]
 audit_db = "audit.db"
@@ -286,6 +288,27 @@ def test_keys_and_rate_limit(keyed_server):
         assert r.json()["error"]["type"] == "rate_limit_error"
         # Another key has its own bucket.
         assert c.get("/v1/models", headers={"Authorization": "Bearer key-b"}).status_code == 200
+
+
+def test_request_and_stream_idle_timeouts(keyed_server):
+    url, _, _ = keyed_server
+    key = {"Authorization": "Bearer key-b"}
+    # ~3,000 prompt tokens: prefill alone takes longer than the 1.5 s limits.
+    long_prompt = " ".join(f"item{i}" for i in range(1500))
+    body = {"model": SMOL, "max_tokens": 2, "messages": [{"role": "user", "content": long_prompt}]}
+    t0 = time.time()
+    r = httpx.post(url + "/v1/chat/completions", headers=key, timeout=30, json=body)
+    assert r.status_code == 504, r.text
+    assert r.json()["error"]["code"] == "timeout" and time.time() - t0 < 10
+    events = []
+    with httpx.stream("POST", url + "/v1/chat/completions", headers=key, timeout=30,
+                      json={**body, "stream": True}) as s:
+        for line in s.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[6:])
+    assert events[-1] == "[DONE]"
+    err = json.loads(events[-2])["error"]
+    assert err["code"] == "timeout" and "produced nothing" in err["message"]
 
 
 def test_sigterm_drains_and_exits_zero(keyed_server):

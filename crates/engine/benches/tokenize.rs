@@ -1,6 +1,7 @@
 //! Tokenizing huge prompts with both default models' tokenizers (Gemma's
 //! SentencePiece merge, SmolLM2's byte-level BPE): median of 3 runs per size.
-//! `cargo bench -p switchyard-engine --bench tokenize` (after scripts/fetch-models)
+//! `cargo bench -p switchyard-engine --bench tokenize` (after scripts/fetch-models);
+//! `TOKENIZE_SIZES=10000,30000` picks the prompt sizes in characters.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -19,7 +20,11 @@ fn main() {
             .unwrap_or_else(|e| panic!("{file}: {e}: run scripts/fetch-models first"));
         let content = Content::read(&mut f).expect("gguf");
         let tk = Tokenizer::from_gguf(&content).expect("tokenizer");
-        for size in [10_000usize, 100_000, 1_000_000] {
+        let sizes: Vec<usize> = std::env::var("TOKENIZE_SIZES")
+            .ok()
+            .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![10_000, 100_000, 1_000_000]);
+        for &size in &sizes {
             let text: String = unit
                 .repeat(size / unit.len() + 1)
                 .chars()

@@ -250,10 +250,15 @@ impl Engine {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// Render a chat with the model's template (generation prompt added);
+    /// tokenize the text with `tokenizer().encode(text, true)`.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        self.template.render(messages, true)
+    }
+
     /// Render a chat with the model's template and tokenize it.
     pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
-        let text = self.template.render(messages, true)?;
-        self.tokenizer.encode(&text, true)
+        self.tokenizer.encode(&self.render_chat(messages)?, true)
     }
 
     /// Queue a request; its events arrive on the returned stream.

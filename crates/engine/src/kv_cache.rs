@@ -99,13 +99,16 @@ impl KvCache {
             ValueStorage::Separate => layout.num_layers,
             ValueStorage::KeyPrefix(_) => 0,
         };
-        // Written, not `vec![0.0; n]`: a zeroed allocation is committed lazily,
-        // page by page as blocks are first used, so the process would grow
-        // for as long as the LRU free queue reaches new blocks. Committing the
-        // pool now makes its memory what it is: reserved at start-up.
+        // A zeroed allocation is committed lazily, page by page as blocks are
+        // first used, so the process would grow for as long as the LRU free
+        // queue reaches new blocks. Touching every page now (through
+        // `black_box`, so the write cannot be folded away) makes the pool's
+        // memory what it is: reserved at start-up.
         let committed = || {
-            let mut buf = Vec::with_capacity(n);
-            buf.resize(n, 0.0f32);
+            let mut buf = vec![0.0f32; n];
+            for x in buf.iter_mut().step_by(1024) {
+                *x = std::hint::black_box(0.0);
+            }
             buf
         };
         KvCache {

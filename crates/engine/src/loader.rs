@@ -88,16 +88,46 @@ impl ModelSource {
     }
 }
 
-fn resolve_hub(repo: &str, revision: &str, file: &str) -> Result<PathBuf> {
-    let hf_repo = hf_hub::Repo::with_revision(
+impl ModelSource {
+    /// The local file or folder for this source if it is already here (a
+    /// path that exists, or a hub file in the cache); never downloads.
+    pub fn local(&self, base: &Path) -> Option<PathBuf> {
+        match self {
+            ModelSource::Path(_) => self.resolve(base).ok(),
+            ModelSource::Hub {
+                repo,
+                revision,
+                file,
+            } => {
+                let cache = hub_cache().repo(hub_repo(repo, revision));
+                match file {
+                    Some(f) => cache.get(f),
+                    None => cache.get("config.json")?.parent().map(Path::to_path_buf),
+                }
+            }
+        }
+    }
+}
+
+/// The local Hugging Face cache (`HF_HUB_CACHE`, else the default).
+fn hub_cache() -> hf_hub::Cache {
+    match std::env::var_os("HF_HUB_CACHE") {
+        Some(dir) => hf_hub::Cache::new(PathBuf::from(dir)),
+        None => hf_hub::Cache::from_env(),
+    }
+}
+
+fn hub_repo(repo: &str, revision: &str) -> hf_hub::Repo {
+    hf_hub::Repo::with_revision(
         repo.to_string(),
         hf_hub::RepoType::Model,
         revision.to_string(),
-    );
-    let cache = match std::env::var_os("HF_HUB_CACHE") {
-        Some(dir) => hf_hub::Cache::new(PathBuf::from(dir)),
-        None => hf_hub::Cache::from_env(),
-    };
+    )
+}
+
+fn resolve_hub(repo: &str, revision: &str, file: &str) -> Result<PathBuf> {
+    let hf_repo = hub_repo(repo, revision);
+    let cache = hub_cache();
     if let Some(p) = cache.repo(hf_repo.clone()).get(file) {
         return Ok(p);
     }

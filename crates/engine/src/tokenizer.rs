@@ -184,7 +184,7 @@ impl Tokenizer {
             }
         }
         Ok(Tokenizer {
-            longest_token_bytes: longest_token_bytes(&vocab, &token_bytes, 1),
+            longest_token_bytes: longest_token_bytes(&vocab, &token_bytes),
             kind,
             token_bytes,
             is_control,
@@ -256,11 +256,12 @@ impl Tokenizer {
                 eog.push(e);
             }
         }
-        // A normalizer can shrink text before it is split (Unicode composition
-        // joins up to three characters into one): allow for that in the bound.
-        let shrink = if raw["normalizer"].is_null() { 1 } else { 4 };
         Ok(Tokenizer {
-            longest_token_bytes: longest_token_bytes(&vocab, &token_bytes, shrink),
+            longest_token_bytes: if text_only_grows(&raw) {
+                longest_token_bytes(&vocab, &token_bytes)
+            } else {
+                usize::MAX // no bound: `min_tokens` is 0
+            },
             kind: Kind::Bpe(Box::new(tk)),
             token_bytes,
             is_control,
@@ -344,15 +345,31 @@ impl Tokenizer {
 }
 
 /// The most input bytes one token can cover: its vocabulary string or its
-/// decoded bytes, whichever is longer, times `shrink` for normalizers.
-fn longest_token_bytes(
-    vocab: &HashMap<String, u32>,
-    token_bytes: &[Vec<u8>],
-    shrink: usize,
-) -> usize {
+/// decoded bytes, whichever is longer. A bound only where the text reaches
+/// the vocabulary without shrinking (see [`text_only_grows`]).
+fn longest_token_bytes(vocab: &HashMap<String, u32>, token_bytes: &[Vec<u8>]) -> usize {
     let by_text = vocab.keys().map(String::len).max().unwrap_or(1);
     let by_bytes = token_bytes.iter().map(Vec::len).max().unwrap_or(1);
-    by_text.max(by_bytes).max(1) * shrink
+    by_text.max(by_bytes).max(1)
+}
+
+/// Can a `tokenizer.json` pipeline only keep or lengthen the input before
+/// BPE? Normalizers (composition, stripping), pre-tokenizers that drop
+/// whitespace or delimiters, added tokens that swallow neighbouring
+/// whitespace, `fuse_unk`, and non-BPE models can all shrink it, and then no
+/// bound on the token count follows from the text's length.
+fn text_only_grows(raw: &serde_json::Value) -> bool {
+    let pre = raw["pre_tokenizer"].to_string();
+    let strips = |t: &serde_json::Value| t["lstrip"] == true || t["rstrip"] == true;
+    raw["normalizer"].is_null()
+        && raw["model"]["type"] == "BPE"
+        && raw["model"]["fuse_unk"] != true
+        && !["Whitespace", "Bert", "\"Removed\""]
+            .iter()
+            .any(|p| pre.contains(p))
+        && !raw["added_tokens"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(strips))
 }
 
 /// SentencePiece-style BPE by token score, as in llama.cpp's `llm_tokenizer_spm`.
@@ -465,12 +482,10 @@ impl Spm {
                 };
                 let range = syms[left].range.start..right.range.end;
                 if let Some(&id) = vocab.get(&text[range.clone()]) {
+                    // `+ 0.0` turns -0.0 into 0.0: equal scores tie (leftmost wins).
+                    let score = self.scores.get(id as usize).copied();
                     heap.push(SpmPair {
-                        score: self
-                            .scores
-                            .get(id as usize)
-                            .copied()
-                            .unwrap_or(f32::NEG_INFINITY),
+                        score: score.unwrap_or(f32::NEG_INFINITY) + 0.0,
                         left,
                         len: range.len(),
                     });
@@ -687,10 +702,12 @@ mod tests {
         /// ties included (scores drawn from a few values so ties are common).
         #[test]
         fn heap_merge_equals_quadratic_scan(
-            pieces in proptest::collection::vec(("[ab▁é]{2,4}", 0u8..4), 1..24),
+            pieces in proptest::collection::vec(("[ab▁é]{2,4}", 0usize..5), 1..24),
             text in "[ab▁é]{0,40}",
         ) {
-            let vocab: Vec<(&str, f32)> = pieces.iter().map(|(p, s)| (p.as_str(), *s as f32)).collect();
+            // SentencePiece scores its first piece -0.0: it must tie with 0.0.
+            let score = [-0.0f32, 0.0, 1.0, 2.0, 3.0];
+            let vocab: Vec<(&str, f32)> = pieces.iter().map(|(p, s)| (p.as_str(), score[*s])).collect();
             let (spm, map) = spm_with(&vocab);
             let heap: Vec<String> = spm.merge(&text, &map).into_iter().map(|r| text[r].to_string()).collect();
             proptest::prop_assert_eq!(heap, merge_by_scan(&spm, &text, &map));

@@ -181,6 +181,18 @@ impl ApiError {
         }
     }
 
+    /// A stream that produced nothing for `after`.
+    pub fn stream_idle(after: std::time::Duration) -> Self {
+        ApiError {
+            code: Some("timeout".into()),
+            ..Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "server_error",
+                format!("The stream produced nothing for {} s.", after.as_secs_f64()),
+            )
+        }
+    }
+
     /// Is this the request's own fault (the same on any model), rather than
     /// the serving side's (overload, a stopped engine)?
     pub fn is_client_error(&self) -> bool {

@@ -202,67 +202,59 @@ impl ValidatedRequest {
         }
     }
 
-    /// Bytes of prompt text the longest prompt has (a chat's message
-    /// contents): the tokenizer-free length check works from this.
-    pub fn text_bytes(&self) -> usize {
-        match &self.input {
-            Input::Chat(m) => m.iter().map(|m| m.content.len()).sum(),
-            Input::Completion(p) => longest(p, |p| match p {
-                Prompt::Text(t) => t.len(),
-                Prompt::Ids(_) => 0,
-            }),
+    /// The routing options with the objective from `auto:<objective>`
+    /// when the options name none.
+    pub fn routing_options(&self) -> RoutingOptions {
+        let mut options = self.routing.clone().unwrap_or_default();
+        if let (None, ModelChoice::Auto(objective)) = (options.objective, &self.model) {
+            options.objective = *objective;
         }
-    }
-
-    /// The fewest prompt tokens this request can have on `engine` (a lower
-    /// bound, computed without tokenizing).
-    pub fn min_prompt_tokens(&self, engine: &Engine) -> usize {
-        let given_ids = match &self.input {
-            Input::Completion(p) => longest(p, |p| match p {
-                Prompt::Ids(ids) => ids.len(),
-                Prompt::Text(_) => 0,
-            }),
-            Input::Chat(_) => 0,
-        };
-        given_ids.max(engine.tokenizer().min_tokens(self.text_bytes()))
+        options
     }
 }
 
-fn longest(prompts: &[Prompt], len: impl Fn(&Prompt) -> usize) -> usize {
-    prompts.iter().map(len).max().unwrap_or(0)
-}
-
-/// Refuse, without tokenizing, a prompt that provably cannot fit the
-/// context window; then tokenize on the blocking pool.
+/// The model's prompts, off the async runtime: render the chat template,
+/// refuse a text that provably cannot fit the context window (its bytes ÷
+/// the longest token's already exceed it) without tokenizing it, then
+/// tokenize.
 pub async fn tokenize(
     state: &AppState,
     v: &ValidatedRequest,
     engine: &Arc<Engine>,
 ) -> Result<Vec<Vec<u32>>, ApiError> {
-    let ctx = engine.context_length();
-    let at_least = v.min_prompt_tokens(engine);
-    let out = v.max_tokens.unwrap_or(1);
-    if at_least + out > ctx {
-        return Err(ApiError::context_length_at_least(ctx, at_least, out));
-    }
     let engine = engine.clone();
     let input = v.input.clone();
+    let out = v.max_tokens.unwrap_or(1);
     state
         .blocking
         .run(move || -> Result<Vec<Vec<u32>>, ApiError> {
-            match input {
-                Input::Chat(messages) => Ok(vec![engine.encode_chat(&messages)?]),
-                Input::Completion(prompts) => prompts
-                    .iter()
-                    .map(|p| match p {
-                        Prompt::Ids(ids) => Ok(ids.clone()),
-                        Prompt::Text(t) => engine
-                            .tokenizer()
-                            .encode(t, true)
-                            .map_err(|e| ApiError::invalid_param("prompt", e.to_string())),
-                    })
-                    .collect(),
+            let (texts, param) = match input {
+                Input::Chat(messages) => (
+                    vec![Prompt::Text(engine.render_chat(&messages)?)],
+                    "messages",
+                ),
+                Input::Completion(prompts) => (Arc::unwrap_or_clone(prompts), "prompt"),
+            };
+            let ctx = engine.context_length();
+            for text in &texts {
+                let at_least = match text {
+                    Prompt::Text(t) => engine.tokenizer().min_tokens(t.len()),
+                    Prompt::Ids(ids) => ids.len(),
+                };
+                if at_least + out > ctx {
+                    return Err(ApiError::context_length_at_least(ctx, at_least, out));
+                }
             }
+            texts
+                .into_iter()
+                .map(|p| match p {
+                    Prompt::Ids(ids) => Ok(ids),
+                    Prompt::Text(t) => engine
+                        .tokenizer()
+                        .encode(&t, true)
+                        .map_err(|e| ApiError::invalid_param(param, e.to_string())),
+                })
+                .collect()
         })
         .await?
 }

@@ -269,12 +269,8 @@ fn preview_one(
 ) -> Result<switchyard_router::Decision, error::ApiError> {
     let req: openai::ChatRequest = openai::parse_body(line.as_bytes(), openai::CHAT_FIELDS)?;
     let v = ValidatedRequest::chat(req)?;
-    let mut options = v.routing.clone().unwrap_or_default();
-    if let (None, switchyard_server::job::ModelChoice::Auto(objective)) =
-        (options.objective, &v.model)
-    {
-        options.objective = *objective;
-    }
+    // What the server would refuse, the dry run refuses too.
+    v.refuse_unsupported()?;
     let messages = v.messages();
     let text = routed::routing_text(messages);
     // Without the tokenizers, estimate: ~4 characters a token plus template overhead.
@@ -286,7 +282,7 @@ fn preview_one(
         max_tokens: v.max_tokens,
         needs_tools: v.needs_tools,
         needs_json: v.needs_json,
-        options,
+        options: v.routing_options(),
         default_objective: catalog.router.default_objective,
     };
     Ok(switchyard_router::decide(profiles, &rr, &IdleLoad))

@@ -23,6 +23,7 @@ pub enum StopField {
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
@@ -304,7 +305,8 @@ impl SamplingFields {
 }
 
 /// Chat messages in the template's terms: content as plain text. A message
-/// key the templates cannot carry yet (`tool_calls`, `name`) is refused.
+/// key the templates cannot carry yet (`tool_calls`, `tool_call_id`, `name`)
+/// is refused.
 pub fn chat_messages(messages: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::invalid_param(
@@ -320,7 +322,7 @@ pub fn chat_messages(messages: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
             let Some(fields) = m.as_object() else {
                 return Err(ApiError::invalid_param(&param, format!("messages[{i}] must be an object")));
             };
-            if let Some(key) = fields.keys().find(|k| !["role", "content", "tool_call_id"].contains(&k.as_str())) {
+            if let Some(key) = fields.keys().find(|k| !["role", "content"].contains(&k.as_str())) {
                 return Err(ApiError::invalid_param(
                     &format!("{param}.{key}"),
                     format!("messages[{i}].{key} is not supported."),

@@ -1,6 +1,7 @@
 //! The audit record of one served request: what the response says about its
 //! routing, and the outcome written back to the audit log when it ends.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{json, Value};
@@ -9,7 +10,8 @@ use switchyard_router::{Decision, ModelProfile, Outcome};
 use crate::state::AppState;
 
 /// What the response needs to carry about the routing, and what the audit
-/// record still needs once the request is done.
+/// record still needs once the request is done. Dropped unfinished (the
+/// client went away), it records the request as cancelled.
 pub struct RouteCtx {
     pub decision_id: String,
     pub summary: Value,
@@ -17,18 +19,41 @@ pub struct RouteCtx {
     pub started: Instant,
     /// $/hour or per-token prices of the served model, for the actual cost.
     pub profile: ModelProfile,
+    state: Arc<AppState>,
+    finished: bool,
 }
 
 impl RouteCtx {
-    /// Fill in the outcome and write it to the audit log.
+    pub fn new(
+        state: Arc<AppState>,
+        decision_id: String,
+        summary: Value,
+        outcome: Outcome,
+        started: Instant,
+        profile: ModelProfile,
+    ) -> Self {
+        RouteCtx {
+            decision_id,
+            summary,
+            outcome,
+            started,
+            profile,
+            state,
+            finished: false,
+        }
+    }
+
+    /// Fill in the outcome and write it to the audit log (once).
     pub fn finish(
         &mut self,
-        state: &AppState,
         prompt: usize,
         completion: usize,
         ttft_ms: Option<f64>,
         error: Option<String>,
     ) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
         let elapsed = self.started.elapsed().as_secs_f64();
         self.outcome.prompt_tokens = prompt;
         self.outcome.completion_tokens = completion;
@@ -36,11 +61,17 @@ impl RouteCtx {
         self.outcome.total_ms = Some(elapsed * 1000.0);
         self.outcome.cost_usd = Some(actual_cost(&self.profile, prompt, completion, elapsed));
         self.outcome.error = error;
-        if let Some(r) = &state.router {
+        if let Some(r) = &self.state.router {
             if let Err(e) = r.audit.complete(&self.decision_id, &self.outcome) {
                 tracing::warn!("audit: {e}");
             }
         }
+    }
+}
+
+impl Drop for RouteCtx {
+    fn drop(&mut self) {
+        self.finish(0, 0, None, Some("cancelled by the client".into()));
     }
 }
 

@@ -18,9 +18,9 @@ use switchyard_router::{
 };
 
 use crate::error::ApiError;
-use crate::job::{admit, tokenize, Job, ModelChoice, Pending, ValidatedRequest};
+use crate::job::{admit, tokenize, Job, Pending, ValidatedRequest};
 use crate::record::{summary, RouteCtx};
-use crate::state::{random_id, AppState};
+use crate::state::{random_id, AppState, RouterState};
 
 struct EngineLoad<'a>(&'a AppState);
 
@@ -67,28 +67,30 @@ pub async fn route_chat(
         ));
     };
     let started = Instant::now();
-    let mut options = v.routing.clone().unwrap_or_default();
-    if let (None, ModelChoice::Auto(objective)) = (options.objective, &v.model) {
-        options.objective = *objective;
-    }
     let text = routing_text(v.messages());
     let classification = router.classifier.classify(&text);
+    let profiles = router.profiles();
     // Each model's own template and tokenizer (off the async runtime), kept
-    // for the one that serves; a prompt provably too long is not tokenized.
-    let mut prompts: HashMap<String, Result<Vec<Vec<u32>>, ApiError>> = HashMap::new();
-    let mut prompt_tokens = Vec::with_capacity(router.profiles.len());
-    for p in &router.profiles {
+    // for the one that serves. A model that refuses the prompt (too long,
+    // template error) is excluded by its context window; if none is left,
+    // its refusal is the answer, as it would be for a pinned request.
+    let mut prompts: HashMap<String, Vec<Vec<u32>>> = HashMap::new();
+    let mut refusal: Option<ApiError> = None;
+    let mut prompt_tokens = Vec::with_capacity(profiles.len());
+    for p in &profiles {
         let n = match state.engines.get(&p.id) {
-            Some(engine) => {
-                let tokens = tokenize(state, v, &engine).await;
-                let n = match &tokens {
-                    Ok(t) => t.iter().map(Vec::len).max().unwrap_or(0),
-                    Err(e) if !e.is_client_error() => return Err((e.clone(), None)),
-                    Err(_) => v.min_prompt_tokens(&engine).max(p.context_window + 1),
-                };
-                prompts.insert(p.id.clone(), tokens);
-                n
-            }
+            Some(engine) => match tokenize(state, v, &engine).await {
+                Ok(t) => {
+                    let n = t.iter().map(Vec::len).max().unwrap_or(0);
+                    prompts.insert(p.id.clone(), t);
+                    n
+                }
+                Err(e) if e.is_client_error() => {
+                    refusal.get_or_insert(e);
+                    p.context_window.saturating_add(1)
+                }
+                Err(e) => return Err((e, None)),
+            },
             None => 0, // not loaded: excluded by decide
         };
         prompt_tokens.push((p.id.clone(), n));
@@ -99,10 +101,10 @@ pub async fn route_chat(
         max_tokens: v.max_tokens,
         needs_tools: v.needs_tools,
         needs_json: v.needs_json,
-        options,
+        options: v.routing_options(),
         default_objective: router.default_objective,
     };
-    let decision = decide(&router.profiles, &rr, &EngineLoad(state));
+    let decision = decide(&profiles, &rr, &EngineLoad(state));
     let id = random_id("dec-");
     if let Err(e) = router
         .audit
@@ -112,9 +114,9 @@ pub async fn route_chat(
     }
     tracing::info!(decision = %id, why = %decision.why, "routed");
     let mut fallbacks: Vec<(String, String)> = Vec::new();
-    // The first refusal that is the request's own fault, answered as a
-    // pinned model would if every candidate refuses.
-    let mut client_error: Option<ApiError> = None;
+    // Refusals that are the request's own fault; answered as a pinned model
+    // would only if every candidate refused that way.
+    let mut client_errors: Vec<ApiError> = Vec::new();
     for model in &decision.order {
         if router.fault_models.contains(model) {
             fallbacks.push((
@@ -123,20 +125,16 @@ pub async fn route_chat(
             ));
             continue;
         }
-        let Some(engine) = state.engines.get(model) else {
+        let (Some(engine), Some(prompt)) = (state.engines.get(model), prompts.remove(model)) else {
             fallbacks.push((model.clone(), "not loaded".into()));
             continue;
         };
-        let attempt = prompts
-            .remove(model)
-            .unwrap_or_else(|| Err(ApiError::internal("no prompt")))
-            .and_then(|p| admit(state, v, model, engine.clone(), p));
-        let job = match attempt {
+        let job = match admit(state, v, model, engine, prompt) {
             Ok(j) => j,
             Err(e) => {
                 fallbacks.push((model.clone(), e.message.clone()));
                 if e.is_client_error() {
-                    client_error.get_or_insert(e);
+                    client_errors.push(e);
                 }
                 continue;
             }
@@ -151,41 +149,61 @@ pub async fn route_chat(
                 continue;
             }
         };
-        match stream.next().await {
+        let first = tokio::select! {
+            first = stream.next() => first,
+            () = state.lifecycle.cancelled() => {
+                fallbacks.push((model.clone(), "the server is shutting down".into()));
+                return Err(unserved(router, &id, fallbacks, ApiError::shutting_down()));
+            }
+        };
+        match first {
             Some(Event::Error { message }) => fallbacks.push((model.clone(), message)),
             None => fallbacks.push((model.clone(), "the engine stopped".into())),
             Some(first) => {
-                let Some(profile) = router.profiles.iter().find(|p| &p.id == model).cloned() else {
+                let Some(profile) = profiles.iter().find(|p| &p.id == model).cloned() else {
                     fallbacks.push((model.clone(), "no catalog profile".into()));
                     continue;
                 };
                 let mut job = job;
-                job.route = Some(RouteCtx {
-                    summary: summary(&id, &decision, model, &fallbacks),
-                    decision_id: id.clone(),
-                    outcome: Outcome {
+                job.route = Some(RouteCtx::new(
+                    state.clone(),
+                    id.clone(),
+                    summary(&id, &decision, model, &fallbacks),
+                    Outcome {
                         served_model: Some(model.clone()),
                         fallbacks,
                         ..Default::default()
                     },
                     started,
                     profile,
-                });
+                ));
                 return Ok((job, Pending::new(stream, Some(first))));
             }
         }
     }
-    let all_refused = client_error.is_some() && fallbacks.len() == decision.order.len();
     let err = if decision.order.is_empty() {
-        ApiError {
-            code: Some("no_eligible_model".into()),
-            ..ApiError::invalid_param(
-                "model",
-                format!("No model can serve this request: {}", exclusions(&decision)),
-            )
+        match refusal {
+            Some(e) => e,
+            None if decision
+                .candidates
+                .iter()
+                .all(|c| excluded_by_load(c.excluded.as_deref())) =>
+            {
+                ApiError::busy(format!(
+                    "No model can serve this request right now: {}",
+                    exclusions(&decision)
+                ))
+            }
+            None => ApiError {
+                code: Some("no_eligible_model".into()),
+                ..ApiError::invalid_param(
+                    "model",
+                    format!("No model can serve this request: {}", exclusions(&decision)),
+                )
+            },
         }
-    } else if let (true, Some(e)) = (all_refused, client_error) {
-        e
+    } else if client_errors.len() == fallbacks.len() && !client_errors.is_empty() {
+        client_errors.swap_remove(0)
     } else {
         ApiError::unavailable(format!(
             "Every candidate failed: {}",
@@ -196,15 +214,30 @@ pub async fn route_chat(
                 .join("; ")
         ))
     };
+    Err(unserved(router, &id, fallbacks, err))
+}
+
+/// Complete the record of a request no model served; the error and its id.
+fn unserved(
+    router: &RouterState,
+    id: &str,
+    fallbacks: Vec<(String, String)>,
+    err: ApiError,
+) -> (ApiError, Option<String>) {
     let outcome = Outcome {
         fallbacks,
         error: Some(err.message.clone()),
         ..Default::default()
     };
-    if let Err(e) = router.audit.complete(&id, &outcome) {
+    if let Err(e) = router.audit.complete(id, &outcome) {
         tracing::warn!("audit: {e}");
     }
-    Err((err, Some(id)))
+    (err, Some(id.to_string()))
+}
+
+/// Exclusions that pass with time (loading, overload), not the request's fault.
+fn excluded_by_load(reason: Option<&str>) -> bool {
+    reason.is_some_and(|r| r == "not loaded" || r == "unhealthy" || r.starts_with("saturated"))
 }
 
 fn exclusions(d: &Decision) -> String {
@@ -224,13 +257,13 @@ fn exclusions(d: &Decision) -> String {
 /// Record a pinned request that carried routing options, and attach the
 /// routing context to its job. Returns the decision id.
 pub fn pin(
-    state: &AppState,
+    state: &Arc<AppState>,
     job: &mut Job,
     messages: &[ChatMessage],
     options: RoutingOptions,
 ) -> Option<String> {
     let router = state.router.as_ref()?;
-    let profile = router.profiles.iter().find(|p| p.id == job.model)?.clone();
+    let profile = router.profile(&job.model)?;
     let text = routing_text(messages);
     let objective = options.objective.unwrap_or(router.default_objective);
     let decision = switchyard_router::decide::pinned(
@@ -246,16 +279,17 @@ pub fn pin(
     {
         tracing::warn!("audit: {e}");
     }
-    job.route = Some(RouteCtx {
-        summary: summary(&id, &decision, &job.model, &[]),
-        decision_id: id.clone(),
-        outcome: Outcome {
+    job.route = Some(RouteCtx::new(
+        state.clone(),
+        id.clone(),
+        summary(&id, &decision, &job.model, &[]),
+        Outcome {
             served_model: Some(job.model.clone()),
             ..Default::default()
         },
-        started: Instant::now(),
+        Instant::now(),
         profile,
-    });
+    ));
     Some(id)
 }
 

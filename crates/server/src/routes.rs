@@ -74,7 +74,7 @@ async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
             let given = req
                 .headers()
                 .get(header::AUTHORIZATION)
-                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                .and_then(|v| bearer_token(v.as_bytes()))
                 .unwrap_or_default();
             match keys.admit(given) {
                 Ok(()) => {}
@@ -87,6 +87,12 @@ async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
         }
     }
     next.run(req).await
+}
+
+/// The token of `Authorization: Bearer <token>` (the scheme is case-insensitive).
+fn bearer_token(header: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = header.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
 }
 
 /// After SIGTERM new work is refused with 503 (reads still answer).
@@ -256,16 +262,23 @@ async fn completions(
 }
 
 /// Serve a validated request: routed for `auto`, else on the named model.
+/// It counts as in flight (for the drain) from here to its last byte.
 async fn answer(state: Arc<AppState>, v: ValidatedRequest) -> Response {
+    let in_flight = InFlight::new(state.clone());
     match v.model.clone() {
-        ModelChoice::Auto(_) => routed_chat(state, v).await,
-        ModelChoice::Pinned(model) => pinned(state, v, model).await,
+        ModelChoice::Auto(_) => routed_chat(state, v, in_flight).await,
+        ModelChoice::Pinned(model) => pinned(state, v, model, in_flight).await,
     }
 }
 
 /// A request for a named model: tokenize, admit, record when it carries
 /// routing options, submit, answer.
-async fn pinned(state: Arc<AppState>, v: ValidatedRequest, model: String) -> Response {
+async fn pinned(
+    state: Arc<AppState>,
+    v: ValidatedRequest,
+    model: String,
+    in_flight: InFlight,
+) -> Response {
     let admitted = async {
         let engine = engine_for(&state, &model)?;
         let prompts = tokenize(&state, &v, &engine).await?;
@@ -282,10 +295,10 @@ async fn pinned(state: Arc<AppState>, v: ValidatedRequest, model: String) -> Res
         .clone()
         .and_then(|options| routed::pin(&state, &mut job, v.messages(), options));
     let mut resp = match job::submit(&job) {
-        Ok(streams) => serve(state, job, streams).await,
+        Ok(streams) => serve(state, job, streams, in_flight).await,
         Err(e) => {
             if let Some(route) = job.route.as_mut() {
-                route.finish(&state, 0, 0, None, Some(e.message.clone()));
+                route.finish(0, 0, None, Some(e.message.clone()));
             }
             fail(&state, &job.model, e)
         }
@@ -296,11 +309,11 @@ async fn pinned(state: Arc<AppState>, v: ValidatedRequest, model: String) -> Res
     resp
 }
 
-async fn routed_chat(state: Arc<AppState>, v: ValidatedRequest) -> Response {
+async fn routed_chat(state: Arc<AppState>, v: ValidatedRequest, in_flight: InFlight) -> Response {
     match routed::route_chat(&state, &v).await {
         Ok((job, pending)) => {
             let id = job.route.as_ref().map(|r| r.decision_id.clone());
-            let mut resp = serve(state, job, vec![pending]).await;
+            let mut resp = serve(state, job, vec![pending], in_flight).await;
             if let Some(v) = id.and_then(|id| HeaderValue::from_str(&id).ok()) {
                 resp.headers_mut().insert("x-switchyard-decision-id", v);
             }
@@ -317,12 +330,17 @@ async fn routed_chat(state: Arc<AppState>, v: ValidatedRequest) -> Response {
 }
 
 /// Answer from submitted streams: one JSON body, or SSE.
-async fn serve(state: Arc<AppState>, job: Job, streams: Vec<Pending>) -> Response {
+async fn serve(
+    state: Arc<AppState>,
+    job: Job,
+    streams: Vec<Pending>,
+    in_flight: InFlight,
+) -> Response {
     if job.stream {
-        stream_response(state, job, streams)
+        stream_response(state, job, streams, in_flight)
     } else {
         let mut job = job;
-        let _in_flight = InFlight::new(state.clone());
+        let _in_flight = in_flight;
         match collect(&state, &mut job, streams).await {
             Ok(body) => {
                 state.metrics.request(&job.model, "200");
@@ -402,8 +420,8 @@ async fn collect(
         () = state.lifecycle.cancelled() => Err(ApiError::shutting_down()),
     };
     match (&result, job.route.as_mut()) {
-        (Ok((_, usage, ttft)), Some(route)) => route.finish(state, usage.0, usage.1, *ttft, None),
-        (Err(e), Some(route)) => route.finish(state, 0, 0, None, Some(e.message.clone())),
+        (Ok((_, usage, ttft)), Some(route)) => route.finish(usage.0, usage.1, *ttft, None),
+        (Err(e), Some(route)) => route.finish(0, 0, None, Some(e.message.clone())),
         _ => {}
     }
     let (mut body, _, _) = result?;
@@ -525,13 +543,7 @@ impl Drop for SseState {
             self.state.metrics.request(&self.job.model, "cancelled");
             if let Some(mut route) = self.job.route.take() {
                 let (p, c, _) = self.usage;
-                route.finish(
-                    &self.state,
-                    p,
-                    c,
-                    self.ttft_ms,
-                    Some("cancelled by the client".into()),
-                );
+                route.finish(p, c, self.ttft_ms, Some("cancelled by the client".into()));
             }
         }
     }
@@ -662,7 +674,7 @@ impl SseState {
         self.finished = true;
         if let Some(mut route) = self.job.route.take() {
             let (p, c, _) = self.usage;
-            route.finish(&self.state, p, c, self.ttft_ms, Some(message));
+            route.finish(p, c, self.ttft_ms, Some(message));
         }
     }
 
@@ -688,12 +700,17 @@ impl SseState {
         self.state.metrics.request(&self.job.model, "200");
         self.finished = true;
         if let Some(mut route) = self.job.route.take() {
-            route.finish(&self.state, p, c, self.ttft_ms, None);
+            route.finish(p, c, self.ttft_ms, None);
         }
     }
 }
 
-fn stream_response(state: Arc<AppState>, job: Job, streams: Vec<Pending>) -> Response {
+fn stream_response(
+    state: Arc<AppState>,
+    job: Job,
+    streams: Vec<Pending>,
+    in_flight: InFlight,
+) -> Response {
     let n = job.params.n;
     let total = n * streams.len();
     let mut st = SseState {
@@ -710,7 +727,7 @@ fn stream_response(state: Arc<AppState>, job: Job, streams: Vec<Pending>) -> Res
         usage: (0, 0, 0),
         remaining: n,
         finished: false,
-        _in_flight: InFlight::new(state.clone()),
+        _in_flight: in_flight,
         state,
         job,
     };
@@ -746,7 +763,7 @@ fn stream_response(state: Arc<AppState>, job: Job, streams: Vec<Pending>) -> Res
                 continue;
             };
             match next {
-                Err(_) => st.fail(ApiError::timeout(idle)),
+                Err(_) => st.fail(ApiError::stream_idle(idle)),
                 Ok(Some(ev)) => {
                     let finished = matches!(ev, Event::Finished { .. });
                     st.on_event(base, ev);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_engine::{Engine, EngineConfig, LoadedModel};
+use switchyard_engine::{Engine, EngineConfig, LoadedModel, ModelSource};
 use switchyard_router::ModelProfile;
 
 use crate::config::{Catalog, ModelEntry};
@@ -17,7 +17,10 @@ use crate::state::{ApiKeys, AppState, BlockingPool, Engines, Lifecycle, RouterSt
 /// Context window of a catalog entry without loading its weights: the GGUF's
 /// metadata or `config.json` when the weights are local, else the entry's `context_window`.
 pub fn preview_context_window(catalog: &Catalog, entry: &ModelEntry) -> anyhow::Result<usize> {
-    let from_file = catalog.resolve(entry).ok().and_then(|path| {
+    let local = ModelSource::parse(&entry.source)
+        .ok()
+        .and_then(|s| s.local(&catalog.base_dir));
+    let from_file = local.and_then(|path| {
         let config = if path.is_dir() {
             let json = std::fs::read_to_string(path.join("config.json")).ok()?;
             switchyard_engine::ModelConfig::from_hf(&serde_json::from_str(&json).ok()?).ok()?
@@ -38,8 +41,8 @@ pub fn preview_context_window(catalog: &Catalog, entry: &ModelEntry) -> anyhow::
 }
 
 /// The router's view of the catalog: each model's context window (from its
-/// weights' metadata, capped by `max_model_len`, exactly as the dry run
-/// sees it) and routing profile.
+/// local weights' metadata or `context_window`, capped by `max_model_len`;
+/// the dry run and the server see the same) and routing profile.
 pub fn profiles(catalog: &Catalog) -> anyhow::Result<Vec<ModelProfile>> {
     catalog
         .models
@@ -54,17 +57,32 @@ pub fn profiles(catalog: &Catalog) -> anyhow::Result<Vec<ModelProfile>> {
         .collect()
 }
 
+/// The server's profiles: as [`profiles`], but a model whose window is not
+/// known before it loads (weights still to download) gets its engine's
+/// window once loaded; until then it is not loaded and so not routed to.
+fn server_profiles(catalog: &Catalog) -> Vec<ModelProfile> {
+    catalog
+        .models
+        .iter()
+        .map(|m| ModelProfile {
+            id: m.id.clone(),
+            context_window: preview_context_window(catalog, m).unwrap_or(usize::MAX),
+            routing: m.routing.clone(),
+        })
+        .collect()
+}
+
 /// The router: profiles, the committed classifier, the audit database.
 fn router_state(catalog: &Catalog) -> anyhow::Result<RouterState> {
     let audit_path = catalog.audit_db();
-    Ok(RouterState {
-        classifier: switchyard_router::Classifier::embedded().map_err(anyhow::Error::msg)?,
-        profiles: profiles(catalog)?,
-        audit: switchyard_router::AuditLog::open(&audit_path)
+    Ok(RouterState::new(
+        switchyard_router::Classifier::embedded().map_err(anyhow::Error::msg)?,
+        server_profiles(catalog),
+        switchyard_router::AuditLog::open(&audit_path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", audit_path.display()))?,
-        default_objective: catalog.router.default_objective,
-        store_prompts: catalog.router.store_prompts,
-        fault_models: std::env::var("SWITCHYARD_FAULT_MODELS")
+        catalog.router.default_objective,
+        catalog.router.store_prompts,
+        std::env::var("SWITCHYARD_FAULT_MODELS")
             .map(|v| {
                 v.split(',')
                     .map(|m| m.trim().to_string())
@@ -72,7 +90,7 @@ fn router_state(catalog: &Catalog) -> anyhow::Result<RouterState> {
                     .collect()
             })
             .unwrap_or_default(),
-    })
+    ))
 }
 
 /// The API keys: the `api_key_env` variable (one key or a comma list) and
@@ -88,12 +106,17 @@ fn api_keys(catalog: &Catalog) -> anyhow::Result<Option<ApiKeys>> {
         let path = catalog.relative(file);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| anyhow::anyhow!("api_keys_file {}: {e}", path.display()))?;
-        keys.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.starts_with('#'))
-                .map(str::to_string),
-        );
+        let from_file: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect();
+        if from_file.is_empty() {
+            // A configured key file that names no key must not turn auth off.
+            anyhow::bail!("api_keys_file {} has no keys", path.display());
+        }
+        keys.extend(from_file);
     }
     Ok(ApiKeys::new(keys, server.rate_limit_per_minute))
 }
@@ -193,16 +216,35 @@ pub fn serve(config: &Path, addr: &str, audit_db: Option<PathBuf>) -> anyhow::Re
                 .with_graceful_shutdown(drain(state.clone()))
                 .into_future(),
         );
-        tokio::select! {
-            served = &mut server => return Ok(served??),
-            loaded = loaded_rx => {
-                loaded.map_err(|_| anyhow::anyhow!("the loader thread died"))??;
+        // Connections that stay open after the drain (a client that stopped
+        // reading) do not hold the process: it exits a little later anyway.
+        let hard_stop = {
+            let state = state.clone();
+            async move {
+                state.lifecycle.cancelled().await;
+                tokio::time::sleep(FORCE_EXIT_AFTER).await;
+            }
+        };
+        tokio::pin!(hard_stop);
+        let (mut loaded_rx, mut loading) = (loaded_rx, true);
+        loop {
+            tokio::select! {
+                served = &mut server => return Ok(served??),
+                loaded = &mut loaded_rx, if loading => {
+                    loading = false;
+                    loaded.map_err(|_| anyhow::anyhow!("the loader thread died"))??;
+                }
+                () = &mut hard_stop => {
+                    tracing::warn!("connections still open after the drain; exiting");
+                    return Ok(());
+                }
             }
         }
-        server.await??;
-        Ok(())
     })
 }
+
+/// How long after the drain ends open connections may keep the process.
+const FORCE_EXIT_AFTER: Duration = Duration::from_secs(5);
 
 /// Load every catalog model and hand each engine to the state.
 fn load_all(catalog: &Catalog, state: &AppState) -> anyhow::Result<()> {
@@ -211,6 +253,9 @@ fn load_all(catalog: &Catalog, state: &AppState) -> anyhow::Result<()> {
         .into_iter()
         .zip(&catalog.models)
     {
+        if let Some(router) = &state.router {
+            router.set_context_window(&entry.id, engine.context_length());
+        }
         state.engines.insert(entry.id.clone(), Arc::new(engine));
     }
     tracing::info!("all {} model(s) loaded", catalog.models.len());
@@ -232,12 +277,13 @@ async fn drain(state: Arc<AppState>) {
     while state.lifecycle.in_flight() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Whatever is still running (or still being prepared) ends now.
+    state.lifecycle.cancel_all();
     if state.lifecycle.in_flight() > 0 {
         tracing::warn!(
             in_flight = state.lifecycle.in_flight(),
-            "grace period over: cancelling"
+            "grace period over: cancelled"
         );
-        state.lifecycle.cancel_all();
         // Let the final error events reach their clients.
         let flush = tokio::time::Instant::now() + Duration::from_secs(2);
         while state.lifecycle.in_flight() > 0 && tokio::time::Instant::now() < flush {

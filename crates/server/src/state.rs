@@ -37,7 +37,7 @@ impl AppState {
     pub fn max_output(&self, model: &str) -> usize {
         self.router
             .as_ref()
-            .and_then(|r| r.profiles.iter().find(|p| p.id == model))
+            .and_then(|r| r.profile(model))
             .map_or(0, |p| p.routing.capabilities.max_output)
     }
 }
@@ -75,11 +75,12 @@ impl Engines {
 
     /// A model finished loading.
     pub fn insert(&self, id: String, engine: Arc<Engine>) {
+        // Loaded first, so that no reader sees the model in neither list.
+        if let Ok(mut m) = self.loaded.write() {
+            m.insert(id.clone(), engine);
+        }
         if let Ok(mut l) = self.loading.write() {
             l.retain(|m| m != &id);
-        }
-        if let Ok(mut m) = self.loaded.write() {
-            m.insert(id, engine);
         }
     }
 }
@@ -87,12 +88,56 @@ impl Engines {
 /// What `model: "auto"` decides with.
 pub struct RouterState {
     pub classifier: Classifier,
-    pub profiles: Vec<ModelProfile>,
+    /// Context windows are the catalog's preview until a model loads, then
+    /// its engine's.
+    profiles: RwLock<Vec<ModelProfile>>,
     pub audit: AuditLog,
     pub default_objective: Objective,
     pub store_prompts: bool,
     /// Testing hook (`SWITCHYARD_FAULT_MODELS=a,b`): submissions to these models fail.
     pub fault_models: Vec<String>,
+}
+
+impl RouterState {
+    pub fn new(
+        classifier: Classifier,
+        profiles: Vec<ModelProfile>,
+        audit: AuditLog,
+        default_objective: Objective,
+        store_prompts: bool,
+        fault_models: Vec<String>,
+    ) -> Self {
+        RouterState {
+            classifier,
+            profiles: RwLock::new(profiles),
+            audit,
+            default_objective,
+            store_prompts,
+            fault_models,
+        }
+    }
+
+    pub fn profiles(&self) -> Vec<ModelProfile> {
+        self.profiles.read().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    pub fn profile(&self, model: &str) -> Option<ModelProfile> {
+        self.profiles
+            .read()
+            .ok()?
+            .iter()
+            .find(|p| p.id == model)
+            .cloned()
+    }
+
+    /// A model loaded: its engine's context window is the one to route by.
+    pub fn set_context_window(&self, model: &str, window: usize) {
+        if let Ok(mut profiles) = self.profiles.write() {
+            for p in profiles.iter_mut().filter(|p| p.id == model) {
+                p.context_window = window;
+            }
+        }
+    }
 }
 
 /// API keys, compared in constant time, each with an optional request-rate
@@ -176,21 +221,45 @@ impl BlockingPool {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        if self.queued.fetch_add(1, Ordering::SeqCst) >= self.max_queued {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            return Err(ApiError::busy(
-                "Too many prompts are being tokenized right now. Retry shortly.",
-            ));
-        }
-        let permit = self.permits.clone().acquire_owned().await;
-        self.queued.fetch_sub(1, Ordering::SeqCst);
-        let permit = permit.map_err(|_| ApiError::shutting_down())?;
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // Wait in line, counted while waiting (also when the caller
+                // goes away mid-wait: the guard gives the place back).
+                let place = QueuePlace::take(&self.queued, self.max_queued).ok_or_else(|| {
+                    ApiError::busy("Too many prompts are being tokenized right now. Retry shortly.")
+                })?;
+                let permit = self.permits.clone().acquire_owned().await;
+                drop(place);
+                permit.map_err(|_| ApiError::internal("the tokenizer pool is closed"))?
+            }
+        };
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             work()
         })
         .await
         .map_err(|e| ApiError::internal(format!("request preparation failed: {e}")))
+    }
+}
+
+/// One place in the blocking pool's queue, given back on drop.
+struct QueuePlace<'a>(&'a AtomicUsize);
+
+impl<'a> QueuePlace<'a> {
+    fn take(queued: &'a AtomicUsize, max: usize) -> Option<Self> {
+        queued
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| {
+                (q < max).then_some(q + 1)
+            })
+            .ok()
+            .map(|_| QueuePlace(queued))
+    }
+}
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -299,17 +368,26 @@ mod tests {
             })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let queued = {
+        let enqueue = |v: i32| {
             let pool = pool.clone();
-            tokio::spawn(async move { pool.run(|| 7).await })
+            tokio::spawn(async move { pool.run(move || v).await })
         };
+        let queued = enqueue(6);
         tokio::time::sleep(Duration::from_millis(50)).await;
         let shed = pool.run(|| 8).await.expect_err("third job is shed");
         assert_eq!(shed.status, 503);
         assert_eq!(shed.retry_after_s, Some(1));
+        // A caller that goes away while waiting gives its place back.
+        queued.abort();
+        assert!(queued.await.is_err());
+        let requeued = enqueue(7);
+        tokio::time::sleep(Duration::from_millis(50)).await;
         release.send(()).unwrap();
         assert!(hold.await.unwrap().unwrap());
-        assert_eq!(queued.await.unwrap().unwrap(), 7);
+        assert_eq!(requeued.await.unwrap().unwrap(), 7);
         assert_eq!(pool.run(|| 9).await.unwrap(), 9);
+        // No queue at all: only the threads.
+        let direct = BlockingPool::new(1, 0);
+        assert_eq!(direct.run(|| 1).await.unwrap(), 1);
     }
 }

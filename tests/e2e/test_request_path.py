@@ -101,7 +101,11 @@ INVALID_FIELDS = st.one_of(
     st.fixed_dictionaries({"stream_options": st.just({"include_usage": True}), "stream": st.just(False)}),
     st.fixed_dictionaries({"tools": st.just([{"type": "function", "function": {"name": "f"}}])}),
     st.fixed_dictionaries({"tool_choice": st.just("auto")}),
-    st.fixed_dictionaries({"response_format": st.sampled_from([{"type": "json_object"}, {"type": "yaml"}])}),
+    st.fixed_dictionaries({"response_format": st.sampled_from([
+        {"type": "yaml"}, {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "wizard"}}},
+        {"type": "json_schema", "json_schema": {"schema": {}}}])}),
+    st.fixed_dictionaries({"guided_regex": st.sampled_from(["(unclosed", "[z-a]"])}),
+    st.fixed_dictionaries({"guided_choice": st.just([]), "guided_json": st.just({"type": "object"})}),
     st.fixed_dictionaries({"min_p": st.floats(1.01, 5)}),
     st.fixed_dictionaries({"repetition_penalty": st.floats(-5, 0)}),
     st.fixed_dictionaries({"top_k": st.integers(-100, -2)}),

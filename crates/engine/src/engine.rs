@@ -16,6 +16,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::chat::{ChatMessage, ChatTemplate};
+use crate::constraint::{Constraints, Grammar, GrammarSpec, SeqConstraint};
 use crate::error::{EngineError, Result};
 use crate::kv_cache::SeqView;
 use crate::loader::LoadedModel;
@@ -158,6 +159,7 @@ pub struct Engine {
     commands: Mutex<Sender<Command>>,
     stats: Arc<Mutex<EngineStats>>,
     next_request: AtomicU64,
+    constraints: Constraints,
 }
 
 impl Engine {
@@ -225,6 +227,7 @@ impl Engine {
             .spawn(move || core.run(rx))?;
         Ok(Engine {
             id: id.to_string(),
+            constraints: Constraints::new(tokenizer.clone()),
             tokenizer,
             template,
             config: mc,
@@ -248,6 +251,14 @@ impl Engine {
     }
     pub fn stats(&self) -> EngineStats {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Compile a structured-output grammar for this model's vocabulary (for
+    /// [`SamplingParams::grammar`]); an invalid or unsupported grammar is an
+    /// `InvalidRequest` saying why. Can take milliseconds (the first call
+    /// builds the token trie): call it off latency-critical threads.
+    pub fn compile_grammar(&self, spec: &GrammarSpec) -> Result<Grammar> {
+        self.constraints.compile(spec)
     }
 
     /// Render a chat with the model's template (generation prompt added);
@@ -322,6 +333,8 @@ struct SeqState {
     scheduled_once: bool,
     decoder: IncrementalDecoder,
     stop: StopMatcher,
+    /// The grammar's state, for structured outputs.
+    constraint: Option<SeqConstraint>,
     events: UnboundedSender<Event>,
 }
 
@@ -398,6 +411,7 @@ impl EngineCore {
                         scheduled_once: false,
                         decoder: IncrementalDecoder::default(),
                         stop: StopMatcher::new(params.stop.clone()),
+                        constraint: params.grammar.as_ref().map(Grammar::start),
                         params,
                         events,
                     },
@@ -497,12 +511,13 @@ impl EngineCore {
         if forks > 0 {
             let parent = self.seqs.get_mut(&id).expect("checked");
             parent.forks_pending = 0;
-            let (request, params, prompt_len, events, cached) = (
+            let (request, params, prompt_len, events, cached, constraint) = (
                 parent.request,
                 parent.params.clone(),
                 parent.prompt_len,
                 parent.events.clone(),
                 parent.cached_tokens,
+                parent.constraint.clone(),
             );
             for choice in 1..=forks {
                 let child = self.next_seq;
@@ -523,6 +538,7 @@ impl EngineCore {
                         scheduled_once: true,
                         decoder: IncrementalDecoder::default(),
                         stop: StopMatcher::new(params.stop.clone()),
+                        constraint: constraint.as_ref().map(SeqConstraint::fork),
                         params: params.clone(),
                         events: events.clone(),
                     },
@@ -541,15 +557,45 @@ impl EngineCore {
         let Some(st) = self.seqs.get_mut(&id) else {
             return;
         };
+        let mask = match st.constraint.as_mut().map(SeqConstraint::mask) {
+            None => None,
+            Some(Ok(m)) if !m.is_zero() => Some(m),
+            Some(failed) => {
+                let why = failed.err().unwrap_or_else(|| "no token is allowed".into());
+                let _ = st.events.send(Event::Error {
+                    message: format!("structured output: {why}"),
+                });
+                let request = st.request;
+                self.finish_seq(id, request);
+                return;
+            }
+        };
         let sampled = st
             .sampler
-            .sample(logits, &st.params, context, st.prompt_len);
+            .sample(logits, &st.params, context, st.prompt_len, mask.as_ref());
         let token = sampled.token;
         self.scheduler.append_token(id, token);
         st.generated += 1;
         let p = &st.params;
-        let is_stop_token = (!p.ignore_eos && self.tokenizer.eog_tokens().contains(&token))
-            || p.stop_token_ids.contains(&token);
+        let is_eog = self.tokenizer.eog_tokens().contains(&token);
+        let is_stop_token = (!p.ignore_eos && is_eog)
+            || p.stop_token_ids.contains(&token)
+            || (mask.is_some() && is_eog);
+        // The grammar advances past the token; complete, it ends the output.
+        let grammar_done = match st.constraint.as_mut().filter(|_| !is_stop_token) {
+            Some(c) => match c.advance(token) {
+                Ok(()) => c.is_done(),
+                Err(why) => {
+                    let _ = st.events.send(Event::Error {
+                        message: format!("structured output: {why}"),
+                    });
+                    let request = st.request;
+                    self.finish_seq(id, request);
+                    return;
+                }
+            },
+            None => false,
+        };
         let mut text = String::new();
         let mut finish = None;
         let mut stopped_by_string = false;
@@ -564,6 +610,9 @@ impl EngineCore {
                 finish = Some(FinishReason::Stop);
                 stopped_by_string = true;
             }
+        }
+        if grammar_done && finish.is_none() {
+            finish = Some(FinishReason::Stop);
         }
         let total = st.prompt_len + st.generated;
         if finish.is_none()

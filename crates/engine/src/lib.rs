@@ -9,6 +9,7 @@
 
 pub mod block_pool;
 pub mod chat;
+mod constraint;
 pub mod cpu_matmul;
 pub mod device;
 pub mod engine;
@@ -32,6 +33,7 @@ pub mod weights;
 pub use candle_core::quantized::gguf_file as candle_gguf;
 pub use candle_core::Device;
 pub use chat::{ChatMessage, ChatTemplate};
+pub use constraint::{Grammar, GrammarSpec};
 pub use engine::{Engine, EngineConfig, EngineStats, Event, FinishReason, RequestStream, Usage};
 pub use error::{EngineError, Result};
 pub use loader::{LoadedModel, ModelSource};

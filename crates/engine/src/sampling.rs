@@ -1,12 +1,16 @@
 //! Logit processing and sampling, per sequence.
 //!
-//! Order, as in vLLM: penalties and logit bias on the raw logits, then
-//! temperature, then top-k / top-p / min-p truncation, then a draw from the
-//! sequence's own seeded RNG (so a seed gives the same output batched or not).
-//! Temperature 0 is greedy. Logprobs are of the raw model distribution.
+//! Order, as in vLLM: penalties and logit bias on the raw logits, then the
+//! grammar's mask (structured outputs), then temperature, then top-k / top-p
+//! / min-p truncation, then a draw from the sequence's own seeded RNG (so a
+//! seed gives the same output batched or not). Temperature 0 is greedy.
+//! Logprobs are of the raw model distribution.
 
+use llguidance::toktrie::SimpleVob;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use crate::constraint::{apply_mask, Grammar};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -35,6 +39,9 @@ pub struct SamplingParams {
     /// Prefix-cache isolation (vLLM's `cache_salt`): KV blocks are shared
     /// only between requests with the same salt (or none).
     pub cache_salt: Option<String>,
+    /// Structured output: only tokens the grammar allows are sampled, and
+    /// the sequence stops when the grammar is complete.
+    pub grammar: Option<Grammar>,
 }
 
 impl Default for SamplingParams {
@@ -56,6 +63,7 @@ impl Default for SamplingParams {
             ignore_eos: false,
             logprobs: None,
             cache_salt: None,
+            grammar: None,
         }
     }
 }
@@ -137,12 +145,15 @@ impl Sampler {
 
     /// Pick the next token. `context` is prompt + output so far; `output_start`
     /// is where the output begins in it.
+    /// Sample one token; `mask` (a grammar's allowed tokens) must allow at
+    /// least one.
     pub fn sample(
         &mut self,
         logits: &[f32],
         p: &SamplingParams,
         context: &[u32],
         output_start: usize,
+        mask: Option<&SimpleVob>,
     ) -> Sampled {
         let logprob_info = p.logprobs.map(|k| (log_softmax(logits), k));
         let mut l = logits.to_vec();
@@ -151,6 +162,9 @@ impl Sampler {
             if let Some(x) = l.get_mut(tok as usize) {
                 *x += bias;
             }
+        }
+        if let Some(mask) = mask {
+            apply_mask(&mut l, mask);
         }
         let token = if p.temperature == 0.0 {
             argmax(&l)
@@ -282,12 +296,12 @@ mod tests {
     fn greedy_and_bias() {
         let mut s = Sampler::new(Some(1));
         let p = SamplingParams::greedy(1);
-        assert_eq!(s.sample(&[0.1, 2.0, 1.0], &p, &[], 0).token, 1);
+        assert_eq!(s.sample(&[0.1, 2.0, 1.0], &p, &[], 0, None).token, 1);
         let p = SamplingParams {
             logit_bias: vec![(2, 5.0)],
             ..p
         };
-        assert_eq!(s.sample(&[0.1, 2.0, 1.0], &p, &[], 0).token, 2);
+        assert_eq!(s.sample(&[0.1, 2.0, 1.0], &p, &[], 0, None).token, 2);
     }
 
     #[test]
@@ -298,7 +312,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            Sampler::new(None).sample(&logits, &p, &[], 0).token,
+            Sampler::new(None).sample(&logits, &p, &[], 0, None).token,
             argmax(&logits)
         );
         let p = SamplingParams {
@@ -309,7 +323,7 @@ mod tests {
         let draw = |seed| {
             let mut s = Sampler::new(Some(seed));
             (0..20)
-                .map(|_| s.sample(&logits, &p, &[], 0).token)
+                .map(|_| s.sample(&logits, &p, &[], 0, None).token)
                 .collect::<Vec<_>>()
         };
         assert_eq!(draw(9), draw(9));
@@ -324,12 +338,12 @@ mod tests {
         };
         let mut s = Sampler::new(Some(0));
         // Token 0 is best but was generated twice.
-        assert_eq!(s.sample(&[3.0, 0.0], &p, &[0, 0], 0).token, 1);
+        assert_eq!(s.sample(&[3.0, 0.0], &p, &[0, 0], 0, None).token, 1);
         let p = SamplingParams {
             repetition_penalty: 10.0,
             ..SamplingParams::greedy(1)
         };
-        assert_eq!(s.sample(&[3.0, 1.0], &p, &[0], 1).token, 1);
+        assert_eq!(s.sample(&[3.0, 1.0], &p, &[0], 1, None).token, 1);
     }
 
     #[test]
@@ -338,7 +352,7 @@ mod tests {
             logprobs: Some(2),
             ..SamplingParams::greedy(1)
         };
-        let out = Sampler::new(Some(0)).sample(&[1.0, 2.0, 3.0], &p, &[], 0);
+        let out = Sampler::new(Some(0)).sample(&[1.0, 2.0, 3.0], &p, &[], 0, None);
         let lp = out.logprob.unwrap();
         assert_eq!(lp.token, 2);
         assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![2, 1]);

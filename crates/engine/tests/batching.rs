@@ -10,7 +10,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::*;
-use switchyard_engine::{Engine, EngineConfig, Event, FinishReason, SamplingParams};
+use switchyard_engine::{Engine, EngineConfig, Event, FinishReason, GrammarSpec, SamplingParams};
 
 fn prompts(engine: &Engine) -> Vec<Vec<u32>> {
     let texts = [
@@ -54,9 +54,18 @@ fn greedy(n: usize) -> SamplingParams {
 
 /// Submit everything at once, then collect each request's tokens.
 fn run_batched(engine: &Engine, prompts: &[Vec<u32>], params: &SamplingParams) -> Vec<Vec<u32>> {
-    let mut streams: Vec<_> = prompts
+    let requests: Vec<_> = prompts
         .iter()
-        .map(|p| engine.submit(p.clone(), params.clone()).unwrap())
+        .map(|p| (p.clone(), params.clone()))
+        .collect();
+    run_together(engine, &requests)
+}
+
+/// Submit requests with their own parameters at once; each one's tokens.
+fn run_together(engine: &Engine, requests: &[(Vec<u32>, SamplingParams)]) -> Vec<Vec<u32>> {
+    let mut streams: Vec<_> = requests
+        .iter()
+        .map(|(p, params)| engine.submit(p.clone(), params.clone()).unwrap())
         .collect();
     streams
         .iter_mut()
@@ -207,6 +216,60 @@ fn max_model_len_caps_the_context_window() {
     let err = e.submit(vec![1; 60], greedy(8)).err().expect("refused");
     assert!(err.to_string().contains("64"), "{err}");
     assert_eq!(generate(&e, vec![1; 56], greedy(8)).len(), 8);
+}
+
+#[test]
+fn constrained_and_unconstrained_sequences_batch_like_alone() {
+    let e = engine(SMOLLM2, EngineConfig::default());
+    let ps = prompts(&e);
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "planet": {"enum": ["Mercury", "Venus", "Earth", "Mars"]},
+            "moons": {"type": "integer", "minimum": 0, "maximum": 99},
+            "note": {"type": "string", "maxLength": 12}
+        },
+        "required": ["planet", "moons", "note"],
+        "additionalProperties": false
+    });
+    let grammar = e
+        .compile_grammar(&GrammarSpec::JsonSchema(schema.clone()))
+        .expect("schema compiles");
+    let constrained = SamplingParams {
+        grammar: Some(grammar),
+        ..greedy(48)
+    };
+    let free = greedy(24);
+    let alone_constrained = generate(&e, ps[4].clone(), constrained.clone());
+    let alone_free = generate(&e, ps[2].clone(), free.clone());
+    let together = run_together(
+        &e,
+        &[
+            (ps[4].clone(), constrained.clone()),
+            (ps[2].clone(), free.clone()),
+            (ps[4].clone(), constrained.clone()),
+        ],
+    );
+    assert_eq!(together[0], alone_constrained);
+    assert_eq!(together[1], alone_free);
+    assert_eq!(together[2], alone_constrained);
+    // The constrained output is complete JSON with the schema's shape (the
+    // independent JSON-schema check runs in the end-to-end property test).
+    let text = e.tokenizer().decode(&alone_constrained, true);
+    let value: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let fields = value.as_object().expect("an object");
+    assert_eq!(fields.len(), 3, "{text}");
+    assert!(["Mercury", "Venus", "Earth", "Mars"].contains(&value["planet"].as_str().unwrap()));
+    assert!((0..=99).contains(&value["moons"].as_i64().unwrap()));
+    assert!(value["note"].as_str().unwrap().chars().count() <= 12);
+    // An unsupported or invalid grammar is refused with the reason.
+    let err = e
+        .compile_grammar(&GrammarSpec::JsonSchema(
+            serde_json::json!({"type": "wizard"}),
+        ))
+        .expect_err("invalid schema");
+    assert!(err.to_string().contains("wizard"), "{err}");
+    wait_all_blocks_free(&e);
 }
 
 #[test]

@@ -5,14 +5,17 @@
 //! that is wrong whatever model serves it. What depends on a model (the
 //! vocabulary range of `logit_bias`, the context window, the KV pool, the
 //! queue) is [`admit`], which pinned and routed requests both call, so the
-//! same bad body gets the same answer either way. Prompts are tokenized by
-//! [`tokenize`] on the bounded blocking pool, never on an async worker, after
-//! a length check that needs no tokenizer.
+//! same bad body gets the same answer either way. Prompts are rendered and
+//! tokenized, and grammars compiled, by [`prepare`] on the bounded blocking
+//! pool, never on an async worker, after a length check that needs no
+//! tokenizer.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use switchyard_engine::{ChatMessage, Engine, Event, RequestStream, SamplingParams};
+use switchyard_engine::{
+    ChatMessage, Engine, Event, Grammar, GrammarSpec, RequestStream, SamplingParams,
+};
 use switchyard_router::{Objective, RoutingOptions};
 
 use crate::error::ApiError;
@@ -56,6 +59,23 @@ pub struct ValidatedRequest {
     /// The request needs tool calls / structured output from its model.
     pub needs_tools: bool,
     pub needs_json: bool,
+    /// The structured output asked for (`response_format`, vLLM's guided
+    /// fields) and the field that asked; compiled for each model in [`prepare`].
+    pub grammar: Option<(&'static str, GrammarSpec)>,
+}
+
+/// At most one structured-output constraint per request.
+fn one_grammar(
+    mut specs: Vec<(&'static str, GrammarSpec)>,
+) -> Result<Option<(&'static str, GrammarSpec)>, ApiError> {
+    if specs.len() > 1 {
+        let (first, second) = (specs[0].0, specs[1].0);
+        return Err(ApiError::invalid_param(
+            second,
+            format!("'{second}' cannot be combined with '{first}': a request takes one structured-output constraint."),
+        ));
+    }
+    Ok(specs.pop())
 }
 
 /// `auto`, `auto:<objective>`, or a concrete model name.
@@ -107,18 +127,18 @@ impl ValidatedRequest {
                 "'parallel_tool_calls' is only allowed when 'tools' are specified.",
             ));
         }
-        let needs_json =
-            match &req.response_format {
-                None | Some(serde_json::Value::Null) => false,
-                Some(f) => match f.get("type").and_then(serde_json::Value::as_str) {
-                    Some("text") => false,
-                    Some("json_object" | "json_schema") => true,
-                    _ => return Err(ApiError::invalid_param(
-                        "response_format",
-                        "'response_format.type' must be 'text', 'json_object' or 'json_schema'.",
-                    )),
-                },
-            };
+        let mut specs = req.guided.specs()?;
+        if let Some(spec) = req
+            .response_format
+            .as_ref()
+            .filter(|f| !f.is_null())
+            .map(openai::response_format)
+            .transpose()?
+            .flatten()
+        {
+            specs.insert(0, ("response_format", spec));
+        }
+        let grammar = one_grammar(specs)?;
         if let Some(user) = &req.sampling.user {
             tracing::debug!(user, "request for end user");
         }
@@ -132,7 +152,8 @@ impl ValidatedRequest {
             include_usage: req.sampling.include_usage(),
             routing: req.routing,
             needs_tools,
-            needs_json,
+            needs_json: grammar.is_some(),
+            grammar,
         })
     }
 
@@ -162,6 +183,7 @@ impl ValidatedRequest {
             }
             k => k.map(|k| k as usize),
         };
+        let grammar = one_grammar(req.guided.specs()?)?;
         Ok(ValidatedRequest {
             kind: Kind::Completion,
             model,
@@ -172,23 +194,18 @@ impl ValidatedRequest {
             include_usage: req.sampling.include_usage(),
             routing: None,
             needs_tools: false,
-            needs_json: false,
+            needs_json: grammar.is_some(),
+            grammar,
         })
     }
 
-    /// Refuse what no local engine can honour yet (tool calls, structured
-    /// output): a 400 naming the field, never a silent drop.
+    /// Refuse what no local engine can honour yet (tool calls): a 400
+    /// naming the field, never a silent drop.
     pub fn refuse_unsupported(&self) -> Result<(), ApiError> {
         if self.needs_tools {
             return Err(ApiError::invalid_param(
                 "tools",
                 "'tools' are not supported by this server's models yet.",
-            ));
-        }
-        if self.needs_json {
-            return Err(ApiError::invalid_param(
-                "response_format",
-                "'response_format' other than 'text' is not supported by this server's models yet.",
             ));
         }
         Ok(())
@@ -213,21 +230,28 @@ impl ValidatedRequest {
     }
 }
 
-/// The model's prompts, off the async runtime: render the chat template,
-/// refuse a text that provably cannot fit the context window (its bytes ÷
-/// the longest token's already exceed it) without tokenizing it, then
-/// tokenize.
-pub async fn tokenize(
+/// A request's prompts and grammar for one model.
+pub struct Prepared {
+    pub prompts: Vec<Vec<u32>>,
+    pub grammar: Option<Grammar>,
+}
+
+/// The model's prompts and grammar, off the async runtime: render the chat
+/// template, refuse a text that provably cannot fit the context window (its
+/// bytes ÷ the longest token's already exceed it) without tokenizing it,
+/// tokenize, and compile the structured-output grammar for this vocabulary.
+pub async fn prepare(
     state: &AppState,
     v: &ValidatedRequest,
     engine: &Arc<Engine>,
-) -> Result<Vec<Vec<u32>>, ApiError> {
+) -> Result<Prepared, ApiError> {
     let engine = engine.clone();
     let input = v.input.clone();
+    let grammar = v.grammar.clone();
     let out = v.max_tokens.unwrap_or(1);
     state
         .blocking
-        .run(move || -> Result<Vec<Vec<u32>>, ApiError> {
+        .run(move || -> Result<Prepared, ApiError> {
             let (texts, param) = match input {
                 Input::Chat(messages) => (
                     vec![Prompt::Text(engine.render_chat(&messages)?)],
@@ -245,7 +269,7 @@ pub async fn tokenize(
                     return Err(ApiError::context_length_at_least(ctx, at_least, out));
                 }
             }
-            texts
+            let prompts = texts
                 .into_iter()
                 .map(|p| match p {
                     Prompt::Ids(ids) => Ok(ids),
@@ -254,7 +278,15 @@ pub async fn tokenize(
                         .encode(&t, true)
                         .map_err(|e| ApiError::invalid_param(param, e.to_string())),
                 })
-                .collect()
+                .collect::<Result<_, _>>()?;
+            let grammar = grammar
+                .map(|(param, spec)| {
+                    engine
+                        .compile_grammar(&spec)
+                        .map_err(|e| ApiError::invalid_param(param, e.to_string()))
+                })
+                .transpose()?;
+            Ok(Prepared { prompts, grammar })
         })
         .await?
 }
@@ -282,8 +314,9 @@ pub fn admit(
     v: &ValidatedRequest,
     model: &str,
     engine: Arc<Engine>,
-    prompts: Vec<Vec<u32>>,
+    prepared: Prepared,
 ) -> Result<Job, ApiError> {
+    let Prepared { prompts, grammar } = prepared;
     let vocab = engine.tokenizer().vocab_size();
     if let Some(&(id, _)) = v
         .params
@@ -349,6 +382,7 @@ pub fn admit(
     }
     let mut params = v.params.clone();
     params.max_tokens = max_tokens;
+    params.grammar = grammar;
     Ok(Job {
         kind: v.kind,
         model: model.to_string(),

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::Value;
-use switchyard_engine::{ChatMessage, SamplingParams, TokenLogprob, Tokenizer};
+use switchyard_engine::{ChatMessage, GrammarSpec, SamplingParams, TokenLogprob, Tokenizer};
 
 use crate::error::ApiError;
 
@@ -79,6 +79,125 @@ const SAMPLING_FIELDS: &[&str] = &[
     "user",
 ];
 
+/// vLLM's structured-output fields, on chat and text completions.
+const GUIDED_FIELDS: &[&str] = &[
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+    "structured_outputs",
+];
+
+/// Structured outputs the way vLLM takes them: the older `guided_*` fields
+/// or the newer `structured_outputs` object.
+#[derive(Debug, Deserialize, Default)]
+pub struct GuidedFields {
+    /// A JSON schema (an object, or a string holding one).
+    pub guided_json: Option<Value>,
+    pub guided_regex: Option<String>,
+    pub guided_choice: Option<Vec<String>>,
+    /// A Lark grammar (llguidance's dialect).
+    pub guided_grammar: Option<String>,
+    pub structured_outputs: Option<StructuredOutputs>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StructuredOutputs {
+    pub json: Option<Value>,
+    pub regex: Option<String>,
+    pub choice: Option<Vec<String>>,
+    pub grammar: Option<String>,
+    pub json_object: Option<bool>,
+}
+
+impl GuidedFields {
+    /// Every constraint the body names, with the field it came from.
+    pub fn specs(&self) -> Result<Vec<(&'static str, GrammarSpec)>, ApiError> {
+        let mut out = Vec::new();
+        let json = |param: &'static str, v: &Value| -> Result<GrammarSpec, ApiError> {
+            let schema = match v {
+                Value::String(s) => serde_json::from_str(s).map_err(|e| {
+                    ApiError::invalid_param(param, format!("'{param}' is not valid JSON: {e}"))
+                })?,
+                other => other.clone(),
+            };
+            Ok(GrammarSpec::JsonSchema(schema))
+        };
+        let grammar = |param: &'static str, g: &str| -> Result<GrammarSpec, ApiError> {
+            if g.contains("::=") {
+                return Err(ApiError::invalid_param(
+                    param,
+                    "EBNF (GBNF) grammars are not supported; write the grammar in Lark syntax.",
+                ));
+            }
+            Ok(GrammarSpec::Lark(g.to_string()))
+        };
+        if let Some(v) = &self.guided_json {
+            out.push(("guided_json", json("guided_json", v)?));
+        }
+        if let Some(rx) = &self.guided_regex {
+            out.push(("guided_regex", GrammarSpec::Regex(rx.clone())));
+        }
+        if let Some(c) = &self.guided_choice {
+            out.push(("guided_choice", GrammarSpec::Choice(c.clone())));
+        }
+        if let Some(g) = &self.guided_grammar {
+            out.push(("guided_grammar", grammar("guided_grammar", g)?));
+        }
+        if let Some(so) = &self.structured_outputs {
+            const P: &str = "structured_outputs";
+            if let Some(v) = &so.json {
+                out.push((P, json(P, v)?));
+            }
+            if let Some(rx) = &so.regex {
+                out.push((P, GrammarSpec::Regex(rx.clone())));
+            }
+            if let Some(c) = &so.choice {
+                out.push((P, GrammarSpec::Choice(c.clone())));
+            }
+            if let Some(g) = &so.grammar {
+                out.push((P, grammar(P, g)?));
+            }
+            if so.json_object == Some(true) {
+                out.push((P, GrammarSpec::JsonObject));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// OpenAI's `response_format`: text, JSON mode or a JSON schema.
+pub fn response_format(f: &Value) -> Result<Option<GrammarSpec>, ApiError> {
+    const P: &str = "response_format";
+    match f.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(GrammarSpec::JsonObject)),
+        Some("json_schema") => {
+            let Some(js) = f.get("json_schema").filter(|j| j.is_object()) else {
+                return Err(ApiError::invalid_param(
+                    "response_format.json_schema",
+                    "Missing required parameter: 'response_format.json_schema'.",
+                ));
+            };
+            if !js.get("name").is_some_and(Value::is_string) {
+                return Err(ApiError::invalid_param(
+                    "response_format.json_schema.name",
+                    "Missing required parameter: 'response_format.json_schema.name'.",
+                ));
+            }
+            Ok(Some(match js.get("schema") {
+                None | Some(Value::Null) => GrammarSpec::JsonObject,
+                Some(schema) => GrammarSpec::JsonSchema(schema.clone()),
+            }))
+        }
+        _ => Err(ApiError::invalid_param(
+            P,
+            "'response_format.type' must be 'text', 'json_object' or 'json_schema'.",
+        )),
+    }
+}
+
 /// Top-level fields of a chat request besides the sampling ones.
 pub const CHAT_FIELDS: &[&str] = &[
     "model",
@@ -108,6 +227,8 @@ pub struct ChatRequest {
     pub parallel_tool_calls: Option<bool>,
     pub response_format: Option<Value>,
     #[serde(flatten)]
+    pub guided: GuidedFields,
+    #[serde(flatten)]
     pub sampling: SamplingFields,
 }
 
@@ -118,6 +239,8 @@ pub struct CompletionRequest {
     pub echo: Option<bool>,
     pub logprobs: Option<i64>,
     pub suffix: Option<String>,
+    #[serde(flatten)]
+    pub guided: GuidedFields,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }
@@ -136,10 +259,11 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(
     let Some(fields) = value.as_object() else {
         return Err(ApiError::invalid("The request body must be a JSON object."));
     };
-    if let Some(unknown) = fields
-        .keys()
-        .find(|k| !known.contains(&k.as_str()) && !SAMPLING_FIELDS.contains(&k.as_str()))
-    {
+    if let Some(unknown) = fields.keys().find(|k| {
+        ![known, SAMPLING_FIELDS, GUIDED_FIELDS]
+            .iter()
+            .any(|list| list.contains(&k.as_str()))
+    }) {
         return Err(ApiError::invalid_param(
             unknown,
             format!("Unrecognized request argument supplied: {unknown}"),

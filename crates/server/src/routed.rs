@@ -18,7 +18,7 @@ use switchyard_router::{
 };
 
 use crate::error::ApiError;
-use crate::job::{admit, tokenize, Job, Pending, ValidatedRequest};
+use crate::job::{admit, prepare, Job, Pending, Prepared, ValidatedRequest};
 use crate::record::{summary, RouteCtx};
 use crate::state::{random_id, AppState, RouterState};
 
@@ -74,15 +74,15 @@ pub async fn route_chat(
     // for the one that serves. A model that refuses the prompt (too long,
     // template error) is excluded by its context window; if none is left,
     // its refusal is the answer, as it would be for a pinned request.
-    let mut prompts: HashMap<String, Vec<Vec<u32>>> = HashMap::new();
+    let mut prompts: HashMap<String, Prepared> = HashMap::new();
     let mut refusal: Option<ApiError> = None;
     let mut prompt_tokens = Vec::with_capacity(profiles.len());
     for p in &profiles {
         let n = match state.engines.get(&p.id) {
-            Some(engine) => match tokenize(state, v, &engine).await {
-                Ok(t) => {
-                    let n = t.iter().map(Vec::len).max().unwrap_or(0);
-                    prompts.insert(p.id.clone(), t);
+            Some(engine) => match prepare(state, v, &engine).await {
+                Ok(prepared) => {
+                    let n = prepared.prompts.iter().map(Vec::len).max().unwrap_or(0);
+                    prompts.insert(p.id.clone(), prepared);
                     n
                 }
                 Err(e) if e.is_client_error() => {

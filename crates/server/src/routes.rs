@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use switchyard_engine::{Engine, Event, FinishReason, TokenLogprob, Usage};
 
 use crate::error::ApiError;
-use crate::job::{self, admit, tokenize, Job, Kind, ModelChoice, Pending, ValidatedRequest};
+use crate::job::{self, admit, prepare, Job, Kind, ModelChoice, Pending, ValidatedRequest};
 use crate::openai::{self, ChatRequest, CompletionRequest};
 use crate::routed;
 use crate::state::{random_id, AppState, InFlight, KeyRefusal};
@@ -281,8 +281,8 @@ async fn pinned(
 ) -> Response {
     let admitted = async {
         let engine = engine_for(&state, &model)?;
-        let prompts = tokenize(&state, &v, &engine).await?;
-        admit(&state, &v, &model, engine, prompts)
+        let prepared = prepare(&state, &v, &engine).await?;
+        admit(&state, &v, &model, engine, prepared)
     }
     .await;
     let mut job = match admitted {

@@ -51,10 +51,19 @@ pub fn profiles(catalog: &Catalog) -> anyhow::Result<Vec<ModelProfile>> {
             Ok(ModelProfile {
                 id: m.id.clone(),
                 context_window: preview_context_window(catalog, m)?,
-                routing: m.routing.clone(),
+                routing: local_routing(m),
             })
         })
         .collect()
+}
+
+/// A catalog model's routing profile as served locally: constrained
+/// decoding gives every local model structured outputs, whatever the
+/// catalog's `json` flag says (the flag is for remote backends).
+fn local_routing(m: &ModelEntry) -> switchyard_router::RoutingProfile {
+    let mut routing = m.routing.clone();
+    routing.capabilities.json = true;
+    routing
 }
 
 /// The server's profiles: as [`profiles`], but a model whose window is not
@@ -67,7 +76,7 @@ fn server_profiles(catalog: &Catalog) -> Vec<ModelProfile> {
         .map(|m| ModelProfile {
             id: m.id.clone(),
             context_window: preview_context_window(catalog, m).unwrap_or(usize::MAX),
-            routing: m.routing.clone(),
+            routing: local_routing(m),
         })
         .collect()
 }

@@ -34,3 +34,19 @@ test("errors keep their message", { skip: !url }, async () => {
     (e) => e.status === 400 && e.message.includes("temperature"),
   );
 });
+
+test("zodResponseFormat with parse()", { skip: !url }, async () => {
+  const { z } = await import("zod");
+  const { zodResponseFormat } = await import("openai/helpers/zod");
+  const Pet = z.object({ name: z.string().max(16), legs: z.number().int().min(0).max(8) });
+  for (const m of [model, "gemma-3-270m"]) {
+    const r = await client.chat.completions.parse({
+      model: m, max_tokens: 64, temperature: 0,
+      messages: [{ role: "user", content: "Describe a pet as JSON with its name and number of legs." }],
+      response_format: zodResponseFormat(Pet, "pet"),
+    });
+    assert.equal(r.choices[0].finish_reason, "stop");
+    const pet = r.choices[0].message.parsed;
+    assert.deepEqual(Pet.parse(pet), pet);
+  }
+});

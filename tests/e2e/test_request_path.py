@@ -99,7 +99,10 @@ INVALID_FIELDS = st.one_of(
     st.fixed_dictionaries({"logit_bias": st.dictionaries(st.sampled_from(["a", "-1", "x1"]), st.floats(-100, 100), min_size=1)}),
     st.fixed_dictionaries({"logit_bias": st.dictionaries(st.just("5"), st.floats(100.5, 1e4), min_size=1)}),
     st.fixed_dictionaries({"stream_options": st.just({"include_usage": True}), "stream": st.just(False)}),
-    st.fixed_dictionaries({"tools": st.just([{"type": "function", "function": {"name": "f"}}])}),
+    st.fixed_dictionaries({"tools": st.sampled_from([
+        [{"type": "function", "function": {"name": "bad name"}}], [{"type": "retrieval"}], "f"])}),
+    st.fixed_dictionaries({"tools": st.just([{"type": "function", "function": {"name": "f"}}]),
+                           "tool_choice": st.sampled_from(["sometimes", {"type": "function", "function": {"name": "g"}}])}),
     st.fixed_dictionaries({"tool_choice": st.just("auto")}),
     st.fixed_dictionaries({"response_format": st.sampled_from([
         {"type": "yaml"}, {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "wizard"}}},

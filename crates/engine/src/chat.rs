@@ -25,10 +25,34 @@ const CHATML_TEMPLATE: &str = "{%- for message in messages -%}\
 {{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}\
 {%- endfor -%}{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}";
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// One chat message as templates see it (Hugging Face's message dicts).
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant turn's earlier tool calls.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ChatToolCall>,
+    /// A `tool` message's answer to this call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+/// A tool call in a chat history: `{"id", "type": "function", "function":
+/// {"name", "arguments"}}` with the arguments as a JSON value, the way Hugging
+/// Face templates read them.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ChatToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: ChatFunctionCall,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ChatFunctionCall {
+    pub name: String,
+    pub arguments: serde_json::Value,
 }
 
 impl ChatMessage {
@@ -36,6 +60,7 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            ..Default::default()
         }
     }
 }
@@ -44,6 +69,9 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// The template renders a `tools` list itself (else the engine writes
+    /// its fallback tool prompt into the messages).
+    supports_tools: bool,
 }
 
 impl ChatTemplate {
@@ -69,22 +97,39 @@ impl ChatTemplate {
                 Err(Error::new(ErrorKind::InvalidOperation, msg))
             },
         );
+        let supports_tools = source.contains("tools");
         env.add_template_owned("chat", source)
             .map_err(|e| EngineError::Template(e.to_string()))?;
         Ok(ChatTemplate {
             env,
             bos_token,
             eos_token,
+            supports_tools,
         })
     }
 
+    pub fn supports_tools(&self) -> bool {
+        self.supports_tools
+    }
+
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// Render with the `tools` variable (OpenAI/HF function definitions).
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let tmpl = self
             .env
             .get_template("chat")
             .map_err(|e| EngineError::Template(e.to_string()))?;
         tmpl.render(context! {
             messages => messages,
+            tools => tools,
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,

@@ -26,6 +26,7 @@ use crate::sampling::{Sampler, SamplingParams, TokenLogprob};
 use crate::scheduler::{Scheduler, SchedulerConfig, SeqId};
 use crate::stop::StopMatcher;
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
+use crate::tool_calls::ToolCallFormat;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -259,6 +260,32 @@ impl Engine {
     /// builds the token trie): call it off latency-critical threads.
     pub fn compile_grammar(&self, spec: &GrammarSpec) -> Result<Grammar> {
         self.constraints.compile(spec)
+    }
+
+    /// Render a chat that offers `tools` (OpenAI function definitions): with
+    /// the template's own tool support, or the fallback tool prompt.
+    pub fn render_chat_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+    ) -> Result<String> {
+        if self.template.supports_tools() {
+            self.template.render_with_tools(messages, Some(tools), true)
+        } else {
+            let rewritten = crate::tool_calls::with_fallback_tools(messages, tools);
+            self.template.render(&rewritten, true)
+        }
+    }
+
+    /// How this model writes tool calls, as rendered by
+    /// [`Engine::render_chat_with_tools`]: its family's format when its
+    /// template speaks tools, else the fallback's (Hermes).
+    pub fn tool_call_format(&self) -> ToolCallFormat {
+        if self.template.supports_tools() {
+            ToolCallFormat::for_arch(self.config.arch).unwrap_or(ToolCallFormat::Hermes)
+        } else {
+            ToolCallFormat::Hermes
+        }
     }
 
     /// Render a chat with the model's template (generation prompt added);

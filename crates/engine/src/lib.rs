@@ -32,7 +32,7 @@ pub mod weights;
 
 pub use candle_core::quantized::gguf_file as candle_gguf;
 pub use candle_core::Device;
-pub use chat::{ChatMessage, ChatTemplate};
+pub use chat::{ChatFunctionCall, ChatMessage, ChatTemplate, ChatToolCall};
 pub use constraint::{Grammar, GrammarSpec};
 pub use engine::{Engine, EngineConfig, EngineStats, Event, FinishReason, RequestStream, Usage};
 pub use error::{EngineError, Result};
@@ -40,3 +40,4 @@ pub use loader::{LoadedModel, ModelSource};
 pub use model::{Arch, ModelConfig};
 pub use sampling::{SamplingParams, TokenLogprob};
 pub use tokenizer::Tokenizer;
+pub use tool_calls::{ParsedOutput, ToolCall, ToolCallFormat};

@@ -8,9 +8,18 @@
 //!   then a fenced JSON block and `<｜tool▁call▁end｜>`, closed by `<｜tool▁calls▁end｜>`
 //!
 //! Parsing never fails: text that is not a well-formed call stays content.
+//!
+//! A model whose chat template cannot render tools gets the fallback: a
+//! system block that lists the tools and asks for Hermes-style calls, with
+//! earlier calls and tool results written into the turns as text
+//! ([`with_fallback_tools`]). A request that must call a tool (`tool_choice`
+//! `required` or a named function) is held to the Hermes format by a grammar
+//! ([`forced_call_grammar`]) whose arguments follow each tool's JSON schema.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
+use crate::chat::ChatMessage;
+use crate::constraint::GrammarSpec;
 use crate::model::Arch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +69,102 @@ fn call_from_json(v: &Value, args_key: &str) -> Option<ToolCall> {
     })
 }
 
+/// The function definitions' name and JSON-schema parameters.
+fn functions(tools: &[Value]) -> impl Iterator<Item = (&str, Value)> {
+    tools.iter().filter_map(|t| {
+        let f = t.get("function")?;
+        let name = f.get("name")?.as_str()?;
+        let params = f
+            .get("parameters")
+            .filter(|p| p.is_object())
+            .cloned()
+            .unwrap_or_else(|| json!({"type": "object"}));
+        Some((name, params))
+    })
+}
+
+/// The call text the fallback prompt asks for.
+fn hermes_call(name: &str, arguments: &Value) -> String {
+    format!(
+        "<tool_call>\n{}\n</tool_call>",
+        json!({"name": name, "arguments": arguments})
+    )
+}
+
+/// Messages for a template without tool support: the tools as a system
+/// block, earlier calls as Hermes text, tool results as user turns.
+pub fn with_fallback_tools(messages: &[ChatMessage], tools: &[Value]) -> Vec<ChatMessage> {
+    let listed: Vec<String> = tools
+        .iter()
+        .filter_map(|t| t.get("function"))
+        .map(Value::to_string)
+        .collect();
+    let block = format!(
+        "You can call functions. Their signatures, as JSON Schema:\n<tools>\n{}\n</tools>\n\
+         To call a function, answer with one block per call:\n\
+         <tool_call>\n{{\"name\": <function name>, \"arguments\": <arguments as a JSON object>}}\n</tool_call>",
+        listed.join("\n")
+    );
+    let mut out: Vec<ChatMessage> = Vec::with_capacity(messages.len() + 1);
+    match messages.first() {
+        Some(m) if m.role == "system" => out.push(ChatMessage::new(
+            "system",
+            &format!("{}\n\n{block}", m.content),
+        )),
+        _ => out.push(ChatMessage::new("system", &block)),
+    }
+    let skip = usize::from(messages.first().is_some_and(|m| m.role == "system"));
+    for m in &messages[skip..] {
+        out.push(match m.role.as_str() {
+            "assistant" if !m.tool_calls.is_empty() => {
+                let calls: Vec<String> = m
+                    .tool_calls
+                    .iter()
+                    .map(|c| hermes_call(&c.function.name, &c.function.arguments))
+                    .collect();
+                let text = [m.content.as_str()]
+                    .into_iter()
+                    .chain(calls.iter().map(String::as_str))
+                    .filter(|t| !t.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                ChatMessage::new("assistant", &text)
+            }
+            "tool" => ChatMessage::new(
+                "user",
+                &format!("<tool_response>\n{}\n</tool_response>", m.content),
+            ),
+            _ => m.clone(),
+        });
+    }
+    out
+}
+
+/// A grammar that admits only Hermes-format calls to these tools (or the
+/// one named), arguments valid against each tool's schema; one call, or
+/// several on separate lines when `parallel`.
+pub fn forced_call_grammar(tools: &[Value], only: Option<&str>, parallel: bool) -> GrammarSpec {
+    let alternatives: Vec<Value> = functions(tools)
+        .filter(|(name, _)| only.is_none_or(|o| o == *name))
+        .map(|(name, params)| {
+            json!({
+                "type": "object",
+                "properties": {"name": {"const": name}, "arguments": params},
+                "required": ["name", "arguments"],
+                "additionalProperties": false
+            })
+        })
+        .collect();
+    let schema = json!({
+        "anyOf": alternatives,
+        "x-guidance": {"whitespace_flexible": false}
+    });
+    let repeat = if parallel { " (\"\\n\" call)*" } else { "" };
+    GrammarSpec::Lark(format!(
+        "start: call{repeat}\ncall: \"<tool_call>\\n\" %json {schema} \"\\n</tool_call>\"\n"
+    ))
+}
+
 pub fn parse(format: ToolCallFormat, text: &str) -> ParsedOutput {
     match format {
         ToolCallFormat::Hermes => parse_tagged(text, "<tool_call>", "</tool_call>", |body| {
@@ -95,7 +200,12 @@ fn parse_tagged(
         }
         rest = &after[end + close.len()..];
     }
-    out.content.push_str(rest);
+    // After complete calls, an unclosed one is a call cut short (max_tokens),
+    // not content.
+    match rest.find(open) {
+        Some(start) if !out.tool_calls.is_empty() => out.content.push_str(&rest[..start]),
+        _ => out.content.push_str(rest),
+    }
     out.content = out.content.trim().to_string();
     out
 }
@@ -189,6 +299,12 @@ mod tests {
         );
         let broken = parse(ToolCallFormat::Hermes, "<tool_call>{not json}</tool_call>");
         assert!(broken.tool_calls.is_empty() && broken.content.contains("not json"));
+        let cut = parse(
+            ToolCallFormat::Hermes,
+            "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>\n<tool_call>{\"name\": \"f\", \"argu",
+        );
+        assert_eq!(cut.tool_calls.len(), 1);
+        assert_eq!(cut.content, "");
     }
 
     #[test]
@@ -215,6 +331,77 @@ mod tests {
                 name: "get_time".into(),
                 arguments: r#"{"tz":"UTC"}"#.into()
             }]
+        );
+    }
+
+    #[test]
+    fn fallback_writes_tools_calls_and_results_into_the_turns() {
+        use crate::chat::{ChatFunctionCall, ChatToolCall};
+        let tools = vec![
+            json!({"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}),
+        ];
+        let mut call = ChatMessage::new("assistant", "");
+        call.tool_calls = vec![ChatToolCall {
+            id: "call_1".into(),
+            kind: "function".into(),
+            function: ChatFunctionCall {
+                name: "f".into(),
+                arguments: json!({"x": 1}),
+            },
+        }];
+        let mut result = ChatMessage::new("tool", "42");
+        result.tool_call_id = Some("call_1".into());
+        let out = with_fallback_tools(
+            &[
+                ChatMessage::new("system", "Be brief."),
+                ChatMessage::new("user", "go"),
+                call,
+                result,
+            ],
+            &tools,
+        );
+        assert_eq!(out.len(), 4);
+        assert!(
+            out[0].content.starts_with("Be brief.\n\n")
+                && out[0].content.contains("\"name\":\"f\"")
+        );
+        assert_eq!(
+            out[2].content,
+            "<tool_call>\n{\"name\":\"f\",\"arguments\":{\"x\":1}}\n</tool_call>"
+        );
+        assert!(out[2].tool_calls.is_empty());
+        assert_eq!(
+            (out[3].role.as_str(), out[3].content.as_str()),
+            ("user", "<tool_response>\n42\n</tool_response>")
+        );
+        // What the fallback asks for is what the Hermes parser reads.
+        assert_eq!(
+            parse(ToolCallFormat::Hermes, &out[2].content).tool_calls[0].name,
+            "f"
+        );
+    }
+
+    #[test]
+    fn forced_grammar_names_only_the_chosen_tools() {
+        let tools = vec![
+            json!({"type": "function", "function": {"name": "a", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}),
+            json!({"type": "function", "function": {"name": "b"}}),
+        ];
+        let GrammarSpec::Lark(all) = forced_call_grammar(&tools, None, true) else {
+            panic!()
+        };
+        assert!(
+            all.contains("\"const\":\"a\"")
+                && all.contains("\"const\":\"b\"")
+                && all.contains("call)*")
+        );
+        let GrammarSpec::Lark(one) = forced_call_grammar(&tools, Some("b"), false) else {
+            panic!()
+        };
+        assert!(
+            !one.contains("\"const\":\"a\"")
+                && one.contains("\"const\":\"b\"")
+                && !one.contains("call)*")
         );
     }
 

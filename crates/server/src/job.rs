@@ -13,13 +13,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use switchyard_engine::tool_calls::forced_call_grammar;
 use switchyard_engine::{
-    ChatMessage, Engine, Event, Grammar, GrammarSpec, RequestStream, SamplingParams,
+    ChatMessage, Engine, Event, Grammar, GrammarSpec, RequestStream, SamplingParams, ToolCallFormat,
 };
 use switchyard_router::{Objective, RoutingOptions};
 
 use crate::error::ApiError;
-use crate::openai::{self, ChatRequest, CompletionRequest, Prompt};
+use crate::openai::{self, ChatRequest, CompletionRequest, Prompt, ToolChoice};
 use crate::record::RouteCtx;
 use crate::state::{now_secs, random_id, AppState};
 
@@ -62,6 +63,12 @@ pub struct ValidatedRequest {
     /// The structured output asked for (`response_format`, vLLM's guided
     /// fields) and the field that asked; compiled for each model in [`prepare`].
     pub grammar: Option<(&'static str, GrammarSpec)>,
+    /// The tools the model may call (rendered into its prompt; its output
+    /// parsed for calls). None without tools or with `tool_choice: "none"`.
+    pub tools: Option<Arc<Vec<serde_json::Value>>>,
+    /// `tool_choice` is `required` or names a function: the grammar forces
+    /// Hermes-format calls.
+    pub tool_call_forced: bool,
 }
 
 /// At most one structured-output constraint per request.
@@ -114,19 +121,20 @@ impl ValidatedRequest {
         let params = req.sampling.to_params(top_logprobs)?;
         let max_tokens = req.sampling.max_tokens()?;
         let messages = openai::chat_messages(&req.messages)?;
-        let needs_tools = req.tools.as_ref().is_some_and(|t| !t.is_empty());
-        if req.tool_choice.is_some() && !needs_tools {
+        let has_tools = req.tools.as_ref().is_some_and(|t| !t.is_empty());
+        if req.tool_choice.is_some() && !has_tools {
             return Err(ApiError::invalid_param(
                 "tool_choice",
                 "'tool_choice' is only allowed when 'tools' are specified.",
             ));
         }
-        if req.parallel_tool_calls.is_some() && !needs_tools {
+        if req.parallel_tool_calls.is_some() && !has_tools {
             return Err(ApiError::invalid_param(
                 "parallel_tool_calls",
                 "'parallel_tool_calls' is only allowed when 'tools' are specified.",
             ));
         }
+        let tool_use = openai::tool_use(req.tools.as_deref(), req.tool_choice.as_ref())?;
         let mut specs = req.guided.specs()?;
         if let Some(spec) = req
             .response_format
@@ -137,6 +145,18 @@ impl ValidatedRequest {
             .flatten()
         {
             specs.insert(0, ("response_format", spec));
+        }
+        // A call that must happen is held to the Hermes format by a grammar.
+        let parallel = req.parallel_tool_calls.unwrap_or(true);
+        let forced = match &tool_use {
+            Some((tools, ToolChoice::Required)) => Some(forced_call_grammar(tools, None, parallel)),
+            Some((tools, ToolChoice::Named(name))) => {
+                Some(forced_call_grammar(tools, Some(name), parallel))
+            }
+            _ => None,
+        };
+        if let Some(spec) = forced.clone() {
+            specs.push(("tool_choice", spec));
         }
         let grammar = one_grammar(specs)?;
         if let Some(user) = &req.sampling.user {
@@ -151,9 +171,11 @@ impl ValidatedRequest {
             stream: req.sampling.stream(),
             include_usage: req.sampling.include_usage(),
             routing: req.routing,
-            needs_tools,
-            needs_json: grammar.is_some(),
+            needs_tools: tool_use.is_some(),
+            needs_json: grammar.is_some() && forced.is_none(),
             grammar,
+            tools: tool_use.map(|(tools, _)| Arc::new(tools)),
+            tool_call_forced: forced.is_some(),
         })
     }
 
@@ -196,19 +218,9 @@ impl ValidatedRequest {
             needs_tools: false,
             needs_json: grammar.is_some(),
             grammar,
+            tools: None,
+            tool_call_forced: false,
         })
-    }
-
-    /// Refuse what no local engine can honour yet (tool calls): a 400
-    /// naming the field, never a silent drop.
-    pub fn refuse_unsupported(&self) -> Result<(), ApiError> {
-        if self.needs_tools {
-            return Err(ApiError::invalid_param(
-                "tools",
-                "'tools' are not supported by this server's models yet.",
-            ));
-        }
-        Ok(())
     }
 
     /// The chat messages, for the router's classifier.
@@ -248,15 +260,19 @@ pub async fn prepare(
     let engine = engine.clone();
     let input = v.input.clone();
     let grammar = v.grammar.clone();
+    let tools = v.tools.clone();
     let out = v.max_tokens.unwrap_or(1);
     state
         .blocking
         .run(move || -> Result<Prepared, ApiError> {
             let (texts, param) = match input {
-                Input::Chat(messages) => (
-                    vec![Prompt::Text(engine.render_chat(&messages)?)],
-                    "messages",
-                ),
+                Input::Chat(messages) => {
+                    let text = match &tools {
+                        Some(tools) => engine.render_chat_with_tools(&messages, tools)?,
+                        None => engine.render_chat(&messages)?,
+                    };
+                    (vec![Prompt::Text(text)], "messages")
+                }
                 Input::Completion(prompts) => (Arc::unwrap_or_clone(prompts), "prompt"),
             };
             let ctx = engine.context_length();
@@ -304,6 +320,8 @@ pub struct Job {
     pub created: u64,
     /// Set for routed requests and pinned ones with routing options.
     pub route: Option<RouteCtx>,
+    /// How to find tool calls in the output (requests with tools).
+    pub tool_format: Option<ToolCallFormat>,
 }
 
 /// The model-dependent checks, the same for pinned and routed requests:
@@ -383,6 +401,13 @@ pub fn admit(
     let mut params = v.params.clone();
     params.max_tokens = max_tokens;
     params.grammar = grammar;
+    let tool_format = v.tools.as_ref().map(|_| {
+        if v.tool_call_forced {
+            ToolCallFormat::Hermes
+        } else {
+            engine.tool_call_format()
+        }
+    });
     Ok(Job {
         kind: v.kind,
         model: model.to_string(),
@@ -398,6 +423,7 @@ pub fn admit(
         }),
         created: now_secs(),
         route: None,
+        tool_format,
     })
 }
 

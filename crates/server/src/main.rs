@@ -269,8 +269,6 @@ fn preview_one(
 ) -> Result<switchyard_router::Decision, error::ApiError> {
     let req: openai::ChatRequest = openai::parse_body(line.as_bytes(), openai::CHAT_FIELDS)?;
     let v = ValidatedRequest::chat(req)?;
-    // What the server would refuse, the dry run refuses too.
-    v.refuse_unsupported()?;
     let messages = v.messages();
     let text = routed::routing_text(messages);
     // Without the tokenizers, estimate: ~4 characters a token plus template overhead.

@@ -11,7 +11,10 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::Value;
-use switchyard_engine::{ChatMessage, GrammarSpec, SamplingParams, TokenLogprob, Tokenizer};
+use switchyard_engine::{
+    ChatFunctionCall, ChatMessage, ChatToolCall, GrammarSpec, SamplingParams, TokenLogprob,
+    Tokenizer,
+};
 
 use crate::error::ApiError;
 
@@ -428,9 +431,9 @@ impl SamplingFields {
     }
 }
 
-/// Chat messages in the template's terms: content as plain text. A message
-/// key the templates cannot carry yet (`tool_calls`, `tool_call_id`, `name`)
-/// is refused.
+/// Chat messages in the template's terms: content as plain text, earlier
+/// tool calls and tool results. A message key the templates cannot carry
+/// (`name`) is refused.
 pub fn chat_messages(messages: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::invalid_param(
@@ -446,7 +449,14 @@ pub fn chat_messages(messages: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
             let Some(fields) = m.as_object() else {
                 return Err(ApiError::invalid_param(&param, format!("messages[{i}] must be an object")));
             };
-            if let Some(key) = fields.keys().find(|k| !["role", "content"].contains(&k.as_str())) {
+            // Keys SDKs echo back empty (`refusal`, `parsed`, `annotations`)
+            // say nothing; any other key must be one the template carries.
+            let says_nothing = |v: &Value| v.is_null() || v.as_array().is_some_and(Vec::is_empty);
+            if let Some(key) = fields.iter().find_map(|(k, v)| {
+                (!["role", "content", "tool_calls", "tool_call_id"].contains(&k.as_str())
+                    && !says_nothing(v))
+                .then_some(k)
+            }) {
                 return Err(ApiError::invalid_param(
                     &format!("{param}.{key}"),
                     format!("messages[{i}].{key} is not supported."),
@@ -491,9 +501,156 @@ pub fn chat_messages(messages: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
                     ))
                 }
             };
-            Ok(ChatMessage { role: role.to_string(), content })
+            let tool_calls = match m.get("tool_calls") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(calls) if role == "assistant" => history_tool_calls(calls, &format!("{param}.tool_calls"))?,
+                Some(_) => {
+                    return Err(ApiError::invalid_param(
+                        &format!("{param}.tool_calls"),
+                        format!("messages[{i}]: only assistant messages carry 'tool_calls'."),
+                    ))
+                }
+            };
+            let tool_call_id = match (role, m.get("tool_call_id")) {
+                ("tool", Some(Value::String(id))) => Some(id.clone()),
+                (_, None | Some(Value::Null)) => None,
+                _ => {
+                    return Err(ApiError::invalid_param(
+                        &format!("{param}.tool_call_id"),
+                        format!("messages[{i}].tool_call_id must be a string on a tool message."),
+                    ))
+                }
+            };
+            Ok(ChatMessage { role: role.to_string(), content, tool_calls, tool_call_id })
         })
         .collect()
+}
+
+/// An assistant message's `tool_calls`, arguments parsed to JSON for the
+/// template (left as a string when they are not JSON).
+fn history_tool_calls(calls: &Value, param: &str) -> Result<Vec<ChatToolCall>, ApiError> {
+    let bad = || {
+        ApiError::invalid_param(
+            param,
+            "tool_calls must be an array of {\"id\", \"type\": \"function\", \"function\": {\"name\", \"arguments\"}}.",
+        )
+    };
+    calls
+        .as_array()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|c| {
+            let id = c.get("id").and_then(Value::as_str).ok_or_else(bad)?;
+            let f = c.get("function").ok_or_else(bad)?;
+            let name = f.get("name").and_then(Value::as_str).ok_or_else(bad)?;
+            let arguments = match f.get("arguments") {
+                Some(Value::String(a)) => {
+                    serde_json::from_str(a).unwrap_or_else(|_| Value::String(a.clone()))
+                }
+                Some(other) => other.clone(),
+                None => return Err(bad()),
+            };
+            Ok(ChatToolCall {
+                id: id.to_string(),
+                kind: "function".into(),
+                function: ChatFunctionCall {
+                    name: name.to_string(),
+                    arguments,
+                },
+            })
+        })
+        .collect()
+}
+
+/// How the request lets the model use its tools.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolChoice {
+    /// The model decides.
+    Auto,
+    /// It must call at least one tool.
+    Required,
+    /// It must call this one.
+    Named(String),
+}
+
+/// `tools` and `tool_choice`, checked: function definitions with a name (as
+/// OpenAI restricts it) and object parameters. None when no tool may be
+/// called (no tools, or `tool_choice: "none"`).
+pub fn tool_use(
+    tools: Option<&[Value]>,
+    choice: Option<&Value>,
+) -> Result<Option<(Vec<Value>, ToolChoice)>, ApiError> {
+    let tools = tools.unwrap_or_default();
+    let mut names = Vec::with_capacity(tools.len());
+    for (i, t) in tools.iter().enumerate() {
+        let param = format!("tools[{i}]");
+        let f = match (t.get("type").and_then(Value::as_str), t.get("function")) {
+            (Some("function"), Some(f)) if f.is_object() => f,
+            _ => {
+                return Err(ApiError::invalid_param(
+                    &param,
+                    format!("{param} must be {{\"type\": \"function\", \"function\": {{...}}}}."),
+                ))
+            }
+        };
+        let name = f.get("name").and_then(Value::as_str).unwrap_or_default();
+        let valid = (1..=64).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid {
+            return Err(ApiError::invalid_param(
+                &format!("{param}.function.name"),
+                format!("Invalid function name {name:?}: 1-64 letters, digits, '_' or '-'."),
+            ));
+        }
+        if f.get("parameters")
+            .is_some_and(|p| !p.is_object() && !p.is_null())
+        {
+            return Err(ApiError::invalid_param(
+                &format!("{param}.function.parameters"),
+                "'parameters' must be a JSON Schema object.",
+            ));
+        }
+        names.push(name);
+    }
+    let choice = match choice {
+        None | Some(Value::Null) => ToolChoice::Auto,
+        Some(Value::String(c)) => match c.as_str() {
+            "auto" => ToolChoice::Auto,
+            "required" => ToolChoice::Required,
+            "none" => return Ok(None),
+            other => {
+                return Err(ApiError::invalid_param(
+                    "tool_choice",
+                    format!(
+                    "Invalid tool_choice {other:?}: expected none, auto, required or a function."
+                ),
+                ))
+            }
+        },
+        Some(named) => {
+            let name = named
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .filter(|_| named.get("type").and_then(Value::as_str) == Some("function"))
+                .ok_or_else(|| {
+                    ApiError::invalid_param(
+                        "tool_choice",
+                        "tool_choice must be none, auto, required or {\"type\": \"function\", \"function\": {\"name\"}}.",
+                    )
+                })?;
+            if !names.contains(&name) {
+                return Err(ApiError::invalid_param(
+                    "tool_choice",
+                    format!("tool_choice names `{name}`, which is not in 'tools'."),
+                ));
+            }
+            ToolChoice::Named(name.to_string())
+        }
+    };
+    Ok((!tools.is_empty()).then(|| (tools.to_vec(), choice)))
 }
 
 /// One text-completion prompt: text to tokenize, or token ids as given.

@@ -24,7 +24,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream;
 use serde_json::{json, Value};
-use switchyard_engine::{Engine, Event, FinishReason, TokenLogprob, Usage};
+use switchyard_engine::tool_calls;
+use switchyard_engine::{
+    Engine, Event, FinishReason, TokenLogprob, ToolCall, ToolCallFormat, Usage,
+};
 
 use crate::error::ApiError;
 use crate::job::{self, admit, prepare, Job, Kind, ModelChoice, Pending, ValidatedRequest};
@@ -240,8 +243,7 @@ async fn chat_completions(
 ) -> Response {
     let validated = body_bytes(&state, body)
         .and_then(|b| openai::parse_body::<ChatRequest>(&b, openai::CHAT_FIELDS))
-        .and_then(ValidatedRequest::chat)
-        .and_then(|v| v.refuse_unsupported().map(|()| v));
+        .and_then(ValidatedRequest::chat);
     match validated {
         Ok(v) => answer(state, v).await,
         Err(e) => fail(&state, "none", e),
@@ -370,6 +372,45 @@ fn finish_str(f: Option<FinishReason>) -> Value {
     }
 }
 
+/// A chat choice's message and finish reason: with tools, the calls found
+/// in the text (`finish_reason: "tool_calls"`) and the rest as content.
+fn chat_message(
+    tool_format: Option<ToolCallFormat>,
+    text: &str,
+    finish: Option<FinishReason>,
+) -> (Value, Value) {
+    let plain = || {
+        (
+            json!({"role": "assistant", "content": text}),
+            finish_str(finish),
+        )
+    };
+    let Some(format) = tool_format else {
+        return plain();
+    };
+    let parsed = tool_calls::parse(format, text);
+    if parsed.tool_calls.is_empty() {
+        return plain();
+    }
+    let calls: Vec<Value> = parsed
+        .tool_calls
+        .iter()
+        .map(|c| {
+            json!({"id": random_id("call_"), "type": "function",
+                   "function": {"name": c.name, "arguments": c.arguments}})
+        })
+        .collect();
+    let content = (!parsed.content.is_empty()).then_some(parsed.content);
+    let finish = match finish {
+        Some(FinishReason::Stop) => json!("tool_calls"),
+        other => finish_str(other),
+    };
+    (
+        json!({"role": "assistant", "content": content, "tool_calls": calls}),
+        finish,
+    )
+}
+
 fn usage_json(prompt: usize, completion: usize, cached: usize) -> Value {
     let mut u = json!({
         "prompt_tokens": prompt,
@@ -494,12 +535,15 @@ async fn collect_inner(
         .iter()
         .enumerate()
         .map(|(index, o)| match job.kind {
-            Kind::Chat => json!({
-                "index": index,
-                "message": {"role": "assistant", "content": o.text},
-                "logprobs": if want_logprobs { json!({"content": openai::chat_logprobs(job.engine.tokenizer(), &o.logprobs)}) } else { Value::Null },
-                "finish_reason": finish_str(o.finish),
-            }),
+            Kind::Chat => {
+                let (message, finish) = chat_message(job.tool_format, &o.text, o.finish);
+                json!({
+                    "index": index,
+                    "message": message,
+                    "logprobs": if want_logprobs { json!({"content": openai::chat_logprobs(job.engine.tokenizer(), &o.logprobs)}) } else { Value::Null },
+                    "finish_reason": finish,
+                })
+            }
             Kind::Completion => json!({
                 "index": index,
                 "text": o.text,
@@ -534,7 +578,73 @@ struct SseState {
     /// Choices of the front stream still to finish.
     remaining: usize,
     finished: bool,
+    /// Per choice, with tools: the text so far and how much went out.
+    tool_texts: Vec<HeldText>,
     _in_flight: InFlight,
+}
+
+/// A streamed choice's text while its model may call tools: content is
+/// sent until a call may be starting, then held; at the end the whole text
+/// is parsed into content and calls.
+#[derive(Default)]
+struct HeldText {
+    text: String,
+    /// Bytes of `text` already sent as content.
+    sent: usize,
+    /// A call started: nothing more goes out as content.
+    holding: bool,
+}
+
+impl HeldText {
+    /// Append a delta; returns the content that is safe to send now.
+    fn push(&mut self, format: ToolCallFormat, delta: &str) -> String {
+        self.text.push_str(delta);
+        if self.holding {
+            return String::new();
+        }
+        // Only the Hermes format announces a call with a tag; the others
+        // are held whole.
+        let ToolCallFormat::Hermes = format else {
+            self.holding = true;
+            return String::new();
+        };
+        const OPEN: &str = "<tool_call>";
+        let unsent = &self.text[self.sent..];
+        let safe = match unsent.find(OPEN) {
+            Some(at) => {
+                self.holding = true;
+                at
+            }
+            // Keep back a tail that could be the start of the tag.
+            None => (1..OPEN.len().min(unsent.len() + 1))
+                .rev()
+                .find(|&n| {
+                    unsent.is_char_boundary(unsent.len() - n)
+                        && OPEN.starts_with(&unsent[unsent.len() - n..])
+                })
+                .map_or(unsent.len(), |n| unsent.len() - n),
+        };
+        let out = unsent[..safe].to_string();
+        self.sent += safe;
+        out
+    }
+
+    /// The content still to send and the calls.
+    fn finish(&mut self, format: ToolCallFormat) -> (String, Vec<ToolCall>) {
+        let parsed = tool_calls::parse(format, &self.text);
+        if parsed.tool_calls.is_empty() {
+            let rest = self.text[self.sent..].to_string();
+            self.sent = self.text.len();
+            return (rest, Vec::new());
+        }
+        let sent = self.text[..self.sent].trim();
+        let rest = parsed
+            .content
+            .strip_prefix(sent)
+            .unwrap_or_default()
+            .to_string();
+        (rest, parsed.tool_calls)
+    }
 }
 
 impl Drop for SseState {
@@ -629,6 +739,14 @@ impl SseState {
                     Kind::Completion => completion_logprobs(&self.job.engine, &logprobs, self.text_offsets[index]),
                 });
                 self.text_offsets[index] += text.len();
+                // With tools, text that may be a call is held back.
+                let text = match (self.job.tool_format, self.tool_texts.get_mut(index)) {
+                    (Some(format), Some(held)) => held.push(format, &text),
+                    _ => text,
+                };
+                if text.is_empty() && lp.is_none() {
+                    return;
+                }
                 let c = self.choice(index, Some(&text), false, lp, None);
                 self.pending.push_back(self.chunk(vec![c]));
             }
@@ -641,9 +759,34 @@ impl SseState {
                 self.usage.1 += usage.completion_tokens;
                 self.usage.2 += if choice == 0 { usage.cached_tokens } else { 0 };
                 let last = self.streams.len() <= 1 && self.remaining == 1;
+                let mut finish = finish_str(Some(reason));
+                if let (Some(format), Some(held)) =
+                    (self.job.tool_format, self.tool_texts.get_mut(base + choice))
+                {
+                    let (rest, calls) = held.finish(format);
+                    let index = base + choice;
+                    if !rest.is_empty() {
+                        let c = self.choice(index, Some(&rest), false, None, None);
+                        self.pending.push_back(self.chunk(vec![c]));
+                    }
+                    // As OpenAI streams calls: id, type and name first, then
+                    // the arguments.
+                    for (i, call) in calls.iter().enumerate() {
+                        let head = json!({"index": index, "finish_reason": null, "delta": {"tool_calls": [
+                            {"index": i, "id": random_id("call_"), "type": "function",
+                             "function": {"name": call.name, "arguments": ""}}]}});
+                        let args = json!({"index": index, "finish_reason": null, "delta": {"tool_calls": [
+                            {"index": i, "function": {"arguments": call.arguments}}]}});
+                        self.pending.push_back(self.chunk(vec![head]));
+                        self.pending.push_back(self.chunk(vec![args]));
+                    }
+                    if !calls.is_empty() && reason == FinishReason::Stop {
+                        finish = json!("tool_calls");
+                    }
+                }
                 let c = match self.job.kind {
                     Kind::Chat => {
-                        json!({"index": base + choice, "delta": {}, "finish_reason": finish_str(Some(reason))})
+                        json!({"index": base + choice, "delta": {}, "finish_reason": finish})
                     }
                     Kind::Completion => {
                         self.choice(base + choice, Some(""), false, None, Some(reason))
@@ -727,6 +870,11 @@ fn stream_response(
         usage: (0, 0, 0),
         remaining: n,
         finished: false,
+        tool_texts: if job.tool_format.is_some() {
+            (0..total).map(|_| HeldText::default()).collect()
+        } else {
+            Vec::new()
+        },
         _in_flight: in_flight,
         state,
         job,

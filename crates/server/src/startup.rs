@@ -58,11 +58,13 @@ pub fn profiles(catalog: &Catalog) -> anyhow::Result<Vec<ModelProfile>> {
 }
 
 /// A catalog model's routing profile as served locally: constrained
-/// decoding gives every local model structured outputs, whatever the
-/// catalog's `json` flag says (the flag is for remote backends).
+/// decoding gives every local model structured outputs and tool calls,
+/// whatever the catalog's `json`/`tools` flags say (they are for remote
+/// backends).
 fn local_routing(m: &ModelEntry) -> switchyard_router::RoutingProfile {
     let mut routing = m.routing.clone();
     routing.capabilities.json = true;
+    routing.capabilities.tools = true;
     routing
 }
 

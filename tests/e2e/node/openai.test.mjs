@@ -50,3 +50,32 @@ test("zodResponseFormat with parse()", { skip: !url }, async () => {
     assert.deepEqual(Pet.parse(pet), pet);
   }
 });
+
+test("runTools completes a two-step tool loop", { skip: !url }, async () => {
+  const seen = [];
+  const runner = client.chat.completions.runTools({
+    model, max_tokens: 80, temperature: 0, tool_choice: "required", parallel_tool_calls: false,
+    messages: [{ role: "user", content: "What is the weather in Paris?" }],
+    tools: [{
+      type: "function",
+      function: {
+        name: "get_weather",
+        description: "Current weather in a city",
+        parameters: {
+          type: "object", additionalProperties: false, required: ["city"],
+          properties: { city: { type: "string", maxLength: 20 } },
+        },
+        parse: JSON.parse,
+        function: async (args) => { seen.push(args); return { temperature: 18, sky: "clear" }; },
+      },
+    }],
+  }, { maxChatCompletions: 2 });
+  await runner.done();
+  // Two completions, each a call the runner executed; the second request
+  // carried the first call and its result back through the chat template.
+  assert.equal(seen.length, 2);
+  for (const args of seen) assert.equal(typeof args.city, "string");
+  const toolMessages = runner.messages.filter((m) => m.role === "tool");
+  assert.equal(toolMessages.length, 2);
+  assert.ok(runner.messages.some((m) => m.role === "assistant" && m.tool_calls?.length === 1));
+});

@@ -111,7 +111,13 @@ pub struct EngineStats {
     /// Moving averages over recent steps, tokens per second.
     pub prefill_tokens_per_s: f64,
     pub decode_tokens_per_s: f64,
+    /// The latest grammar-mask computations (structured outputs), in
+    /// microseconds, at most [`MASK_SAMPLES`].
+    pub grammar_mask_us: Vec<f32>,
 }
+
+/// How many recent grammar-mask timings the stats keep.
+pub const MASK_SAMPLES: usize = 1024;
 
 enum Command {
     Submit {
@@ -222,6 +228,7 @@ impl Engine {
             requests: HashMap::new(),
             next_seq: 0,
             stats: stats.clone(),
+            mask_us: std::collections::VecDeque::new(),
         };
         std::thread::Builder::new()
             .name(format!("engine-{id}"))
@@ -375,6 +382,8 @@ struct EngineCore {
     requests: HashMap<u64, Vec<SeqId>>,
     next_seq: SeqId,
     stats: Arc<Mutex<EngineStats>>,
+    /// Recent grammar-mask timings (µs), published with the stats.
+    mask_us: std::collections::VecDeque<f32>,
 }
 
 impl EngineCore {
@@ -584,7 +593,16 @@ impl EngineCore {
         let Some(st) = self.seqs.get_mut(&id) else {
             return;
         };
-        let mask = match st.constraint.as_mut().map(SeqConstraint::mask) {
+        let mask_started = Instant::now();
+        let mask = st.constraint.as_mut().map(SeqConstraint::mask);
+        if mask.is_some() {
+            if self.mask_us.len() == MASK_SAMPLES {
+                self.mask_us.pop_front();
+            }
+            self.mask_us
+                .push_back(mask_started.elapsed().as_secs_f32() * 1e6);
+        }
+        let mask = match mask {
             None => None,
             Some(Ok(m)) if !m.is_zero() => Some(m),
             Some(failed) => {
@@ -713,6 +731,11 @@ impl EngineCore {
             s.kv_blocks_free = self.scheduler.num_free_blocks();
             s.kv_blocks_total = self.scheduler.num_blocks();
             s.preemptions = self.scheduler.num_preemptions();
+            if s.grammar_mask_us.len() != self.mask_us.len()
+                || s.grammar_mask_us.last() != self.mask_us.back()
+            {
+                s.grammar_mask_us = self.mask_us.iter().copied().collect();
+            }
         }
     }
 }

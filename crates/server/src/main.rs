@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use switchyard_engine::{ChatMessage, Engine, EngineConfig, Event, SamplingParams};
+use switchyard_engine::{
+    ChatMessage, Engine, EngineConfig, Event, Grammar, GrammarSpec, SamplingParams,
+};
 use switchyard_server::config::Catalog;
 use switchyard_server::job::ValidatedRequest;
 use switchyard_server::{error, openai, routed, startup};
@@ -84,6 +86,10 @@ enum Command {
         /// Comma-separated numbers of concurrent sequences.
         #[arg(long, default_value = "1,8")]
         concurrency: String,
+        /// Constrain every sequence to this JSON schema (structured outputs);
+        /// reports the per-token mask time too.
+        #[arg(long)]
+        json_schema: Option<String>,
     },
     /// Check the paged-attention kernels against the portable reference path
     /// on random inputs; prints one JSON line per case, fails if any fails.
@@ -187,6 +193,7 @@ fn main() -> anyhow::Result<()> {
             prompt_tokens,
             gen_tokens,
             concurrency,
+            json_schema,
         } => {
             let levels: Vec<usize> = concurrency
                 .split(',')
@@ -200,9 +207,18 @@ fn main() -> anyhow::Result<()> {
                 cfg.max_num_batched_tokens = cfg.max_num_batched_tokens.max(most * prompt_tokens);
                 cfg.max_num_seqs = cfg.max_num_seqs.max(most);
             })?;
-            bench(&engine, 1, 16, 4)?; // warm-up
+            let grammar = match &json_schema {
+                Some(schema) => Some(engine.compile_grammar(&GrammarSpec::JsonSchema(
+                    serde_json::from_str(schema)?,
+                ))?),
+                None => None,
+            };
+            bench(&engine, 1, 16, 4, grammar.clone())?; // warm-up
             for n in levels {
-                println!("{}", bench(&engine, n, prompt_tokens, gen_tokens.max(2))?);
+                println!(
+                    "{}",
+                    bench(&engine, n, prompt_tokens, gen_tokens.max(2), grammar.clone())?
+                );
             }
         }
     }
@@ -309,7 +325,9 @@ fn bench(
     n: usize,
     prompt_tokens: usize,
     gen_tokens: usize,
+    grammar: Option<Grammar>,
 ) -> anyhow::Result<serde_json::Value> {
+    let masks_before = engine.stats().grammar_mask_us.len();
     let vocab = engine.tokenizer().vocab_size() as u64;
     let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ n as u64;
     let mut next = move || {
@@ -320,6 +338,7 @@ fn bench(
     };
     let params = SamplingParams {
         ignore_eos: true,
+        grammar,
         ..SamplingParams::greedy(gen_tokens)
     };
     let started = Instant::now();
@@ -332,42 +351,59 @@ fn bench(
     let readers: Vec<_> = streams
         .into_iter()
         .map(|mut s| {
-            std::thread::spawn(move || -> Result<(Instant, Instant), String> {
-                let mut first = None;
+            std::thread::spawn(move || -> Result<(Instant, Instant, usize), String> {
+                let (mut first, mut generated) = (None, 0);
                 while let Some(ev) = s.blocking_next() {
                     match ev {
-                        Event::Delta { .. } => {
+                        Event::Delta { tokens, .. } => {
                             first.get_or_insert_with(Instant::now);
+                            generated += tokens.len();
                         }
                         Event::Finished { .. } => break,
                         Event::Error { message } => return Err(message),
                     }
                 }
                 let done = Instant::now();
-                Ok((first.unwrap_or(done), done))
+                Ok((first.unwrap_or(done), done, generated))
             })
         })
         .collect();
     let mut first_at = Vec::with_capacity(n);
     let mut done_at = Vec::with_capacity(n);
+    let mut decoded = 0;
     for r in readers {
-        let (first, done) = r
+        let (first, done, generated) = r
             .join()
             .map_err(|_| anyhow::anyhow!("reader panicked"))?
             .map_err(anyhow::Error::msg)?;
         first_at.push(first);
         done_at.push(done);
+        decoded += generated.saturating_sub(1);
     }
     let prefill_end = first_at.iter().max().copied().unwrap_or(started);
     let end = done_at.iter().max().copied().unwrap_or(started);
     let prefill_s = (prefill_end - started).as_secs_f64();
     let decode_s = (end - prefill_end).as_secs_f64();
+    let all_masks = engine.stats().grammar_mask_us;
+    let masks = &all_masks[masks_before.min(all_masks.len())..];
     Ok(serde_json::json!({
         "engine": "switchyard",
         "concurrency": n,
         "prompt_tokens": prompt_tokens,
         "gen_tokens": gen_tokens,
         "prefill_tok_s": (n * prompt_tokens) as f64 / prefill_s.max(1e-9),
-        "decode_tok_s": (n * (gen_tokens - 1)) as f64 / decode_s.max(1e-9),
+        "decode_tok_s": decoded as f64 / decode_s.max(1e-9),
+        "decoded_tokens": decoded,
+        "constrained": params.grammar.is_some(),
+        "mask_us_p50": percentile(&masks, 0.5),
+        "mask_us_p99": percentile(&masks, 0.99),
     }))
+}
+
+/// The q-quantile of some samples (None when there are none).
+fn percentile(samples: &[f32], q: f64) -> Option<f32> {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted.get(i).copied()
 }

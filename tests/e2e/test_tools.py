@@ -113,9 +113,34 @@ def test_parallel_calls_each_validate(client):
     ({"tools": [{"type": "retrieval"}]}, "tools[0]"),
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
     ({"tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice"),
-    ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice"),
+    ({"tools": TOOLS, "extra_body": {"guided_regex": "[a-z]+"}}, "guided_regex"),
 ])
 def test_bad_tool_requests_are_400s(client, kwargs, param):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=SMOL, messages=ASK, max_tokens=4, **kwargs)
     assert e.value.body["param"] == param, e.value.body
+
+
+@pytest.mark.parametrize("model", [SMOL, GEMMA])
+def test_auto_with_a_json_answer_format_gives_a_call_or_that_json(client, model):
+    answer = {"type": "object", "properties": {"reply": {"type": "string", "maxLength": 30}},
+              "required": ["reply"], "additionalProperties": False}
+    for prompt in ["What is the weather in Paris right now?", "Say hello in JSON."]:
+        r = client.chat.completions.create(
+            model=model, tools=TOOLS, max_tokens=80, temperature=0, parallel_tool_calls=False,
+            response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": answer}},
+            messages=[{"role": "user", "content": prompt}])
+        choice = r.choices[0]
+        if choice.message.tool_calls:
+            check_calls(choice)
+        else:
+            assert choice.finish_reason == "stop", choice
+            jsonschema.validate(json.loads(choice.message.content), answer)
+
+
+def test_named_choice_makes_exactly_one_call(client):
+    r = client.chat.completions.create(
+        model=GEMMA, tools=TOOLS, max_tokens=120, temperature=0,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        messages=[{"role": "user", "content": "Weather in Paris, London and Rome?"}])
+    assert len(check_calls(r.choices[0], allowed=("get_weather",))) == 1

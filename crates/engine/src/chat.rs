@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::error::{EngineError, Result};
 use crate::model::Arch;
+use crate::tool_calls::ToolCallFormat;
 
 /// Gemma's turn format (system text folded into the first user turn).
 const GEMMA_TEMPLATE: &str = "{{ bos_token }}\
@@ -72,6 +73,8 @@ pub struct ChatTemplate {
     /// The template renders a `tools` list itself (else the engine writes
     /// its fallback tool prompt into the messages).
     supports_tools: bool,
+    /// The call format the template teaches, read from its markers.
+    tool_call_format: Option<ToolCallFormat>,
 }
 
 impl ChatTemplate {
@@ -98,6 +101,7 @@ impl ChatTemplate {
             },
         );
         let supports_tools = source.contains("tools");
+        let tool_call_format = ToolCallFormat::from_template(&source);
         env.add_template_owned("chat", source)
             .map_err(|e| EngineError::Template(e.to_string()))?;
         Ok(ChatTemplate {
@@ -105,11 +109,17 @@ impl ChatTemplate {
             bos_token,
             eos_token,
             supports_tools,
+            tool_call_format,
         })
     }
 
     pub fn supports_tools(&self) -> bool {
         self.supports_tools
+    }
+
+    /// The tool-call format the template's markers show, if any.
+    pub fn tool_call_format(&self) -> Option<ToolCallFormat> {
+        self.tool_call_format
     }
 
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {

@@ -43,6 +43,7 @@ pub enum GrammarSpec {
 #[derive(Clone)]
 pub struct Grammar {
     parser: Arc<TokenParser>,
+    /// For `Debug`: what was asked for.
     spec: Arc<GrammarSpec>,
 }
 
@@ -59,10 +60,6 @@ impl PartialEq for Grammar {
 }
 
 impl Grammar {
-    pub fn spec(&self) -> &GrammarSpec {
-        &self.spec
-    }
-
     /// A fresh matcher for one sequence.
     pub(crate) fn start(&self) -> SeqConstraint {
         SeqConstraint {
@@ -88,13 +85,13 @@ impl Constraints {
     fn factory(&self) -> Result<&ParserFactory> {
         self.factory
             .get_or_init(|| {
-                let env: TokEnv = Arc::new(TokenizerBridge::new(self.tokenizer.clone()));
+                let env: TokEnv = Arc::new(TokenizerBridge::new(&self.tokenizer));
                 let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
                 factory.quiet();
                 Ok(factory)
             })
             .as_ref()
-            .map_err(|e| EngineError::InvalidRequest(format!("constrained decoding: {e}")))
+            .map_err(|e| EngineError::Load(format!("constrained decoding: {e}")))
     }
 
     /// Compile a grammar; an invalid or unsupported one is an
@@ -178,19 +175,21 @@ impl SeqConstraint {
     }
 }
 
-/// Our tokenizer as llguidance sees it.
+/// Our tokenizer as llguidance sees it: its token trie.
 struct TokenizerBridge {
-    tokenizer: Arc<Tokenizer>,
     trie: TokTrie,
 }
 
 impl TokenizerBridge {
-    fn new(tokenizer: Arc<Tokenizer>) -> Self {
+    fn new(tokenizer: &Tokenizer) -> Self {
         let n = tokenizer.vocab_size();
+        let eog = tokenizer.eog_tokens();
         let words: Vec<Vec<u8>> = (0..n as u32)
             .map(|id| {
                 let bytes = tokenizer.token_bytes(id);
-                if tokenizer.is_control(id) {
+                // End-of-generation tokens are special even when a vocabulary
+                // types them as text: text must never end the output.
+                if tokenizer.is_control(id) || eog.contains(&id) {
                     let mut marked = vec![TokTrie::SPECIAL_TOKEN_MARKER];
                     marked.extend_from_slice(bytes);
                     marked
@@ -199,10 +198,9 @@ impl TokenizerBridge {
                 }
             })
             .collect();
-        let eog = tokenizer.eog_tokens();
         let info = TokRxInfo::new(n as u32, eog.first().copied().unwrap_or(0));
         let trie = TokTrie::from(&info, &words).with_eos_tokens(eog);
-        TokenizerBridge { tokenizer, trie }
+        TokenizerBridge { trie }
     }
 }
 
@@ -211,17 +209,24 @@ impl TokenizerEnv for TokenizerBridge {
         &self.trie
     }
 
+    /// Greedy over the trie: exact for any byte string (partial UTF-8, no
+    /// space prefix, special-token text stays text), but not the model's
+    /// canonical tokenization, so llguidance does not force tokens from it.
     fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
-        self.tokenizer
-            .encode(&String::from_utf8_lossy(s), false)
-            .unwrap_or_default()
+        self.trie.greedy_tokenize(s)
+    }
+
+    fn tokenize_is_canonical(&self) -> bool {
+        false
     }
 }
 
 /// Set every token the mask forbids to -inf.
+/// Logits past the tokenizer's vocabulary (padded embedding rows) are
+/// never allowed.
 pub(crate) fn apply_mask(logits: &mut [f32], mask: &SimpleVob) {
     for (id, l) in logits.iter_mut().enumerate() {
-        if !mask.is_allowed(id as TokenId) {
+        if id >= mask.len() || !mask.is_allowed(id as TokenId) {
             *l = f32::NEG_INFINITY;
         }
     }

@@ -289,7 +289,10 @@ impl Engine {
     /// template speaks tools, else the fallback's (Hermes).
     pub fn tool_call_format(&self) -> ToolCallFormat {
         if self.template.supports_tools() {
-            ToolCallFormat::for_arch(self.config.arch).unwrap_or(ToolCallFormat::Hermes)
+            self.template
+                .tool_call_format()
+                .or(ToolCallFormat::for_arch(self.config.arch))
+                .unwrap_or(ToolCallFormat::Hermes)
         } else {
             ToolCallFormat::Hermes
         }
@@ -298,6 +301,14 @@ impl Engine {
     /// Render a chat with the model's template (generation prompt added);
     /// tokenize the text with `tokenizer().encode(text, true)`.
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        let has_tool_turns = messages
+            .iter()
+            .any(|m| !m.tool_calls.is_empty() || m.role == "tool");
+        if has_tool_turns && !self.template.supports_tools() {
+            // Earlier calls and results still reach the model, as text.
+            let rewritten = crate::tool_calls::with_fallback_tools(messages, &[]);
+            return self.template.render(&rewritten, true);
+        }
         self.template.render(messages, true)
     }
 
@@ -553,7 +564,7 @@ impl EngineCore {
                 parent.prompt_len,
                 parent.events.clone(),
                 parent.cached_tokens,
-                parent.constraint.clone(),
+                parent.constraint.as_ref().map(SeqConstraint::fork),
             );
             for choice in 1..=forks {
                 let child = self.next_seq;

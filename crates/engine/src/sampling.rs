@@ -225,7 +225,10 @@ impl Sampler {
                 return idx[i] as u32;
             }
         }
-        idx[probs.len() - 1] as u32
+        // Rounding left a little mass: the last candidate that has any (never
+        // one a grammar masked to probability 0).
+        let last = probs.iter().rposition(|&x| x > 0.0).unwrap_or(0);
+        idx[last] as u32
     }
 }
 

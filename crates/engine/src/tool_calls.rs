@@ -27,9 +27,27 @@ pub enum ToolCallFormat {
     Hermes,
     Llama3Json,
     DeepSeek,
+    /// `[TOOL_CALLS]` then a JSON array of calls, or (newer tokenizers)
+    /// `[TOOL_CALLS]name[ARGS]{...}` per call.
+    Mistral,
 }
 
 impl ToolCallFormat {
+    /// The format a chat template teaches, from the markers it writes.
+    pub fn from_template(source: &str) -> Option<ToolCallFormat> {
+        if source.contains("[TOOL_CALLS]") {
+            Some(ToolCallFormat::Mistral)
+        } else if source.contains("tool▁calls▁begin") {
+            Some(ToolCallFormat::DeepSeek)
+        } else if source.contains("<tool_call>") {
+            Some(ToolCallFormat::Hermes)
+        } else if source.contains("<|python_tag|>") || source.contains("ipython") {
+            Some(ToolCallFormat::Llama3Json)
+        } else {
+            None
+        }
+    }
+
     /// The format a model family emits.
     pub fn for_arch(arch: Arch) -> Option<ToolCallFormat> {
         match arch {
@@ -106,14 +124,17 @@ pub fn with_fallback_tools(messages: &[ChatMessage], tools: &[Value]) -> Vec<Cha
         listed.join("\n")
     );
     let mut out: Vec<ChatMessage> = Vec::with_capacity(messages.len() + 1);
+    let has_system = messages.first().is_some_and(|m| m.role == "system");
     match messages.first() {
-        Some(m) if m.role == "system" => out.push(ChatMessage::new(
+        // A history without tools on offer: only its turns are rewritten.
+        _ if tools.is_empty() => {}
+        Some(m) if has_system => out.push(ChatMessage::new(
             "system",
             &format!("{}\n\n{block}", m.content),
         )),
         _ => out.push(ChatMessage::new("system", &block)),
     }
-    let skip = usize::from(messages.first().is_some_and(|m| m.role == "system"));
+    let skip = usize::from(has_system && !tools.is_empty());
     for m in &messages[skip..] {
         out.push(match m.role.as_str() {
             "assistant" if !m.tool_calls.is_empty() => {
@@ -140,10 +161,35 @@ pub fn with_fallback_tools(messages: &[ChatMessage], tools: &[Value]) -> Vec<Cha
     out
 }
 
+/// Most calls a forced `parallel_tool_calls` turn may make.
+pub const MAX_PARALLEL_CALLS: usize = 8;
+
 /// A grammar that admits only Hermes-format calls to these tools (or the
-/// one named), arguments valid against each tool's schema; one call, or
-/// several on separate lines when `parallel`.
+/// one named), arguments valid against each tool's schema; one call, or up
+/// to [`MAX_PARALLEL_CALLS`] on separate lines when `parallel`.
 pub fn forced_call_grammar(tools: &[Value], only: Option<&str>, parallel: bool) -> GrammarSpec {
+    GrammarSpec::Lark(format!(
+        "start: calls\n{}",
+        call_rules(tools, only, parallel)
+    ))
+}
+
+/// `tool_choice: "auto"` with a JSON `response_format`: either calls (as
+/// [`forced_call_grammar`]) or an answer that matches `schema`.
+pub fn calls_or_json_grammar(tools: &[Value], parallel: bool, schema: &Value) -> GrammarSpec {
+    let mut schema = schema.clone();
+    if let Some(obj) = schema.as_object_mut() {
+        obj.entry("x-guidance")
+            .or_insert_with(|| json!({"whitespace_flexible": false}));
+    }
+    GrammarSpec::Lark(format!(
+        "start: calls | answer\nanswer: %json {schema}\n{}",
+        call_rules(tools, None, parallel)
+    ))
+}
+
+/// The Lark rules `calls` and `call` for Hermes-format calls.
+fn call_rules(tools: &[Value], only: Option<&str>, parallel: bool) -> String {
     let alternatives: Vec<Value> = functions(tools)
         .filter(|(name, _)| only.is_none_or(|o| o == *name))
         .map(|(name, params)| {
@@ -159,10 +205,14 @@ pub fn forced_call_grammar(tools: &[Value], only: Option<&str>, parallel: bool) 
         "anyOf": alternatives,
         "x-guidance": {"whitespace_flexible": false}
     });
-    let repeat = if parallel { " (\"\\n\" call)*" } else { "" };
-    GrammarSpec::Lark(format!(
-        "start: call{repeat}\ncall: \"<tool_call>\\n\" %json {schema} \"\\n</tool_call>\"\n"
-    ))
+    // Parallel calls are bounded: a small model may otherwise repeat a call
+    // until max_tokens.
+    let repeat = if parallel {
+        format!(" (\"\\n\" call){{0,{}}}", MAX_PARALLEL_CALLS - 1)
+    } else {
+        String::new()
+    };
+    format!("calls: call{repeat}\ncall: \"<tool_call>\\n\" %json {schema} \"\\n</tool_call>\"\n")
 }
 
 pub fn parse(format: ToolCallFormat, text: &str) -> ParsedOutput {
@@ -174,6 +224,51 @@ pub fn parse(format: ToolCallFormat, text: &str) -> ParsedOutput {
         }),
         ToolCallFormat::DeepSeek => parse_deepseek(text),
         ToolCallFormat::Llama3Json => parse_llama3(text),
+        ToolCallFormat::Mistral => parse_mistral(text),
+    }
+}
+
+fn parse_mistral(text: &str) -> ParsedOutput {
+    const MARK: &str = "[TOOL_CALLS]";
+    let Some(start) = text.find(MARK) else {
+        return ParsedOutput {
+            content: text.trim().to_string(),
+            tool_calls: Vec::new(),
+        };
+    };
+    let content = text[..start].trim().to_string();
+    let body = &text[start..];
+    let mut calls = Vec::new();
+    for piece in body.split(MARK).map(str::trim).filter(|p| !p.is_empty()) {
+        if piece.starts_with('[') {
+            // v0.3: a JSON array of {"name", "arguments"} (ids optional).
+            let Ok(Value::Array(items)) = serde_json::from_str::<Value>(piece) else {
+                return ParsedOutput {
+                    content: text.trim().to_string(),
+                    tool_calls: Vec::new(),
+                };
+            };
+            calls.extend(items.iter().filter_map(|v| call_from_json(v, "arguments")));
+        } else if let Some((name, args)) = piece.split_once("[ARGS]") {
+            // Newer: name[ARGS]{...} (a [CALL_ID] may sit before [ARGS]).
+            let name = name.split("[CALL_ID]").next().unwrap_or(name).trim();
+            match serde_json::from_str::<Value>(args.trim()) {
+                Ok(args @ Value::Object(_)) if !name.is_empty() => calls.push(ToolCall {
+                    name: name.to_string(),
+                    arguments: args.to_string(),
+                }),
+                _ => {
+                    return ParsedOutput {
+                        content: text.trim().to_string(),
+                        tool_calls: Vec::new(),
+                    }
+                }
+            }
+        }
+    }
+    ParsedOutput {
+        content,
+        tool_calls: calls,
     }
 }
 
@@ -321,6 +416,30 @@ mod tests {
     }
 
     #[test]
+    fn mistral() {
+        let v03 = parse(
+            ToolCallFormat::Mistral,
+            r#"[TOOL_CALLS] [{"name": "a", "arguments": {"x": 1}}, {"name": "b", "arguments": {}}]"#,
+        );
+        assert_eq!(v03.tool_calls.len(), 2);
+        assert_eq!(v03.tool_calls[0].arguments, r#"{"x":1}"#);
+        let v11 = parse(
+            ToolCallFormat::Mistral,
+            r#"Sure.[TOOL_CALLS]get_time[ARGS]{"tz": "UTC"}"#,
+        );
+        assert_eq!(v11.content, "Sure.");
+        assert_eq!(v11.tool_calls[0].name, "get_time");
+        assert_eq!(
+            parse(ToolCallFormat::Mistral, "[TOOL_CALLS] nonsense").tool_calls,
+            vec![]
+        );
+        assert_eq!(
+            ToolCallFormat::from_template("{{ '[TOOL_CALLS]' + calls }}"),
+            Some(ToolCallFormat::Mistral)
+        );
+    }
+
+    #[test]
     fn deepseek() {
         let text = "Sure.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n```json\n{\"tz\": \"UTC\"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>";
         let out = parse(ToolCallFormat::DeepSeek, text);
@@ -393,23 +512,29 @@ mod tests {
         assert!(
             all.contains("\"const\":\"a\"")
                 && all.contains("\"const\":\"b\"")
-                && all.contains("call)*")
+                && all.contains("call){0,7}")
         );
+        let GrammarSpec::Lark(either) =
+            calls_or_json_grammar(&tools, false, &json!({"type": "object"}))
+        else {
+            panic!()
+        };
+        assert!(either.starts_with("start: calls | answer") && either.contains("answer: %json"));
         let GrammarSpec::Lark(one) = forced_call_grammar(&tools, Some("b"), false) else {
             panic!()
         };
         assert!(
             !one.contains("\"const\":\"a\"")
                 && one.contains("\"const\":\"b\"")
-                && !one.contains("call)*")
+                && !one.contains("call){")
         );
     }
 
     proptest! {
         /// Any text: no panic, and text without a call marker stays content.
         #[test]
-        fn never_panics(text in "(\\PC|<tool_call>|</tool_call>|<｜tool▁calls▁begin｜>|<｜tool▁sep｜>|[{}\":;\n])*") {
-            for f in [ToolCallFormat::Hermes, ToolCallFormat::Llama3Json, ToolCallFormat::DeepSeek] {
+        fn never_panics(text in "(\\PC|<tool_call>|</tool_call>|<｜tool▁calls▁begin｜>|<｜tool▁sep｜>|\\[TOOL_CALLS\\]|\\[ARGS\\]|[{}\":;\n])*") {
+            for f in [ToolCallFormat::Hermes, ToolCallFormat::Llama3Json, ToolCallFormat::DeepSeek, ToolCallFormat::Mistral] {
                 let out = parse(f, &text);
                 for c in &out.tool_calls {
                     prop_assert!(serde_json::from_str::<Value>(&c.arguments).is_ok());

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use switchyard_engine::tool_calls::forced_call_grammar;
+use switchyard_engine::tool_calls::{calls_or_json_grammar, forced_call_grammar};
 use switchyard_engine::{
     ChatMessage, Engine, Event, Grammar, GrammarSpec, RequestStream, SamplingParams, ToolCallFormat,
 };
@@ -66,9 +66,46 @@ pub struct ValidatedRequest {
     /// The tools the model may call (rendered into its prompt; its output
     /// parsed for calls). None without tools or with `tool_choice: "none"`.
     pub tools: Option<Arc<Vec<serde_json::Value>>>,
-    /// `tool_choice` is `required` or names a function: the grammar forces
-    /// Hermes-format calls.
+    /// A grammar shapes the turn (`tool_choice` `required` or named, or a
+    /// JSON answer format with tools): calls come in the Hermes format.
     pub tool_call_forced: bool,
+}
+
+/// The grammar for a chat with tools. A call that must happen (`required`,
+/// a named function: exactly one call) is held to the Hermes format; under
+/// `auto` a JSON answer format becomes "calls or that JSON"; other
+/// constraints cannot be combined with tools the model may call.
+fn grammar_with_tools(
+    tool_use: &Option<(Vec<serde_json::Value>, ToolChoice)>,
+    answer: Option<(&'static str, GrammarSpec)>,
+    parallel_tool_calls: Option<bool>,
+) -> Result<Option<(&'static str, GrammarSpec)>, ApiError> {
+    let parallel = parallel_tool_calls.unwrap_or(true);
+    let Some((tools, choice)) = tool_use else {
+        return Ok(answer);
+    };
+    Ok(match (choice, answer) {
+        (ToolChoice::Required, _) => {
+            Some(("tool_choice", forced_call_grammar(tools, None, parallel)))
+        }
+        (ToolChoice::Named(name), _) => {
+            Some(("tool_choice", forced_call_grammar(tools, Some(name), false)))
+        }
+        (ToolChoice::Auto, None) => None,
+        (ToolChoice::Auto, Some((param, spec))) => {
+            let schema = match spec {
+                GrammarSpec::JsonObject => serde_json::json!({"type": "object"}),
+                GrammarSpec::JsonSchema(schema) => schema,
+                _ => {
+                    return Err(ApiError::invalid_param(
+                        param,
+                        format!("'{param}' can be combined with tools only as JSON (a json_object or json_schema answer)."),
+                    ))
+                }
+            };
+            Some((param, calls_or_json_grammar(tools, parallel, &schema)))
+        }
+    })
 }
 
 /// At most one structured-output constraint per request.
@@ -146,19 +183,11 @@ impl ValidatedRequest {
         {
             specs.insert(0, ("response_format", spec));
         }
-        // A call that must happen is held to the Hermes format by a grammar.
-        let parallel = req.parallel_tool_calls.unwrap_or(true);
-        let forced = match &tool_use {
-            Some((tools, ToolChoice::Required)) => Some(forced_call_grammar(tools, None, parallel)),
-            Some((tools, ToolChoice::Named(name))) => {
-                Some(forced_call_grammar(tools, Some(name), parallel))
-            }
-            _ => None,
-        };
-        if let Some(spec) = forced.clone() {
-            specs.push(("tool_choice", spec));
-        }
-        let grammar = one_grammar(specs)?;
+        let answer = one_grammar(specs)?;
+        let needs_json = answer.is_some();
+        let grammar = grammar_with_tools(&tool_use, answer, req.parallel_tool_calls)?;
+        // Calls written under a grammar are in the Hermes format.
+        let hermes_calls = tool_use.is_some() && grammar.is_some();
         if let Some(user) = &req.sampling.user {
             tracing::debug!(user, "request for end user");
         }
@@ -172,10 +201,10 @@ impl ValidatedRequest {
             include_usage: req.sampling.include_usage(),
             routing: req.routing,
             needs_tools: tool_use.is_some(),
-            needs_json: grammar.is_some() && forced.is_none(),
+            needs_json,
             grammar,
             tools: tool_use.map(|(tools, _)| Arc::new(tools)),
-            tool_call_forced: forced.is_some(),
+            tool_call_forced: hermes_calls,
         })
     }
 

@@ -208,16 +208,23 @@ fn main() -> anyhow::Result<()> {
                 cfg.max_num_seqs = cfg.max_num_seqs.max(most);
             })?;
             let grammar = match &json_schema {
-                Some(schema) => Some(engine.compile_grammar(&GrammarSpec::JsonSchema(
-                    serde_json::from_str(schema)?,
-                ))?),
+                Some(schema) => Some(
+                    engine
+                        .compile_grammar(&GrammarSpec::JsonSchema(serde_json::from_str(schema)?))?,
+                ),
                 None => None,
             };
             bench(&engine, 1, 16, 4, grammar.clone())?; // warm-up
             for n in levels {
                 println!(
                     "{}",
-                    bench(&engine, n, prompt_tokens, gen_tokens.max(2), grammar.clone())?
+                    bench(
+                        &engine,
+                        n,
+                        prompt_tokens,
+                        gen_tokens.max(2),
+                        grammar.clone()
+                    )?
                 );
             }
         }
@@ -395,8 +402,8 @@ fn bench(
         "decode_tok_s": decoded as f64 / decode_s.max(1e-9),
         "decoded_tokens": decoded,
         "constrained": params.grammar.is_some(),
-        "mask_us_p50": percentile(&masks, 0.5),
-        "mask_us_p99": percentile(&masks, 0.99),
+        "mask_us_p50": percentile(masks, 0.5),
+        "mask_us_p99": percentile(masks, 0.99),
     }))
 }
 

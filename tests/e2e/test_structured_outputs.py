@@ -78,6 +78,12 @@ def test_vllm_guided_fields(client, http):
         extra_body={"structured_outputs": {"grammar": 'start: "A" ("B" | "C")+ "."'}},
         messages=[{"role": "user", "content": "Spell something."}])
     assert re.fullmatch(r"A[BC]+\.", r.choices[0].message.content)
+    # The same grammar as GBNF (llama.cpp's EBNF, which vLLM takes too).
+    r = client.chat.completions.create(
+        model=GEMMA, max_tokens=24, temperature=0,
+        extra_body={"guided_grammar": 'root ::= "A" letter+ "."\nletter ::= [BC]'},
+        messages=[{"role": "user", "content": "Spell something."}])
+    assert re.fullmatch(r"A[BC]+\.", r.choices[0].message.content)
 
 
 @pytest.mark.parametrize("kwargs, param", [
@@ -87,7 +93,7 @@ def test_vllm_guided_fields(client, http):
      "response_format.json_schema.name"),
     ({"response_format": {"type": "yaml"}}, "response_format"),
     ({"extra_body": {"guided_regex": "(unclosed"}}, "guided_regex"),
-    ({"extra_body": {"guided_grammar": "root ::= \"a\""}}, "guided_grammar"),
+    ({"extra_body": {"guided_grammar": "root ::= \"a"}}, "guided_grammar"),
     ({"response_format": {"type": "json_object"}, "extra_body": {"guided_choice": ["a"]}}, "guided_choice"),
 ])
 @pytest.mark.parametrize("model", [SMOL, "auto"])

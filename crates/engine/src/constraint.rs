@@ -37,6 +37,8 @@ pub enum GrammarSpec {
     Choice(Vec<String>),
     /// A Lark grammar (vLLM's `guided_grammar`; llguidance's Lark dialect).
     Lark(String),
+    /// A GBNF grammar (llama.cpp's EBNF, also taken by vLLM), translated to Lark.
+    Gbnf(String),
 }
 
 /// A compiled grammar: cheap to clone, shared by a request's choices.
@@ -123,6 +125,11 @@ impl Constraints {
                 TopLevelGrammar::from_lark(format!("start: {}", alternatives.join(" | ")))
             }
             GrammarSpec::Lark(lark) => TopLevelGrammar::from_lark(lark.clone()),
+            GrammarSpec::Gbnf(gbnf) => {
+                TopLevelGrammar::from_lark(crate::gbnf::to_lark(gbnf).map_err(|e| {
+                    EngineError::InvalidRequest(format!("invalid GBNF grammar: {e}"))
+                })?)
+            }
         };
         let parser = self
             .factory()?

@@ -14,6 +14,7 @@ pub mod cpu_matmul;
 pub mod device;
 pub mod engine;
 pub mod error;
+mod gbnf;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;

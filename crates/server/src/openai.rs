@@ -99,7 +99,7 @@ pub struct GuidedFields {
     pub guided_json: Option<Value>,
     pub guided_regex: Option<String>,
     pub guided_choice: Option<Vec<String>>,
-    /// A Lark grammar (llguidance's dialect).
+    /// A Lark grammar (llguidance's dialect) or GBNF (`::=` rules).
     pub guided_grammar: Option<String>,
     pub structured_outputs: Option<StructuredOutputs>,
 }
@@ -127,14 +127,13 @@ impl GuidedFields {
             };
             Ok(GrammarSpec::JsonSchema(schema))
         };
-        let grammar = |param: &'static str, g: &str| -> Result<GrammarSpec, ApiError> {
-            if g.contains("::=") {
-                return Err(ApiError::invalid_param(
-                    param,
-                    "EBNF (GBNF) grammars are not supported; write the grammar in Lark syntax.",
-                ));
-            }
-            Ok(GrammarSpec::Lark(g.to_string()))
+        // GBNF (EBNF with `::=`, as llama.cpp and vLLM take it) or Lark.
+        let grammar = |_: &'static str, g: &str| -> Result<GrammarSpec, ApiError> {
+            Ok(if g.contains("::=") {
+                GrammarSpec::Gbnf(g.to_string())
+            } else {
+                GrammarSpec::Lark(g.to_string())
+            })
         };
         if let Some(v) = &self.guided_json {
             out.push(("guided_json", json("guided_json", v)?));

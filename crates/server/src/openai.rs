@@ -117,53 +117,61 @@ pub struct StructuredOutputs {
 impl GuidedFields {
     /// Every constraint the body names, with the field it came from.
     pub fn specs(&self) -> Result<Vec<(&'static str, GrammarSpec)>, ApiError> {
+        // The older fields are the newer object's, each under its own name.
+        let legacy = StructuredOutputs {
+            json: self.guided_json.clone(),
+            regex: self.guided_regex.clone(),
+            choice: self.guided_choice.clone(),
+            grammar: self.guided_grammar.clone(),
+            json_object: None,
+        };
+        let mut out = legacy.specs(|field| match field {
+            "json" => "guided_json",
+            "regex" => "guided_regex",
+            "choice" => "guided_choice",
+            _ => "guided_grammar",
+        })?;
+        if let Some(so) = &self.structured_outputs {
+            out.extend(so.specs(|_| "structured_outputs")?);
+        }
+        Ok(out)
+    }
+}
+
+impl StructuredOutputs {
+    /// The constraints named, each with the request field `param_of` gives.
+    fn specs(
+        &self,
+        param_of: impl Fn(&str) -> &'static str,
+    ) -> Result<Vec<(&'static str, GrammarSpec)>, ApiError> {
         let mut out = Vec::new();
-        let json = |param: &'static str, v: &Value| -> Result<GrammarSpec, ApiError> {
+        if let Some(v) = &self.json {
+            let param = param_of("json");
             let schema = match v {
                 Value::String(s) => serde_json::from_str(s).map_err(|e| {
                     ApiError::invalid_param(param, format!("'{param}' is not valid JSON: {e}"))
                 })?,
                 other => other.clone(),
             };
-            Ok(GrammarSpec::JsonSchema(schema))
-        };
-        // GBNF (EBNF with `::=`, as llama.cpp and vLLM take it) or Lark.
-        let grammar = |_: &'static str, g: &str| -> Result<GrammarSpec, ApiError> {
-            Ok(if g.contains("::=") {
-                GrammarSpec::Gbnf(g.to_string())
+            out.push((param, GrammarSpec::JsonSchema(schema)));
+        }
+        if let Some(rx) = &self.regex {
+            out.push((param_of("regex"), GrammarSpec::Regex(rx.clone())));
+        }
+        if let Some(c) = &self.choice {
+            out.push((param_of("choice"), GrammarSpec::Choice(c.clone())));
+        }
+        if let Some(g) = &self.grammar {
+            // GBNF (EBNF with `::=`, as llama.cpp and vLLM take it) or Lark.
+            let spec = if g.contains("::=") {
+                GrammarSpec::Gbnf(g.clone())
             } else {
-                GrammarSpec::Lark(g.to_string())
-            })
-        };
-        if let Some(v) = &self.guided_json {
-            out.push(("guided_json", json("guided_json", v)?));
+                GrammarSpec::Lark(g.clone())
+            };
+            out.push((param_of("grammar"), spec));
         }
-        if let Some(rx) = &self.guided_regex {
-            out.push(("guided_regex", GrammarSpec::Regex(rx.clone())));
-        }
-        if let Some(c) = &self.guided_choice {
-            out.push(("guided_choice", GrammarSpec::Choice(c.clone())));
-        }
-        if let Some(g) = &self.guided_grammar {
-            out.push(("guided_grammar", grammar("guided_grammar", g)?));
-        }
-        if let Some(so) = &self.structured_outputs {
-            const P: &str = "structured_outputs";
-            if let Some(v) = &so.json {
-                out.push((P, json(P, v)?));
-            }
-            if let Some(rx) = &so.regex {
-                out.push((P, GrammarSpec::Regex(rx.clone())));
-            }
-            if let Some(c) = &so.choice {
-                out.push((P, GrammarSpec::Choice(c.clone())));
-            }
-            if let Some(g) = &so.grammar {
-                out.push((P, grammar(P, g)?));
-            }
-            if so.json_object == Some(true) {
-                out.push((P, GrammarSpec::JsonObject));
-            }
+        if self.json_object == Some(true) {
+            out.push((param_of("json_object"), GrammarSpec::JsonObject));
         }
         Ok(out)
     }

@@ -123,26 +123,31 @@ impl ChatTemplate {
     }
 
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        self.render_with_tools(messages, None, add_generation_prompt)
+        self.render_with(messages, None, None, add_generation_prompt)
     }
 
-    /// Render with the `tools` variable (OpenAI/HF function definitions).
-    pub fn render_with_tools(
+    /// Render with the `tools` variable (OpenAI/HF function definitions) and
+    /// extra template variables (`chat_template_kwargs`, e.g. Qwen3's
+    /// `enable_thinking`), which cannot override the ones set here.
+    pub fn render_with(
         &self,
         messages: &[ChatMessage],
         tools: Option<&[serde_json::Value]>,
+        kwargs: Option<&serde_json::Map<String, serde_json::Value>>,
         add_generation_prompt: bool,
     ) -> Result<String> {
         let tmpl = self
             .env
             .get_template("chat")
             .map_err(|e| EngineError::Template(e.to_string()))?;
+        let extra = minijinja::Value::from_serialize(kwargs);
         tmpl.render(context! {
             messages => messages,
             tools => tools,
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
+            ..extra
         })
         .map_err(|e| EngineError::Template(e.to_string()))
     }
@@ -151,6 +156,27 @@ impl ChatTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kwargs_reach_the_template_but_never_override_its_variables() {
+        let t = ChatTemplate::new(
+            Some("{{ greeting }} {{ bos_token }}{{ messages[0]['content'] }}".into()),
+            Arch::Llama,
+            "<s>".into(),
+            "</s>".into(),
+        )
+        .unwrap();
+        let kwargs = serde_json::json!({"greeting": "hi", "bos_token": "X"});
+        let out = t
+            .render_with(
+                &[ChatMessage::new("user", "u")],
+                None,
+                kwargs.as_object(),
+                true,
+            )
+            .unwrap();
+        assert_eq!(out, "hi <s>u");
+    }
 
     #[test]
     fn gemma_builtin_folds_system_into_first_turn() {

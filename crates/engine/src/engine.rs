@@ -269,23 +269,30 @@ impl Engine {
         self.constraints.compile(spec)
     }
 
-    /// Render a chat that offers `tools` (OpenAI function definitions): with
-    /// the template's own tool support, or the fallback tool prompt.
-    pub fn render_chat_with_tools(
+    /// Render a chat with the model's template (generation prompt added),
+    /// optionally offering `tools` (the template's own tool support, or the
+    /// fallback tool prompt) and with extra template variables
+    /// (`chat_template_kwargs`). Earlier tool calls and results reach a
+    /// template without tool support as text.
+    pub fn render_chat_with(
         &self,
         messages: &[ChatMessage],
-        tools: &[serde_json::Value],
+        tools: Option<&[serde_json::Value]>,
+        kwargs: Option<&serde_json::Map<String, serde_json::Value>>,
     ) -> Result<String> {
-        if self.template.supports_tools() {
-            self.template.render_with_tools(messages, Some(tools), true)
-        } else {
-            let rewritten = crate::tool_calls::with_fallback_tools(messages, tools);
-            self.template.render(&rewritten, true)
+        let tools = tools.filter(|t| !t.is_empty());
+        let has_tool_turns = messages
+            .iter()
+            .any(|m| !m.tool_calls.is_empty() || m.role == "tool");
+        if self.template.supports_tools() || (tools.is_none() && !has_tool_turns) {
+            return self.template.render_with(messages, tools, kwargs, true);
         }
+        let rewritten = crate::tool_calls::with_fallback_tools(messages, tools.unwrap_or_default());
+        self.template.render_with(&rewritten, None, kwargs, true)
     }
 
     /// How this model writes tool calls, as rendered by
-    /// [`Engine::render_chat_with_tools`]: its family's format when its
+    /// [`Engine::render_chat_with`]: its family's format when its
     /// template speaks tools, else the fallback's (Hermes).
     pub fn tool_call_format(&self) -> ToolCallFormat {
         if self.template.supports_tools() {
@@ -301,15 +308,7 @@ impl Engine {
     /// Render a chat with the model's template (generation prompt added);
     /// tokenize the text with `tokenizer().encode(text, true)`.
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
-        let has_tool_turns = messages
-            .iter()
-            .any(|m| !m.tool_calls.is_empty() || m.role == "tool");
-        if has_tool_turns && !self.template.supports_tools() {
-            // Earlier calls and results still reach the model, as text.
-            let rewritten = crate::tool_calls::with_fallback_tools(messages, &[]);
-            return self.template.render(&rewritten, true);
-        }
-        self.template.render(messages, true)
+        self.render_chat_with(messages, None, None)
     }
 
     /// Render a chat with the model's template and tokenize it.

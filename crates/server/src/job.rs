@@ -69,6 +69,8 @@ pub struct ValidatedRequest {
     /// A grammar shapes the turn (`tool_choice` `required` or named, or a
     /// JSON answer format with tools): calls come in the Hermes format.
     pub tool_call_forced: bool,
+    /// Extra chat-template variables (`chat_template_kwargs`).
+    pub template_kwargs: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 /// The grammar for a chat with tools. A call that must happen (`required`,
@@ -205,6 +207,7 @@ impl ValidatedRequest {
             grammar,
             tools: tool_use.map(|(tools, _)| Arc::new(tools)),
             tool_call_forced: hermes_calls,
+            template_kwargs: req.chat_template_kwargs.map(Arc::new),
         })
     }
 
@@ -249,6 +252,7 @@ impl ValidatedRequest {
             grammar,
             tools: None,
             tool_call_forced: false,
+            template_kwargs: None,
         })
     }
 
@@ -290,16 +294,18 @@ pub async fn prepare(
     let input = v.input.clone();
     let grammar = v.grammar.clone();
     let tools = v.tools.clone();
+    let kwargs = v.template_kwargs.clone();
     let out = v.max_tokens.unwrap_or(1);
     state
         .blocking
         .run(move || -> Result<Prepared, ApiError> {
             let (texts, param) = match input {
                 Input::Chat(messages) => {
-                    let text = match &tools {
-                        Some(tools) => engine.render_chat_with_tools(&messages, tools)?,
-                        None => engine.render_chat(&messages)?,
-                    };
+                    let text = engine.render_chat_with(
+                        &messages,
+                        tools.as_deref().map(Vec::as_slice),
+                        kwargs.as_deref(),
+                    )?;
                     (vec![Prompt::Text(text)], "messages")
                 }
                 Input::Completion(prompts) => (Arc::unwrap_or_clone(prompts), "prompt"),

@@ -219,6 +219,7 @@ pub const CHAT_FIELDS: &[&str] = &[
     "tool_choice",
     "parallel_tool_calls",
     "response_format",
+    "chat_template_kwargs",
 ];
 
 /// Top-level fields of a text-completion request besides the sampling ones.
@@ -236,6 +237,8 @@ pub struct ChatRequest {
     pub tool_choice: Option<Value>,
     pub parallel_tool_calls: Option<bool>,
     pub response_format: Option<Value>,
+    /// Extra chat-template variables (vLLM's), e.g. `enable_thinking`.
+    pub chat_template_kwargs: Option<serde_json::Map<String, Value>>,
     #[serde(flatten)]
     pub guided: GuidedFields,
     #[serde(flatten)]

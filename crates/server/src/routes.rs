@@ -395,20 +395,27 @@ fn chat_message(
     let calls: Vec<Value> = parsed
         .tool_calls
         .iter()
-        .map(|c| {
-            json!({"id": random_id("call_"), "type": "function",
-                   "function": {"name": c.name, "arguments": c.arguments}})
-        })
+        .map(|c| call_json(c, &c.arguments))
         .collect();
     let content = (!parsed.content.is_empty()).then_some(parsed.content);
-    let finish = match finish {
-        Some(FinishReason::Stop) => json!("tool_calls"),
-        other => finish_str(other),
-    };
     (
         json!({"role": "assistant", "content": content, "tool_calls": calls}),
-        finish,
+        tool_finish(finish),
     )
+}
+
+/// A tool call as OpenAI writes it, with a fresh id.
+fn call_json(call: &ToolCall, arguments: &str) -> Value {
+    json!({"id": random_id("call_"), "type": "function",
+           "function": {"name": call.name, "arguments": arguments}})
+}
+
+/// The finish reason of a choice that made calls.
+fn tool_finish(finish: Option<FinishReason>) -> Value {
+    match finish {
+        Some(FinishReason::Stop) => json!("tool_calls"),
+        other => finish_str(other),
+    }
 }
 
 fn usage_json(prompt: usize, completion: usize, cached: usize) -> Value {
@@ -772,16 +779,16 @@ impl SseState {
                     // As OpenAI streams calls: id, type and name first, then
                     // the arguments.
                     for (i, call) in calls.iter().enumerate() {
-                        let head = json!({"index": index, "finish_reason": null, "delta": {"tool_calls": [
-                            {"index": i, "id": random_id("call_"), "type": "function",
-                             "function": {"name": call.name, "arguments": ""}}]}});
+                        let mut first = call_json(call, "");
+                        first["index"] = json!(i);
+                        let head = json!({"index": index, "finish_reason": null, "delta": {"tool_calls": [first]}});
                         let args = json!({"index": index, "finish_reason": null, "delta": {"tool_calls": [
                             {"index": i, "function": {"arguments": call.arguments}}]}});
                         self.pending.push_back(self.chunk(vec![head]));
                         self.pending.push_back(self.chunk(vec![args]));
                     }
-                    if !calls.is_empty() && reason == FinishReason::Stop {
-                        finish = json!("tool_calls");
+                    if !calls.is_empty() {
+                        finish = tool_finish(Some(reason));
                     }
                 }
                 let c = match self.job.kind {

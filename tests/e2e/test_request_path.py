@@ -349,3 +349,21 @@ def test_sigterm_drains_and_exits_zero(keyed_server):
     finishes = [json.loads(e)["choices"][0]["finish_reason"] for e in events[:-1] if json.loads(e).get("choices")]
     assert finishes[-1] == "length", events[-3:]
     assert proc.wait(30) == 0
+
+
+def test_cache_salt_user_and_template_kwargs_through_the_sdk(client):
+    long = "Summarise the following notes. " + " ".join(f"note {i} about the harbour" for i in range(60))
+    messages = [{"role": "user", "content": long}]
+
+    def cached(salt):
+        r = client.chat.completions.create(model=SMOL, messages=messages, max_tokens=2, temperature=0,
+                                           user="tenant-user-1", extra_body={"cache_salt": salt})
+        details = r.usage.prompt_tokens_details
+        return details.cached_tokens if details else 0
+
+    first = cached("salt-a")
+    assert cached("salt-a") > first, "the same salt reuses its prefix blocks"
+    assert cached("salt-b") == 0, "another salt shares nothing"
+    r = client.chat.completions.create(model=GEMMA, messages=HELLO, max_tokens=2,
+                                       extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert r.choices[0].finish_reason in ("stop", "length")

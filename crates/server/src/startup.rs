@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_engine::{Engine, EngineConfig, LoadedModel, ModelSource};
+use switchyard_engine::{Engine, EngineConfig, GrammarSpec, LoadedModel, ModelSource};
 use switchyard_router::ModelProfile;
 
 use crate::config::{Catalog, ModelEntry};
@@ -270,6 +270,17 @@ fn load_all(catalog: &Catalog, state: &AppState) -> anyhow::Result<()> {
         state.engines.insert(entry.id.clone(), Arc::new(engine));
     }
     tracing::info!("all {} model(s) loaded", catalog.models.len());
+    // Build each model's grammar compiler (its token trie) now, not on the
+    // first structured-output request; the models already serve meanwhile.
+    for (id, engine) in state.engines.all() {
+        let started = std::time::Instant::now();
+        match engine.compile_grammar(&GrammarSpec::JsonObject) {
+            Ok(_) => {
+                tracing::info!(model = %id, ms = started.elapsed().as_millis() as u64, "grammar compiler ready")
+            }
+            Err(e) => tracing::warn!(model = %id, "grammar compiler: {e}"),
+        }
+    }
     Ok(())
 }
 

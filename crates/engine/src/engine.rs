@@ -617,12 +617,7 @@ impl EngineCore {
             Some(Ok(m)) if !m.is_zero() => Some(m),
             Some(failed) => {
                 let why = failed.err().unwrap_or_else(|| "no token is allowed".into());
-                let _ = st.events.send(Event::Error {
-                    message: format!("structured output: {why}"),
-                });
-                let request = st.request;
-                self.finish_seq(id, request);
-                return;
+                return self.fail_seq(id, &format!("structured output: {why}"));
             }
         };
         let sampled = st
@@ -640,14 +635,7 @@ impl EngineCore {
         let grammar_done = match st.constraint.as_mut().filter(|_| !is_stop_token) {
             Some(c) => match c.advance(token) {
                 Ok(()) => c.is_done(),
-                Err(why) => {
-                    let _ = st.events.send(Event::Error {
-                        message: format!("structured output: {why}"),
-                    });
-                    let request = st.request;
-                    self.finish_seq(id, request);
-                    return;
-                }
+                Err(why) => return self.fail_seq(id, &format!("structured output: {why}")),
             },
             None => false,
         };
@@ -704,6 +692,17 @@ impl EngineCore {
             let request = st.request;
             self.finish_seq(id, request);
         } else if !alive {
+            let request = st.request;
+            self.finish_seq(id, request);
+        }
+    }
+
+    /// End one sequence with an error (its request's stream gets it).
+    fn fail_seq(&mut self, id: SeqId, message: &str) {
+        if let Some(st) = self.seqs.get(&id) {
+            let _ = st.events.send(Event::Error {
+                message: message.to_string(),
+            });
             let request = st.request;
             self.finish_seq(id, request);
         }

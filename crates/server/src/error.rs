@@ -168,28 +168,24 @@ impl ApiError {
     }
 
     pub fn timeout(after: std::time::Duration) -> Self {
-        ApiError {
-            code: Some("timeout".into()),
-            ..Self::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "server_error",
-                format!(
-                    "The request did not finish within {} s.",
-                    after.as_secs_f64()
-                ),
-            )
-        }
+        Self::gateway_timeout(format!(
+            "The request did not finish within {} s.",
+            after.as_secs_f64()
+        ))
     }
 
     /// A stream that produced nothing for `after`.
     pub fn stream_idle(after: std::time::Duration) -> Self {
+        Self::gateway_timeout(format!(
+            "The stream produced nothing for {} s.",
+            after.as_secs_f64()
+        ))
+    }
+
+    fn gateway_timeout(message: String) -> Self {
         ApiError {
             code: Some("timeout".into()),
-            ..Self::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "server_error",
-                format!("The stream produced nothing for {} s.", after.as_secs_f64()),
-            )
+            ..Self::new(StatusCode::GATEWAY_TIMEOUT, "server_error", message)
         }
     }
 

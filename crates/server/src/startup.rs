@@ -47,14 +47,16 @@ pub fn profiles(catalog: &Catalog) -> anyhow::Result<Vec<ModelProfile>> {
     catalog
         .models
         .iter()
-        .map(|m| {
-            Ok(ModelProfile {
-                id: m.id.clone(),
-                context_window: preview_context_window(catalog, m)?,
-                routing: local_routing(m),
-            })
-        })
+        .map(|m| Ok(profile(m, preview_context_window(catalog, m)?)))
         .collect()
+}
+
+fn profile(m: &ModelEntry, context_window: usize) -> ModelProfile {
+    ModelProfile {
+        id: m.id.clone(),
+        context_window,
+        routing: local_routing(m),
+    }
 }
 
 /// A catalog model's routing profile as served locally: constrained
@@ -75,11 +77,7 @@ fn server_profiles(catalog: &Catalog) -> Vec<ModelProfile> {
     catalog
         .models
         .iter()
-        .map(|m| ModelProfile {
-            id: m.id.clone(),
-            context_window: preview_context_window(catalog, m).unwrap_or(usize::MAX),
-            routing: local_routing(m),
-        })
+        .map(|m| profile(m, preview_context_window(catalog, m).unwrap_or(usize::MAX)))
         .collect()
 }
 

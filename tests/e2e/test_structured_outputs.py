@@ -177,3 +177,18 @@ def test_generated_schemas_validate_on_both_models(aclient):
     # The grammar guarantees validity once complete; nearly all complete.
     assert len(completed) >= 0.9 * len(results), (len(completed), len(results))
     print(f"{len(completed)}/{len(results)} constrained outputs completed and validated")
+
+
+def test_guided_json_and_structured_outputs_objects(client):
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    for extra in [{"guided_json": schema}, {"guided_json": json.dumps(schema)},
+                  {"structured_outputs": {"json": schema}}]:
+        r = client.chat.completions.create(model=SMOL, max_tokens=16, temperature=0, extra_body=extra,
+                                           messages=[{"role": "user", "content": "Is the sky blue?"}])
+        assert r.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+    r = client.chat.completions.create(model=GEMMA, max_tokens=48, temperature=0,
+                                       extra_body={"structured_outputs": {"json_object": True}},
+                                       messages=[{"role": "user", "content": "A JSON object about a dog."}])
+    assert r.choices[0].message.content.startswith("{")

@@ -111,7 +111,7 @@ impl AuditLog {
         };
         self.conn()?.execute(
             "INSERT INTO decisions (id, created, task, served_model, record) VALUES (?1, ?2, ?3, NULL, ?4)",
-            params![id, created, decision.classification.family.as_str(), serde_json::to_string(&rec)?],
+            params![id, created, decision.classification.task.as_str(), serde_json::to_string(&rec)?],
         )?;
         Ok(rec)
     }
@@ -168,7 +168,7 @@ mod tests {
     use super::*;
     use crate::classifier::Classification;
     use crate::decide::{pinned, Objective, RoutingOptions};
-    use crate::taxonomy::{Difficulty, TaskFamily};
+    use crate::taxonomy::{Difficulty, Task};
 
     #[test]
     fn records_survive_reopening_and_filter() {
@@ -176,8 +176,8 @@ mod tests {
             std::env::temp_dir().join(format!("switchyard-audit-test-{}.db", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let c = Classification {
-            family: TaskFamily::Math,
-            family_confidence: 0.9,
+            task: Task::Math,
+            task_confidence: 0.9,
             difficulty: Difficulty::Hard,
             difficulty_confidence: 0.7,
             p_hard: 0.8,

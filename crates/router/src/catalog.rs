@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::taxonomy::TaskFamily;
+use crate::taxonomy::Task;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -76,14 +76,25 @@ impl Default for Performance {
 
 /// The routing-relevant part of one `[[models]]` entry.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
+#[serde(deny_unknown_fields, default)]
 pub struct RoutingProfile {
     pub family: String,
     pub capabilities: Capabilities,
     pub cost: Cost,
     pub performance: Performance,
-    /// Evidence per task family; missing families are unknown.
-    pub quality: BTreeMap<TaskFamily, Evidence>,
+    /// Evidence per task; missing tasks are unknown.
+    pub quality: BTreeMap<Task, Evidence>,
+    /// Evidence from a benchmark of the task's hard end (MATH for math,
+    /// GPQA for knowledge): used, as measured, for prompts classed hard when
+    /// every model with evidence for the task has such a figure, so that one
+    /// decision compares like with like.
+    pub quality_hard: BTreeMap<Task, Evidence>,
+    /// A general-capability benchmark (e.g. MMLU-Pro). Used only for a task
+    /// with no evidence, and then labelled as a proxy in every record.
+    pub general: Option<Evidence>,
+    /// The model this one was fine-tuned from: documentation only. A
+    /// fine-tune never inherits its base model's scores.
+    pub fine_tuned_from: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -93,8 +104,30 @@ pub struct ModelProfile {
     pub routing: RoutingProfile,
 }
 
+/// Where a candidate's quality estimate comes from, strongest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QualityBasis {
+    /// No evidence: never assumed good.
+    Unknown,
+    /// A general benchmark standing in for the task, labelled as such.
+    Proxy,
+    /// A benchmark of this task.
+    Task,
+}
+
 impl ModelProfile {
-    pub fn quality(&self, task: TaskFamily) -> Option<&Evidence> {
+    pub fn quality(&self, task: Task) -> Option<&Evidence> {
         self.routing.quality.get(&task)
+    }
+
+    /// The best evidence this model has for `task`: the task's own, else the
+    /// general proxy, else none.
+    pub fn evidence_for(&self, task: Task) -> (QualityBasis, Option<&Evidence>) {
+        match (self.quality(task), &self.routing.general) {
+            (Some(e), _) => (QualityBasis::Task, Some(e)),
+            (None, Some(g)) => (QualityBasis::Proxy, Some(g)),
+            (None, None) => (QualityBasis::Unknown, None),
+        }
     }
 }

@@ -1,15 +1,37 @@
-//! Picking a model: hard filters, then scores on quality, cost and latency
-//! under the caller's objective. Shaped like TGI's router and OpenRouter's
-//! provider routing: every candidate stays in the record, excluded ones with
-//! their reason, scored ones with each axis.
+//! Picking a model: hard filters, then the caller's objective over quality,
+//! cost and latency. Shaped like TGI's router and OpenRouter's provider
+//! routing: every candidate stays in the record, excluded ones with their
+//! reason, eligible ones with each axis.
+//!
+//! The objectives keep the promises in the product's own words
+//! (`../shared/ROUTING.md`), with the numbers in [`Policy`]:
+//!
+//! | objective | rule |
+//! |---|---|
+//! | `quality` | the highest expected quality among eligible models; cost, then latency, only break near-ties (within [`Policy::quality_tolerance`]) |
+//! | `cost` | the cheapest predicted cost among eligible models that meet the quality floor |
+//! | `latency` | the shortest predicted total time among eligible models that meet the quality floor |
+//! | `balanced` | the highest utility: `quality − (1 − p_hard)·(cost_per_decade·log10(cost / cheapest) + latency_per_decade·log10(time / fastest))` |
+//!
+//! The quality floor is the caller's `min_quality`, or else
+//! [`Policy::default_floor`] × the best eligible expected quality for this
+//! task and difficulty. Caps (`max_cost_usd`, `max_ttft_ms`, `min_quality`)
+//! and capabilities are filters, applied before any scoring.
+//!
+//! Quality has a basis ([`QualityBasis`]): the task's own benchmark, a general
+//! benchmark labelled as a proxy, or unknown. A stronger basis always ranks
+//! first: unknown quality never wins on quality against known quality, and
+//! only candidates on the strongest basis present can meet a default floor.
 //!
 //! Latency comes from live engine state (queue depth, running batch, free KV
 //! blocks, measured prefill/decode rates) through [`LiveLoad`], which only an
 //! in-process router can see.
 
+use std::cmp::Ordering;
+
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Cost, ModelProfile};
+use crate::catalog::{Cost, ModelProfile, QualityBasis};
 use crate::classifier::Classification;
 use crate::taxonomy::Difficulty;
 
@@ -42,14 +64,48 @@ impl Objective {
             Objective::Balanced => "balanced",
         }
     }
+}
 
-    /// Weights of (quality, cost, latency).
-    fn weights(self) -> (f64, f64, f64) {
-        match self {
-            Objective::Quality => (1.0, 0.05, 0.05),
-            Objective::Cost => (0.05, 1.0, 0.05),
-            Objective::Latency => (0.05, 0.05, 1.0),
-            Objective::Balanced => (0.5, 0.25, 0.25),
+/// The trade-offs of the `balanced` objective: how much expected quality
+/// (on the 0..1 benchmark scale) a tenfold price or time is worth.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BalancedWeights {
+    pub quality: f64,
+    pub cost_per_decade: f64,
+    pub latency_per_decade: f64,
+}
+
+impl Default for BalancedWeights {
+    fn default() -> Self {
+        BalancedWeights {
+            quality: 1.0,
+            cost_per_decade: 0.12,
+            latency_per_decade: 0.04,
+        }
+    }
+}
+
+/// The numbers behind the objectives; `[router.policy]` in `models.toml`,
+/// recorded in every decision.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Under `quality`: candidates within this much expected quality of the
+    /// best are a near-tie, which the cheaper (then faster) one wins.
+    pub quality_tolerance: f64,
+    /// Under `cost` and `latency` without `min_quality`: the floor as a
+    /// fraction of the best eligible expected quality.
+    pub default_floor: f64,
+    pub balanced: BalancedWeights,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            quality_tolerance: 0.01,
+            default_floor: 0.85,
+            balanced: BalancedWeights::default(),
         }
     }
 }
@@ -98,29 +154,30 @@ pub struct RouteRequest {
     pub needs_json: bool,
     pub options: RoutingOptions,
     pub default_objective: Objective,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct AxisScores {
-    pub quality: f64,
-    pub cost: f64,
-    pub latency: f64,
+    pub policy: Policy,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Candidate {
     pub model: String,
-    /// Why it cannot serve this request; `None` for scored candidates.
+    /// Why it cannot serve this request; `None` for eligible candidates.
     pub excluded: Option<String>,
     /// Difficulty-adjusted expected quality; `None` = unknown.
     pub quality: Option<f64>,
+    pub quality_basis: QualityBasis,
+    /// The benchmark behind `quality`: "<benchmark> = <value> (<source>)".
     pub quality_evidence: Option<String>,
+    /// Set when `quality` is a general benchmark standing in for the task:
+    /// "<benchmark>, general".
+    pub proxy: Option<String>,
     pub predicted_cost_usd: f64,
     pub cost_basis: String,
     pub predicted_ttft_ms: f64,
     pub predicted_total_ms: f64,
-    pub scores: Option<AxisScores>,
-    pub total: Option<f64>,
+    /// Under `cost`/`latency`: whether it meets the quality floor.
+    pub meets_floor: Option<bool>,
+    /// Under `balanced`: its utility (see [`BalancedWeights`]).
+    pub utility: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -130,14 +187,31 @@ pub struct Decision {
     pub objective: Objective,
     pub options: RoutingOptions,
     pub classification: Classification,
+    /// The objective's rule with its numbers, as applied.
+    pub rule: String,
+    /// Which benchmarks expected quality comes from for this request.
+    pub quality_scale: Option<String>,
+    pub policy: Option<Policy>,
+    /// The quality floor applied under `cost`/`latency`, and where it came from.
+    pub floor: Option<f64>,
+    pub floor_basis: Option<String>,
     pub candidates: Vec<Candidate>,
-    /// Scored candidates, best first: the winner, then the fallbacks.
+    /// Eligible candidates, best first: the winner, then the fallbacks.
     pub order: Vec<String>,
+    /// The constraint that kept a model that would otherwise have won from
+    /// winning (a cap, a capability, the floor); `None` when nothing did.
+    pub binding: Option<String>,
+    /// What separated the winner from a near-equal runner-up, if anything.
+    pub tie_break: Option<String>,
     pub why: String,
 }
 
 /// Output tokens assumed when the caller sets no `max_tokens`.
 const DEFAULT_OUTPUT_TOKENS: usize = 256;
+/// Added to every cost before taking ratios, so free local models compare.
+const COST_EPSILON_USD: f64 = 1e-7;
+/// Relative difference under which two costs or times are a tie.
+const RELATIVE_TIE: f64 = 0.01;
 
 fn difficulty_exponent(d: Difficulty) -> f64 {
     match d {
@@ -147,148 +221,336 @@ fn difficulty_exponent(d: Difficulty) -> f64 {
     }
 }
 
+/// Predicted cost, time to first token and total time of one request on one model.
+fn predict(
+    m: &ModelProfile,
+    load: &Option<LoadSnapshot>,
+    prompt: usize,
+    out_tokens: usize,
+) -> (f64, String, f64, f64) {
+    let perf = &m.routing.performance;
+    let measured = |live: f64, nominal: f64| if live > 0.0 { live } else { nominal };
+    let (prefill_rate, decode_rate, waiting, running) = match load {
+        Some(l) => (
+            measured(l.prefill_tok_s, perf.prefill_tok_s),
+            measured(l.decode_tok_s, perf.decode_tok_s),
+            l.waiting,
+            l.running,
+        ),
+        None => (perf.prefill_tok_s, perf.decode_tok_s, 0, 0),
+    };
+    let prefill_rate = prefill_rate.max(1e-3);
+    let decode_rate = decode_rate.max(1e-3);
+    // Queued prompts are prefilled first; the decode batch shares the rate.
+    let per_seq_decode = decode_rate / (running + 1) as f64;
+    // KV pressure: when the free blocks cannot hold this request, it waits
+    // until running sequences generate (and finish) that many tokens.
+    let kv_wait_ms = match load {
+        Some(l) if l.block_size > 0 && running > 0 => {
+            let free_tokens = l.kv_blocks_free * l.block_size;
+            let deficit = (prompt + out_tokens).saturating_sub(free_tokens);
+            1000.0 * deficit as f64 / decode_rate
+        }
+        _ => 0.0,
+    };
+    let ttft_ms = kv_wait_ms + 1000.0 * ((waiting + 1) * prompt) as f64 / prefill_rate;
+    let total_ms = ttft_ms + 1000.0 * out_tokens as f64 / per_seq_decode;
+    let (cost, basis) = match m.routing.cost {
+        Cost::Priced {
+            input_per_mtok,
+            output_per_mtok,
+        } => (
+            (prompt as f64 * input_per_mtok + out_tokens as f64 * output_per_mtok) / 1e6,
+            format!("priced ${input_per_mtok}/M in, ${output_per_mtok}/M out"),
+        ),
+        Cost::Derived { usd_per_hour } => {
+            let seconds = prompt as f64 / prefill_rate + out_tokens as f64 / decode_rate;
+            (
+                usd_per_hour * seconds / 3600.0,
+                format!("derived: ${usd_per_hour}/h × compute time at {prefill_rate:.0} prefill / {decode_rate:.0} decode tok/s"),
+            )
+        }
+    };
+    (cost, basis, ttft_ms, total_ms)
+}
+
+fn candidate(
+    m: &ModelProfile,
+    req: &RouteRequest,
+    live: &dyn LiveLoad,
+    out_tokens: usize,
+    hard_scale: bool,
+) -> Candidate {
+    let prompt = req
+        .prompt_tokens
+        .iter()
+        .find(|(id, _)| id == &m.id)
+        .or(req.prompt_tokens.first())
+        .map_or(0, |p| p.1);
+    let load = live.load(&m.id);
+    let (cost, cost_basis, ttft_ms, total_ms) = predict(m, &load, prompt, out_tokens);
+    let task = req.classification.task;
+    let (basis, evidence, exponent) = match m.routing.quality_hard.get(&task) {
+        Some(hard) if hard_scale => (QualityBasis::Task, Some(hard), 1.0),
+        _ => {
+            let (basis, evidence) = m.evidence_for(task);
+            (
+                basis,
+                evidence,
+                difficulty_exponent(req.classification.difficulty),
+            )
+        }
+    };
+    let quality = evidence.map(|e| (e.score.clamp(0.0, 1.0) as f64).powf(exponent));
+    let mut c = Candidate {
+        model: m.id.clone(),
+        excluded: None,
+        quality,
+        quality_basis: basis,
+        quality_evidence: evidence.map(|e| format!("{} = {} ({})", e.benchmark, e.value, e.source)),
+        proxy: evidence
+            .filter(|_| basis == QualityBasis::Proxy)
+            .map(|e| format!("{}, general", e.benchmark)),
+        predicted_cost_usd: cost,
+        cost_basis,
+        predicted_ttft_ms: ttft_ms,
+        predicted_total_ms: total_ms,
+        meets_floor: None,
+        utility: None,
+    };
+    c.excluded = exclusion(m, req, &load, live, prompt, out_tokens, &c);
+    c
+}
+
+/// `a` before `b` when it has the stronger basis, then the higher quality.
+fn by_quality(a: &Candidate, b: &Candidate) -> Ordering {
+    b.quality_basis.cmp(&a.quality_basis).then(
+        b.quality
+            .unwrap_or(0.0)
+            .total_cmp(&a.quality.unwrap_or(0.0)),
+    )
+}
+
+fn by_cost(a: &Candidate, b: &Candidate) -> Ordering {
+    a.predicted_cost_usd.total_cmp(&b.predicted_cost_usd)
+}
+
+fn by_time(a: &Candidate, b: &Candidate) -> Ordering {
+    a.predicted_total_ms.total_cmp(&b.predicted_total_ms)
+}
+
+fn near(a: f64, b: f64) -> bool {
+    (a - b).abs() <= RELATIVE_TIE * a.abs().max(b.abs())
+}
+
+fn quality_text(c: &Candidate) -> String {
+    match (c.quality, &c.proxy) {
+        (None, _) => "unknown quality".into(),
+        (Some(q), None) => format!("expected quality {q:.3}"),
+        (Some(q), Some(p)) => format!("expected quality {q:.3} (proxy: {p})"),
+    }
+}
+
 pub fn decide(models: &[ModelProfile], req: &RouteRequest, live: &dyn LiveLoad) -> Decision {
     let objective = req.options.objective.unwrap_or(req.default_objective);
-    let task = req.classification.family;
+    let policy = req.policy;
+    let task = req.classification.task;
     let out_tokens = req.max_tokens.unwrap_or(DEFAULT_OUTPUT_TOKENS);
-    let mut candidates = Vec::with_capacity(models.len());
-    for m in models {
-        let prompt = req
-            .prompt_tokens
+    // Hard prompts are scored on the task's hard-end benchmark when every
+    // model with evidence for the task has one; otherwise on the task's
+    // benchmark, discounted for difficulty.
+    let with_evidence: Vec<&ModelProfile> = models
+        .iter()
+        .filter(|m| m.quality(task).is_some())
+        .collect();
+    let hard_scale = req.classification.difficulty == Difficulty::Hard
+        && !with_evidence.is_empty()
+        && with_evidence
             .iter()
-            .find(|(id, _)| id == &m.id)
-            .or(req.prompt_tokens.first())
-            .map_or(0, |p| p.1);
-        let load = live.load(&m.id);
-        let perf = &m.routing.performance;
-        let (prefill_rate, decode_rate, waiting, running) = match &load {
-            Some(l) => (
-                if l.prefill_tok_s > 0.0 {
-                    l.prefill_tok_s
-                } else {
-                    perf.prefill_tok_s
-                },
-                if l.decode_tok_s > 0.0 {
-                    l.decode_tok_s
-                } else {
-                    perf.decode_tok_s
-                },
-                l.waiting,
-                l.running,
-            ),
-            None => (perf.prefill_tok_s, perf.decode_tok_s, 0, 0),
-        };
-        let prefill_rate = prefill_rate.max(1e-3);
-        let decode_rate = decode_rate.max(1e-3);
-        // Queued prompts are prefilled first; the decode batch shares the rate.
-        let per_seq_decode = decode_rate / (running + 1) as f64;
-        // KV pressure: when the free blocks cannot hold this request, it waits
-        // until running sequences generate (and finish) that many tokens.
-        let kv_wait_ms = match &load {
-            Some(l) if l.block_size > 0 && running > 0 => {
-                let free_tokens = l.kv_blocks_free * l.block_size;
-                let deficit = (prompt + out_tokens).saturating_sub(free_tokens);
-                1000.0 * deficit as f64 / decode_rate
+            .all(|m| m.routing.quality_hard.contains_key(&task));
+    let quality_scale = if hard_scale {
+        format!("{} benchmarks of hard prompts, as measured", task.as_str())
+    } else {
+        format!(
+            "{} benchmarks, raised to the power {} for a {} prompt",
+            task.as_str(),
+            difficulty_exponent(req.classification.difficulty),
+            match req.classification.difficulty {
+                Difficulty::Easy => "easy",
+                Difficulty::Medium => "medium",
+                Difficulty::Hard => "hard",
             }
-            _ => 0.0,
-        };
-        let ttft_ms = kv_wait_ms + 1000.0 * ((waiting + 1) * prompt) as f64 / prefill_rate;
-        let total_ms = ttft_ms + 1000.0 * out_tokens as f64 / per_seq_decode;
-        let (cost_usd, cost_basis) = match m.routing.cost {
-            Cost::Priced {
-                input_per_mtok,
-                output_per_mtok,
-            } => (
-                (prompt as f64 * input_per_mtok + out_tokens as f64 * output_per_mtok) / 1e6,
-                format!("priced ${input_per_mtok}/M in, ${output_per_mtok}/M out"),
-            ),
-            Cost::Derived { usd_per_hour } => {
-                let seconds = prompt as f64 / prefill_rate + out_tokens as f64 / decode_rate;
-                (
-                    usd_per_hour * seconds / 3600.0,
-                    format!("derived: ${usd_per_hour}/h × compute time at {prefill_rate:.0} prefill / {decode_rate:.0} decode tok/s"),
-                )
-            }
-        };
-        let evidence = m.quality(task);
-        let quality = evidence.map(|e| {
-            (e.score.clamp(0.0, 1.0) as f64)
-                .powf(difficulty_exponent(req.classification.difficulty))
-        });
-        let mut c = Candidate {
-            model: m.id.clone(),
-            excluded: None,
-            quality,
-            quality_evidence: evidence
-                .map(|e| format!("{} = {} ({})", e.benchmark, e.value, e.source)),
-            predicted_cost_usd: cost_usd,
-            cost_basis,
-            predicted_ttft_ms: ttft_ms,
-            predicted_total_ms: total_ms,
-            scores: None,
-            total: None,
-        };
-        c.excluded = exclusion(m, req, &load, live, prompt, out_tokens, &c);
-        candidates.push(c);
-    }
-    // Normalise cost and latency against the best eligible candidate.
+        )
+    };
+    let mut candidates: Vec<Candidate> = models
+        .iter()
+        .map(|m| candidate(m, req, live, out_tokens, hard_scale))
+        .collect();
     let eligible: Vec<usize> = (0..candidates.len())
         .filter(|&i| candidates[i].excluded.is_none())
         .collect();
-    let min_cost = eligible
+    // The strongest quality basis among eligible models, and its best quality.
+    let basis = eligible
         .iter()
-        .map(|&i| candidates[i].predicted_cost_usd)
-        .fold(f64::INFINITY, f64::min);
-    let min_lat = eligible
+        .map(|&i| candidates[i].quality_basis)
+        .max()
+        .unwrap_or(QualityBasis::Unknown);
+    let best_quality = eligible
         .iter()
-        .map(|&i| candidates[i].predicted_total_ms)
-        .fold(f64::INFINITY, f64::min);
-    let (wq, wc, wl) = objective.weights();
-    for &i in &eligible {
-        let c = &mut candidates[i];
-        let cost = if c.predicted_cost_usd <= 0.0 {
-            1.0
-        } else {
-            min_cost / c.predicted_cost_usd
-        };
-        let latency = if c.predicted_total_ms <= 0.0 {
-            1.0
-        } else {
-            min_lat / c.predicted_total_ms
-        };
-        // Unknown quality scores zero: never assumed good.
-        let quality = c.quality.unwrap_or(0.0);
-        c.scores = Some(AxisScores {
-            quality,
-            cost,
-            latency,
-        });
-        c.total = Some(wq * quality + wc * cost + wl * latency);
+        .filter(|&&i| candidates[i].quality_basis == basis)
+        .filter_map(|&i| candidates[i].quality)
+        .fold(None, |m: Option<f64>, q| Some(m.map_or(q, |m| m.max(q))));
+    let mut order = eligible.clone();
+    let (mut floor, mut floor_basis, rule);
+    floor = None;
+    floor_basis = None;
+    match objective {
+        Objective::Quality => {
+            let tol = policy.quality_tolerance;
+            rule = format!(
+                "maximise expected quality; within {tol} of the best, the cheaper then the faster wins"
+            );
+            order.sort_by(|&a, &b| {
+                let (ca, cb) = (&candidates[a], &candidates[b]);
+                by_quality(ca, cb)
+                    .then(by_cost(ca, cb))
+                    .then(by_time(ca, cb))
+            });
+            // The near-tie: same basis as the best, within the tolerance.
+            if let (Some(&top), Some(best)) = (order.first(), best_quality) {
+                let top_basis = candidates[top].quality_basis;
+                let tied = order
+                    .iter()
+                    .take_while(|&&i| {
+                        candidates[i].quality_basis == top_basis
+                            && candidates[i].quality.is_some_and(|q| q >= best - tol)
+                    })
+                    .count();
+                order[..tied].sort_by(|&a, &b| {
+                    let (ca, cb) = (&candidates[a], &candidates[b]);
+                    by_cost(ca, cb)
+                        .then(by_time(ca, cb))
+                        .then(by_quality(ca, cb))
+                });
+            } else {
+                // Nobody has evidence: nothing to maximise; the cheapest wins.
+                order.sort_by(|&a, &b| by_cost(&candidates[a], &candidates[b]));
+            }
+        }
+        Objective::Cost | Objective::Latency => {
+            let (value, source) = match (req.options.min_quality, best_quality) {
+                (Some(f), _) => (Some(f as f64), "min_quality (the request's)".to_string()),
+                (None, Some(best)) => (
+                    Some(policy.default_floor * best),
+                    format!(
+                        "default: {} × the best eligible expected quality {best:.3}",
+                        policy.default_floor
+                    ),
+                ),
+                (None, None) => (
+                    None,
+                    format!(
+                        "none: no eligible model has quality evidence for {}",
+                        task.as_str()
+                    ),
+                ),
+            };
+            floor = value;
+            floor_basis = Some(source);
+            for &i in &eligible {
+                let c = &mut candidates[i];
+                c.meets_floor = Some(match value {
+                    None => true,
+                    // An explicit floor was already applied as a filter.
+                    Some(_) if req.options.min_quality.is_some() => true,
+                    Some(f) => c.quality_basis == basis && c.quality.is_some_and(|q| q >= f),
+                });
+            }
+            let primary: fn(&Candidate, &Candidate) -> Ordering = if objective == Objective::Cost {
+                by_cost
+            } else {
+                by_time
+            };
+            let secondary: fn(&Candidate, &Candidate) -> Ordering = if objective == Objective::Cost
+            {
+                by_time
+            } else {
+                by_cost
+            };
+            rule = format!(
+                "minimise predicted {} among eligible models meeting the quality floor",
+                if objective == Objective::Cost {
+                    "cost"
+                } else {
+                    "total time"
+                }
+            );
+            order.sort_by(|&a, &b| {
+                let (ca, cb) = (&candidates[a], &candidates[b]);
+                cb.meets_floor
+                    .cmp(&ca.meets_floor)
+                    .then(primary(ca, cb))
+                    .then(secondary(ca, cb))
+                    .then(by_quality(ca, cb))
+            });
+        }
+        Objective::Balanced => {
+            let w = policy.balanced;
+            // The likelier a mid-size model fails, the more quality counts
+            // against price and time (RouteLLM's reading of p_hard).
+            let ease = (1.0 - req.classification.p_hard as f64).clamp(0.0, 1.0);
+            let (cost_w, time_w) = (w.cost_per_decade * ease, w.latency_per_decade * ease);
+            rule = format!(
+                "maximise {} × quality − {cost_w:.3} × log10(cost / cheapest) − {time_w:.3} × log10(time / fastest) (the weights {} and {} × (1 − p_hard))",
+                w.quality, w.cost_per_decade, w.latency_per_decade
+            );
+            let cheapest = eligible
+                .iter()
+                .map(|&i| candidates[i].predicted_cost_usd)
+                .fold(f64::INFINITY, f64::min);
+            let fastest = eligible
+                .iter()
+                .map(|&i| candidates[i].predicted_total_ms)
+                .fold(f64::INFINITY, f64::min);
+            for &i in &eligible {
+                let c = &mut candidates[i];
+                let cost_decades = ((c.predicted_cost_usd + COST_EPSILON_USD)
+                    / (cheapest + COST_EPSILON_USD))
+                    .log10();
+                let time_decades = (c.predicted_total_ms.max(1e-3) / fastest.max(1e-3)).log10();
+                // Unknown quality counts as zero here; the basis ranks first anyway.
+                c.utility = Some(
+                    w.quality * c.quality.unwrap_or(0.0)
+                        - cost_w * cost_decades
+                        - time_w * time_decades,
+                );
+            }
+            order.sort_by(|&a, &b| {
+                let (ca, cb) = (&candidates[a], &candidates[b]);
+                cb.quality_basis
+                    .cmp(&ca.quality_basis)
+                    .then(
+                        cb.utility
+                            .unwrap_or(0.0)
+                            .total_cmp(&ca.utility.unwrap_or(0.0)),
+                    )
+                    .then(by_cost(ca, cb))
+            });
+        }
     }
-    // Under the quality objective, evidence comes first: a model with known
-    // quality outranks one whose quality is unknown, whatever their totals.
-    let mut order: Vec<usize> = eligible.clone();
-    order.sort_by(|&a, &b| {
-        let (ca, cb) = (&candidates[a], &candidates[b]);
-        let known = |c: &Candidate| objective == Objective::Quality && c.quality.is_some();
-        known(cb)
-            .cmp(&known(ca))
-            .then(
-                cb.total
-                    .partial_cmp(&ca.total)
-                    .unwrap_or(std::cmp::Ordering::Equal),
-            )
-            .then(ca.model.cmp(&cb.model))
-    });
+    let binding = order
+        .first()
+        .and_then(|&w| binding_constraint(objective, &candidates, w, floor));
+    let tie_break = match (order.first(), order.get(1)) {
+        (Some(&w), Some(&r)) => tie_break(objective, &policy, &candidates[w], &candidates[r]),
+        _ => None,
+    };
     let why = match order.first() {
         None => "no model can serve this request: every candidate was excluded".to_string(),
         Some(&w) => {
             let c = &candidates[w];
-            let q = c.quality.map_or("unknown quality".to_string(), |q| {
-                format!("expected quality {q:.2}")
-            });
             format!(
-                "{} wins on {} for {} {} prompt: {q}, ~${:.6}, ~{:.0} ms to first token ({} of {} models eligible)",
+                "{} wins on {} for {} {} prompt: {}, ~${:.6}, ~{:.0} ms to first token ({} of {} models eligible){}{}",
                 c.model,
                 objective.as_str(),
                 match req.classification.difficulty {
@@ -297,10 +559,13 @@ pub fn decide(models: &[ModelProfile], req: &RouteRequest, live: &dyn LiveLoad) 
                     Difficulty::Hard => "a hard",
                 },
                 task.as_str(),
+                quality_text(c),
                 c.predicted_cost_usd,
                 c.predicted_ttft_ms,
                 eligible.len(),
-                candidates.len()
+                candidates.len(),
+                binding.as_ref().map_or(String::new(), |b| format!("; bound by {b}")),
+                tie_break.as_ref().map_or(String::new(), |t| format!("; {t}")),
             )
         }
     };
@@ -309,9 +574,119 @@ pub fn decide(models: &[ModelProfile], req: &RouteRequest, live: &dyn LiveLoad) 
         objective,
         options: req.options.clone(),
         classification: req.classification.clone(),
+        rule,
+        quality_scale: Some(quality_scale),
+        policy: Some(policy),
+        floor,
+        floor_basis,
         order: order.iter().map(|&i| candidates[i].model.clone()).collect(),
         candidates,
+        binding,
+        tie_break,
         why,
+    }
+}
+
+/// The constraint that kept a better model (by this objective's own axis)
+/// from winning: the floor, or the exclusion of the best excluded candidate.
+fn binding_constraint(
+    objective: Objective,
+    candidates: &[Candidate],
+    winner: usize,
+    floor: Option<f64>,
+) -> Option<String> {
+    let w = &candidates[winner];
+    let better = |c: &Candidate| match objective {
+        Objective::Quality | Objective::Balanced => {
+            c.quality_basis > w.quality_basis
+                || (c.quality_basis == w.quality_basis
+                    && c.quality.unwrap_or(0.0) > w.quality.unwrap_or(0.0) + 1e-9)
+        }
+        Objective::Cost => {
+            c.predicted_cost_usd < w.predicted_cost_usd
+                && !near(c.predicted_cost_usd, w.predicted_cost_usd)
+        }
+        Objective::Latency => {
+            c.predicted_total_ms < w.predicted_total_ms
+                && !near(c.predicted_total_ms, w.predicted_total_ms)
+        }
+    };
+    // Eligible but under the floor (cost and latency).
+    if let Some(f) = floor {
+        let below = candidates
+            .iter()
+            .filter(|c| c.meets_floor == Some(false) && better(c))
+            .map(|c| format!("{} ({})", c.model, quality_text(c)))
+            .collect::<Vec<_>>();
+        if !below.is_empty() {
+            return Some(format!(
+                "the quality floor {f:.3}: {} below it",
+                below.join(", ")
+            ));
+        }
+    }
+    let best_excluded = candidates
+        .iter()
+        .filter(|c| c.excluded.is_some() && better(c))
+        .min_by(|a, b| match objective {
+            Objective::Cost => by_cost(a, b),
+            Objective::Latency => by_time(a, b),
+            _ => by_quality(a, b),
+        })?;
+    Some(format!(
+        "{}'s exclusion ({})",
+        best_excluded.model,
+        best_excluded.excluded.as_deref().unwrap_or_default()
+    ))
+}
+
+/// Why the winner and the runner-up were not a coin toss, when they were close.
+fn tie_break(
+    objective: Objective,
+    policy: &Policy,
+    w: &Candidate,
+    r: &Candidate,
+) -> Option<String> {
+    match objective {
+        Objective::Quality => {
+            let (qw, qr) = (w.quality?, r.quality?);
+            (w.quality_basis == r.quality_basis && (qw - qr).abs() <= policy.quality_tolerance)
+                .then(|| {
+                    format!(
+                        "tie-break: {} ({qw:.3}) and {} ({qr:.3}) are within {} in quality; the cheaper wins (${:.6} vs ${:.6})",
+                        w.model, r.model, policy.quality_tolerance, w.predicted_cost_usd, r.predicted_cost_usd
+                    )
+                })
+        }
+        Objective::Cost => (w.meets_floor == r.meets_floor
+            && near(w.predicted_cost_usd, r.predicted_cost_usd))
+        .then(|| {
+            format!(
+                "tie-break: {} and {} cost the same within {}%; the faster wins",
+                w.model,
+                r.model,
+                RELATIVE_TIE * 100.0
+            )
+        }),
+        Objective::Latency => (w.meets_floor == r.meets_floor
+            && near(w.predicted_total_ms, r.predicted_total_ms))
+        .then(|| {
+            format!(
+                "tie-break: {} and {} take the same time within {}%; the cheaper wins",
+                w.model,
+                r.model,
+                RELATIVE_TIE * 100.0
+            )
+        }),
+        Objective::Balanced => {
+            let (uw, ur) = (w.utility?, r.utility?);
+            (w.quality_basis == r.quality_basis && (uw - ur).abs() < 1e-3).then(|| {
+                format!(
+                    "near tie: {} ({uw:.4}) and {} ({ur:.4}) differ by under 0.001 in utility",
+                    w.model, r.model
+                )
+            })
+        }
     }
 }
 
@@ -327,8 +702,15 @@ pub fn pinned(
         objective,
         options,
         classification,
+        rule: "pinned: the request named its model".into(),
+        quality_scale: None,
+        policy: None,
+        floor: None,
+        floor_basis: None,
         candidates: Vec::new(),
         order: vec![model.to_string()],
+        binding: None,
+        tie_break: None,
         why: format!("{model} was named by the request (pinned; no scoring)"),
     }
 }
@@ -386,7 +768,7 @@ fn exclusion(
             None => {
                 return Some(format!(
                     "quality unknown for {} (min_quality {floor})",
-                    req.classification.family.as_str()
+                    req.classification.task.as_str()
                 ))
             }
             Some(q) if q < floor as f64 => {
@@ -418,7 +800,7 @@ fn exclusion(
 mod tests {
     use super::*;
     use crate::catalog::{Evidence, Performance, RoutingProfile};
-    use crate::taxonomy::TaskFamily;
+    use crate::taxonomy::Task;
 
     struct Idle;
     impl LiveLoad for Idle {
@@ -447,7 +829,7 @@ mod tests {
         };
         if let Some(score) = q {
             routing.quality.insert(
-                TaskFamily::KnowledgeQa,
+                Task::KnowledgeQa,
                 Evidence {
                     score,
                     benchmark: "MMLU".into(),
@@ -466,8 +848,8 @@ mod tests {
     fn request(options: RoutingOptions) -> RouteRequest {
         RouteRequest {
             classification: Classification {
-                family: TaskFamily::KnowledgeQa,
-                family_confidence: 0.9,
+                task: Task::KnowledgeQa,
+                task_confidence: 0.9,
                 difficulty: Difficulty::Easy,
                 difficulty_confidence: 0.8,
                 p_hard: 0.1,
@@ -478,6 +860,7 @@ mod tests {
             needs_json: false,
             options,
             default_objective: Objective::Balanced,
+            policy: Policy::default(),
         }
     }
 
@@ -488,11 +871,12 @@ mod tests {
             model("cheap", 8192, Some(0.3), 0.1, 20.0),
             model("fast", 8192, Some(0.4), 50.0, 200.0),
         ];
-        let pick = |o| {
+        let pick = |o, min_quality| {
             decide(
                 &models,
                 &request(RoutingOptions {
                     objective: Some(o),
+                    min_quality,
                     ..Default::default()
                 }),
                 &Idle,
@@ -500,9 +884,25 @@ mod tests {
             .order[0]
                 .clone()
         };
-        assert_eq!(pick(Objective::Quality), "big");
-        assert_eq!(pick(Objective::Cost), "cheap");
-        assert_eq!(pick(Objective::Latency), "fast");
+        assert_eq!(pick(Objective::Quality, None), "big");
+        // The default floor (0.85 × 0.8) rules out the cheap and the fast model.
+        assert_eq!(pick(Objective::Cost, None), "big");
+        assert_eq!(pick(Objective::Latency, None), "big");
+        assert_eq!(pick(Objective::Cost, Some(0.3)), "cheap");
+        assert_eq!(pick(Objective::Latency, Some(0.3)), "fast");
+        let d = decide(
+            &models,
+            &request(RoutingOptions {
+                objective: Some(Objective::Cost),
+                ..Default::default()
+            }),
+            &Idle,
+        );
+        let binding = d.binding.unwrap();
+        assert!(
+            binding.contains("quality floor 0.680") && binding.contains("cheap"),
+            "{binding}"
+        );
     }
 
     #[test]
@@ -642,5 +1042,302 @@ mod tests {
         let d = decide(&models, &r, &Full);
         assert_eq!(d.order[0], "roomy");
         assert!(d.candidates[0].predicted_ttft_ms > d.candidates[1].predicted_ttft_ms);
+    }
+
+    #[test]
+    fn quality_near_ties_go_to_the_cheaper_and_are_recorded() {
+        let models = [
+            model("a-pricey", 8192, Some(0.958), 10.0, 10.0),
+            model("b-cheaper", 8192, Some(0.951), 5.0, 10.0),
+            model("c-small", 8192, Some(0.80), 0.1, 10.0),
+        ];
+        let d = decide(
+            &models,
+            &request(RoutingOptions {
+                objective: Some(Objective::Quality),
+                ..Default::default()
+            }),
+            &Idle,
+        );
+        assert_eq!(d.order, vec!["b-cheaper", "a-pricey", "c-small"]);
+        let t = d.tie_break.unwrap();
+        assert!(t.contains("within 0.01") && t.contains("cheaper"), "{t}");
+        assert_eq!(d.binding, None);
+    }
+
+    #[test]
+    fn a_proxy_is_labelled_and_a_fine_tune_inherits_nothing() {
+        let general = |score: f32| Evidence {
+            score,
+            benchmark: "MMLU-Pro".into(),
+            value: format!("{}", score * 100.0),
+            source: "test".into(),
+        };
+        let mut base = model("base", 8192, None, 1.0, 10.0);
+        base.routing.general = Some(general(0.7));
+        let mut tuned = model("tuned", 8192, None, 1.0, 10.0);
+        tuned.routing.fine_tuned_from = Some("base".into());
+        let d = decide(
+            &[base, tuned],
+            &request(RoutingOptions {
+                objective: Some(Objective::Quality),
+                ..Default::default()
+            }),
+            &Idle,
+        );
+        assert_eq!(d.candidates[0].quality_basis, QualityBasis::Proxy);
+        assert_eq!(d.candidates[0].proxy.as_deref(), Some("MMLU-Pro, general"));
+        assert!(d.why.contains("proxy: MMLU-Pro, general"), "{}", d.why);
+        assert_eq!(d.candidates[1].quality, None);
+        assert_eq!(d.candidates[1].quality_basis, QualityBasis::Unknown);
+        assert_eq!(d.order, vec!["base", "tuned"]);
+    }
+
+    #[test]
+    fn a_cap_that_removes_the_best_model_is_the_binding_constraint() {
+        let models = [
+            model("best", 8192, Some(0.9), 100.0, 10.0),
+            model("good", 8192, Some(0.8), 1.0, 10.0),
+        ];
+        let d = decide(
+            &models,
+            &request(RoutingOptions {
+                objective: Some(Objective::Quality),
+                max_cost_usd: Some(0.01),
+                ..Default::default()
+            }),
+            &Idle,
+        );
+        assert_eq!(d.order, vec!["good"]);
+        let b = d.binding.unwrap();
+        assert!(b.contains("best") && b.contains("max_cost_usd"), "{b}");
+    }
+
+    #[test]
+    fn hard_prompts_use_the_hard_benchmark_only_when_every_model_has_one() {
+        let hard_evidence = |score: f32| Evidence {
+            score,
+            benchmark: "MATH".into(),
+            value: format!("{}", score * 100.0),
+            source: "test".into(),
+        };
+        // On the easy benchmark "small" looks as good; on the hard one it is not.
+        let mut small = model("small", 8192, Some(0.90), 0.1, 10.0);
+        small
+            .routing
+            .quality_hard
+            .insert(Task::KnowledgeQa, hard_evidence(0.50));
+        let mut large = model("large", 8192, Some(0.91), 10.0, 10.0);
+        large
+            .routing
+            .quality_hard
+            .insert(Task::KnowledgeQa, hard_evidence(0.80));
+        let mut req = request(RoutingOptions {
+            objective: Some(Objective::Quality),
+            ..Default::default()
+        });
+        req.classification.difficulty = Difficulty::Hard;
+        let d = decide(&[small.clone(), large.clone()], &req, &Idle);
+        assert_eq!(d.order[0], "large");
+        assert_eq!(d.candidates[1].quality, Some(0.8f32 as f64));
+        assert!(d.quality_scale.unwrap().contains("hard prompts"));
+        // One model without a hard figure: both fall back to the task benchmark.
+        let plain = model("plain", 8192, Some(0.5), 1.0, 10.0);
+        let d = decide(&[small, large, plain], &req, &Idle);
+        assert_eq!(d.candidates[1].quality, Some((0.91f32 as f64).powi(2)));
+        assert!(d.quality_scale.unwrap().contains("power 2"));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        struct Spec {
+            task_score: Option<f32>,
+            general: Option<f32>,
+            priced: Option<(f64, f64)>,
+            usd_per_hour: f64,
+            decode: f64,
+            ctx: usize,
+            tools: bool,
+            healthy: bool,
+            waiting: usize,
+        }
+
+        fn spec() -> impl Strategy<Value = Spec> {
+            (
+                proptest::option::weighted(0.7, 0.05f32..1.0),
+                proptest::option::weighted(0.4, 0.05f32..1.0),
+                proptest::option::weighted(0.5, (0.01f64..5.0, 0.01f64..15.0)),
+                0.0f64..20.0,
+                1.0f64..300.0,
+                prop_oneof![Just(100usize), Just(8192usize)],
+                proptest::bool::weighted(0.8),
+                proptest::bool::weighted(0.9),
+                0usize..10,
+            )
+                .prop_map(
+                    |(
+                        task_score,
+                        general,
+                        priced,
+                        usd_per_hour,
+                        decode,
+                        ctx,
+                        tools,
+                        healthy,
+                        waiting,
+                    )| Spec {
+                        task_score,
+                        general,
+                        priced,
+                        usd_per_hour,
+                        decode,
+                        ctx,
+                        tools,
+                        healthy,
+                        waiting,
+                    },
+                )
+        }
+
+        struct Table(Vec<(String, Spec)>);
+        impl LiveLoad for Table {
+            fn load(&self, m: &str) -> Option<LoadSnapshot> {
+                let (_, s) = self.0.iter().find(|(id, _)| id == m)?;
+                Some(LoadSnapshot {
+                    healthy: s.healthy,
+                    waiting: s.waiting,
+                    kv_blocks_free: 100,
+                    block_size: 16,
+                    ..Default::default()
+                })
+            }
+            fn max_waiting(&self) -> usize {
+                8
+            }
+        }
+
+        fn profiles(specs: &[Spec]) -> (Vec<ModelProfile>, Table) {
+            let mut out = Vec::new();
+            let mut table = Vec::new();
+            for (i, s) in specs.iter().enumerate() {
+                let id = format!("m{i}");
+                let mut m = model(&id, s.ctx, s.task_score, s.usd_per_hour, s.decode);
+                if let Some((input, output)) = s.priced {
+                    m.routing.cost = Cost::Priced {
+                        input_per_mtok: input,
+                        output_per_mtok: output,
+                    };
+                }
+                m.routing.general = s.general.map(|score| Evidence {
+                    score,
+                    benchmark: "MMLU-Pro".into(),
+                    value: String::new(),
+                    source: "test".into(),
+                });
+                m.routing.capabilities.tools = s.tools;
+                out.push(m);
+                table.push((id, s.clone()));
+            }
+            (out, Table(table))
+        }
+
+        fn objective() -> impl Strategy<Value = Objective> {
+            prop_oneof![
+                Just(Objective::Quality),
+                Just(Objective::Cost),
+                Just(Objective::Latency),
+                Just(Objective::Balanced)
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            #[test]
+            fn objectives_keep_their_promises(
+                specs in proptest::collection::vec(spec(), 1..7),
+                objective in objective(),
+                difficulty in prop_oneof![Just(Difficulty::Easy), Just(Difficulty::Medium), Just(Difficulty::Hard)],
+                min_quality in proptest::option::weighted(0.2, 0.0f32..1.0),
+                max_cost_usd in proptest::option::weighted(0.2, 0.0f64..0.01),
+                needs_tools in proptest::bool::weighted(0.2),
+                excluded in proptest::collection::vec(0usize..7, 0..2),
+            ) {
+                let (models, live) = profiles(&specs);
+                let mut req = request(RoutingOptions {
+                    objective: Some(objective),
+                    min_quality,
+                    max_cost_usd,
+                    exclude: excluded.iter().map(|i| format!("m{i}")).collect(),
+                    ..Default::default()
+                });
+                req.classification.difficulty = difficulty;
+                req.needs_tools = needs_tools;
+                let d = decide(&models, &req, &live);
+                let tol = req.policy.quality_tolerance;
+                let eligible: Vec<&Candidate> =
+                    d.candidates.iter().filter(|c| c.excluded.is_none()).collect();
+                // An excluded model is never served, and every eligible one is a fallback.
+                prop_assert_eq!(d.order.len(), eligible.len());
+                for m in &d.order {
+                    let c = d.candidates.iter().find(|c| &c.model == m).unwrap();
+                    prop_assert!(c.excluded.is_none(), "{} is excluded but ordered", m);
+                }
+                let Some(winner) = d.order.first() else { return Ok(()); };
+                let w = d.candidates.iter().find(|c| &c.model == winner).unwrap();
+                let basis = eligible.iter().map(|c| c.quality_basis).max().unwrap();
+                let best = eligible
+                    .iter()
+                    .filter(|c| c.quality_basis == basis)
+                    .filter_map(|c| c.quality)
+                    .fold(f64::NEG_INFINITY, f64::max);
+                // Unknown quality never wins on quality (or balance) against known quality.
+                if matches!(objective, Objective::Quality | Objective::Balanced) {
+                    prop_assert_eq!(w.quality_basis, basis);
+                }
+                match objective {
+                    Objective::Quality => {
+                        if basis != QualityBasis::Unknown {
+                            prop_assert!(w.quality.unwrap() >= best - tol - 1e-12,
+                                "winner {} quality {:?} < best {} - tol", w.model, w.quality, best);
+                        }
+                    }
+                    Objective::Cost | Objective::Latency => {
+                        let floor = match (min_quality, basis) {
+                            (Some(f), _) => Some(f as f64),
+                            (None, QualityBasis::Unknown) => None,
+                            (None, _) => Some(req.policy.default_floor * best),
+                        };
+                        let meets = |c: &Candidate| match floor {
+                            None => true,
+                            Some(_) if min_quality.is_some() => true,
+                            Some(f) => c.quality_basis == basis && c.quality.is_some_and(|q| q >= f),
+                        };
+                        let key = |c: &Candidate| if objective == Objective::Cost {
+                            c.predicted_cost_usd
+                        } else {
+                            c.predicted_total_ms
+                        };
+                        if eligible.iter().any(|c| meets(c)) {
+                            prop_assert!(meets(w), "winner {} misses the floor {:?}", w.model, floor);
+                        }
+                        for c in eligible.iter().filter(|c| meets(c)) {
+                            prop_assert!(key(c) >= key(w),
+                                "{} beats the winner {} on {:?} and meets the floor", c.model, w.model, objective);
+                        }
+                        if let (Some(f), Some(_)) = (min_quality, w.quality) {
+                            prop_assert!(w.quality.unwrap() >= f as f64);
+                        }
+                    }
+                    Objective::Balanced => {
+                        for c in eligible.iter().filter(|c| c.quality_basis == basis) {
+                            prop_assert!(c.utility.unwrap() <= w.utility.unwrap() + 1e-12);
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -16,9 +16,10 @@ pub mod taxonomy;
 pub mod training;
 
 pub use audit::{AuditLog, DecisionRecord, Outcome};
-pub use catalog::{ModelProfile, RoutingProfile};
+pub use catalog::{ModelProfile, QualityBasis, RoutingProfile};
 pub use classifier::{Classification, Classifier};
 pub use decide::{
-    decide, Decision, LiveLoad, LoadSnapshot, Objective, RouteRequest, RoutingOptions,
+    decide, BalancedWeights, Decision, LiveLoad, LoadSnapshot, Objective, Policy, RouteRequest,
+    RoutingOptions,
 };
-pub use taxonomy::{Difficulty, TaskFamily};
+pub use taxonomy::{Difficulty, Task};

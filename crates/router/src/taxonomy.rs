@@ -1,6 +1,7 @@
-//! The task families and difficulty levels the router reasons about.
+//! The tasks and difficulty levels the router reasons about (the product's
+//! vocabulary: a request has a *task* and a *difficulty*).
 //!
-//! | family | what it covers |
+//! | task | what it covers |
 //! |---|---|
 //! | `code` | writing, fixing, explaining or testing code |
 //! | `math` | arithmetic, algebra, word problems, calculus |
@@ -13,15 +14,17 @@
 //! | `chat` | greetings and open conversation |
 //! | `translation` | between natural languages |
 //! | `tool_use` | requests that call functions/tools |
+//! | `analysis` | comparisons, trade-offs, design decisions, risk assessment, critiques |
 //!
 //! Difficulty is the probability that a mid-size model (Mixtral-8x7B in the
-//! RouteLLM data) gets the prompt wrong, bucketed into easy/medium/hard.
+//! RouteLLM data) gets the prompt wrong, bucketed into easy/medium/hard at
+//! thresholds the classifier carries ([`crate::Classifier::difficulty_of`]).
 
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum TaskFamily {
+pub enum Task {
     Code,
     Math,
     Reasoning,
@@ -33,41 +36,44 @@ pub enum TaskFamily {
     Chat,
     Translation,
     ToolUse,
+    Analysis,
 }
 
-impl TaskFamily {
-    pub const ALL: [TaskFamily; 11] = [
-        TaskFamily::Code,
-        TaskFamily::Math,
-        TaskFamily::Reasoning,
-        TaskFamily::KnowledgeQa,
-        TaskFamily::Extraction,
-        TaskFamily::Classification,
-        TaskFamily::Summarization,
-        TaskFamily::CreativeWriting,
-        TaskFamily::Chat,
-        TaskFamily::Translation,
-        TaskFamily::ToolUse,
+impl Task {
+    pub const ALL: [Task; 12] = [
+        Task::Code,
+        Task::Math,
+        Task::Reasoning,
+        Task::KnowledgeQa,
+        Task::Extraction,
+        Task::Classification,
+        Task::Summarization,
+        Task::CreativeWriting,
+        Task::Chat,
+        Task::Translation,
+        Task::ToolUse,
+        Task::Analysis,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            TaskFamily::Code => "code",
-            TaskFamily::Math => "math",
-            TaskFamily::Reasoning => "reasoning",
-            TaskFamily::KnowledgeQa => "knowledge_qa",
-            TaskFamily::Extraction => "extraction",
-            TaskFamily::Classification => "classification",
-            TaskFamily::Summarization => "summarization",
-            TaskFamily::CreativeWriting => "creative_writing",
-            TaskFamily::Chat => "chat",
-            TaskFamily::Translation => "translation",
-            TaskFamily::ToolUse => "tool_use",
+            Task::Code => "code",
+            Task::Math => "math",
+            Task::Reasoning => "reasoning",
+            Task::KnowledgeQa => "knowledge_qa",
+            Task::Extraction => "extraction",
+            Task::Classification => "classification",
+            Task::Summarization => "summarization",
+            Task::CreativeWriting => "creative_writing",
+            Task::Chat => "chat",
+            Task::Translation => "translation",
+            Task::ToolUse => "tool_use",
+            Task::Analysis => "analysis",
         }
     }
 
-    pub fn parse(s: &str) -> Option<TaskFamily> {
-        TaskFamily::ALL.into_iter().find(|f| f.as_str() == s)
+    pub fn parse(s: &str) -> Option<Task> {
+        Task::ALL.into_iter().find(|f| f.as_str() == s)
     }
 }
 
@@ -77,19 +83,4 @@ pub enum Difficulty {
     Easy,
     Medium,
     Hard,
-}
-
-impl Difficulty {
-    pub const EASY_BELOW: f32 = 0.3;
-    pub const HARD_ABOVE: f32 = 0.6;
-
-    pub fn from_p_hard(p: f32) -> Difficulty {
-        if p < Self::EASY_BELOW {
-            Difficulty::Easy
-        } else if p > Self::HARD_ABOVE {
-            Difficulty::Hard
-        } else {
-            Difficulty::Medium
-        }
-    }
 }

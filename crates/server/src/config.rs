@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use switchyard_engine::{EngineConfig, ModelSource};
-use switchyard_router::{Objective, RoutingProfile};
+use switchyard_router::{Objective, Policy, RoutingProfile};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -159,6 +159,9 @@ pub struct RouterSection {
     pub audit_db: PathBuf,
     /// Keep the prompt text in decision records (only its hash otherwise).
     pub store_prompts: bool,
+    /// The objectives' numbers: near-tie tolerance, default quality floor,
+    /// balanced weights (`[router.policy]`; see the router's `decide` docs).
+    pub policy: Policy,
 }
 
 impl Default for RouterSection {
@@ -167,6 +170,7 @@ impl Default for RouterSection {
             default_objective: Objective::Balanced,
             audit_db: PathBuf::from("switchyard-audit.db"),
             store_prompts: false,
+            policy: Policy::default(),
         }
     }
 }

@@ -65,13 +65,18 @@ enum Command {
         /// The RouteLLM data directory (../shared/data/routellm).
         #[arg(long)]
         data: PathBuf,
+        /// The labelled realistic prompts (dev-*.jsonl and heldout.jsonl).
+        #[arg(long, default_value = "crates/router/data/realistic")]
+        prompts: PathBuf,
         #[arg(long, default_value = "crates/router/data/classifier.json")]
         out: PathBuf,
     },
-    /// Report the committed classifier's accuracy on the held-out split.
+    /// Report the committed classifier's figures on the held-out splits.
     RouterEval {
         #[arg(long)]
         data: PathBuf,
+        #[arg(long, default_value = "crates/router/data/realistic")]
+        prompts: PathBuf,
     },
     /// Measure prefill and decode throughput with synthetic prompts; prints JSON lines.
     Bench {
@@ -113,18 +118,19 @@ fn main() -> anyhow::Result<()> {
             audit_db,
         } => startup::serve(&config, &addr, audit_db)?,
         Command::Route { config, input } => route_dry_run(&config, &input)?,
-        Command::RouterTrain { data, out } => {
-            let (classifier, eval) = switchyard_router::training::train_and_evaluate(&data)
-                .map_err(anyhow::Error::msg)?;
+        Command::RouterTrain { data, prompts, out } => {
+            let (classifier, eval) =
+                switchyard_router::training::train_and_evaluate(&data, &prompts)
+                    .map_err(anyhow::Error::msg)?;
             classifier.save(&out)?;
             print_evaluation(&eval);
             println!("wrote {}", out.display());
         }
-        Command::RouterEval { data } => {
+        Command::RouterEval { data, prompts } => {
             let classifier =
                 switchyard_router::Classifier::embedded().map_err(anyhow::Error::msg)?;
-            let ds =
-                switchyard_router::training::Dataset::load(&data).map_err(anyhow::Error::msg)?;
+            let ds = switchyard_router::training::Dataset::load(&data, &prompts)
+                .map_err(anyhow::Error::msg)?;
             print_evaluation(&switchyard_router::training::evaluate(&classifier, &ds));
         }
         Command::Generate {
@@ -233,12 +239,30 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn print_evaluation(e: &switchyard_router::training::Evaluation) {
-    println!(
-        "held-out family accuracy {:.3} (macro {:.3}), difficulty AUC {:.3}",
-        e.family_accuracy, e.family_macro_accuracy, e.difficulty_auc
-    );
-    for (family, n, acc) in &e.per_family {
-        println!("  {:<18} n={n:<5} accuracy {acc:.3}", family.as_str());
+    for (name, r) in [("validation", &e.validation), ("held-out", &e.heldout)] {
+        println!(
+            "{name} realistic ({} prompts): task accuracy {:.3} (macro {:.3}, not English {:.3}); hard seen as medium/hard {:.3}; easy seen as easy {:.3}",
+            r.n,
+            r.task_accuracy,
+            r.task_macro_accuracy,
+            r.non_english_task_accuracy,
+            r.hard_seen_as_medium_or_hard,
+            r.easy_seen_as_easy
+        );
+        for (task, n, acc) in &r.per_task {
+            println!("  {:<18} n={n:<4} accuracy {acc:.3}", task.as_str());
+        }
+    }
+    for (name, r) in [
+        ("MMLU validation", &e.routellm_validation.0),
+        ("GSM8K validation", &e.routellm_validation.1),
+        ("MMLU held-out", &e.mmlu),
+        ("GSM8K held-out", &e.gsm8k),
+    ] {
+        println!(
+            "RouteLLM {name} ({} prompts): APGR {:.3}, CPT(50%) {:.3}, AUC {:.3}",
+            r.n, r.apgr, r.cpt50, r.auc
+        );
     }
 }
 
@@ -293,18 +317,18 @@ fn preview_one(
     let req: openai::ChatRequest = openai::parse_body(line.as_bytes(), openai::CHAT_FIELDS)?;
     let v = ValidatedRequest::chat(req)?;
     let messages = v.messages();
-    let text = routed::routing_text(messages);
     // Without the tokenizers, estimate: ~4 characters a token plus template overhead.
     let chars: usize = messages.iter().map(|m| m.content.chars().count()).sum();
     let estimate = chars.div_ceil(4) + 8 * messages.len() + 8;
     let rr = switchyard_router::RouteRequest {
-        classification: classifier.classify(&text),
+        classification: routed::classify(classifier, messages),
         prompt_tokens: vec![("*".into(), estimate)],
         max_tokens: v.max_tokens,
         needs_tools: v.needs_tools,
         needs_json: v.needs_json,
         options: v.routing_options(),
         default_objective: catalog.router.default_objective,
+        policy: catalog.router.policy,
     };
     Ok(switchyard_router::decide(profiles, &rr, &IdleLoad))
 }

@@ -91,8 +91,8 @@ fn actual_cost(p: &ModelProfile, prompt: usize, completion: usize, elapsed_s: f6
 pub fn summary(id: &str, d: &Decision, served: &str, fallbacks: &[(String, String)]) -> Value {
     json!({
         "decision_id": id,
-        "task": d.classification.family.as_str(),
-        "task_confidence": d.classification.family_confidence,
+        "task": d.classification.task.as_str(),
+        "task_confidence": d.classification.task_confidence,
         "difficulty": d.classification.difficulty,
         "difficulty_confidence": d.classification.difficulty_confidence,
         "objective": d.objective,

@@ -13,8 +13,10 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use switchyard_engine::{ChatMessage, Event};
 use switchyard_router::audit::Query;
+use switchyard_router::classifier::Turn;
 use switchyard_router::{
-    decide, Decision, LiveLoad, LoadSnapshot, Outcome, RouteRequest, RoutingOptions,
+    decide, Classification, Classifier, Decision, LiveLoad, LoadSnapshot, Outcome, RouteRequest,
+    RoutingOptions,
 };
 
 use crate::error::ApiError;
@@ -53,6 +55,19 @@ pub fn routing_text(messages: &[ChatMessage]) -> String {
         .unwrap_or_default()
 }
 
+/// Classify a conversation: its final user turn, with the system prompt and
+/// the turn before it.
+pub fn classify(classifier: &Classifier, messages: &[ChatMessage]) -> Classification {
+    let turns: Vec<Turn<'_>> = messages
+        .iter()
+        .map(|m| Turn {
+            role: &m.role,
+            content: &m.content,
+        })
+        .collect();
+    classifier.classify_chat(&turns)
+}
+
 /// Decide, then admit and submit to the candidates in order until one
 /// starts; the returned stream has its first event already received (so a
 /// failure could still fall back). On failure, the error and the decision id.
@@ -68,7 +83,7 @@ pub async fn route_chat(
     };
     let started = Instant::now();
     let text = routing_text(v.messages());
-    let classification = router.classifier.classify(&text);
+    let classification = classify(&router.classifier, v.messages());
     let profiles = router.profiles();
     // Each model's own template and tokenizer (off the async runtime), kept
     // for the one that serves. A model that refuses the prompt (too long,
@@ -103,6 +118,7 @@ pub async fn route_chat(
         needs_json: v.needs_json,
         options: v.routing_options(),
         default_objective: router.default_objective,
+        policy: router.policy,
     };
     let decision = decide(&profiles, &rr, &EngineLoad(state));
     let id = random_id("dec-");
@@ -268,7 +284,7 @@ pub fn pin(
     let objective = options.objective.unwrap_or(router.default_objective);
     let decision = switchyard_router::decide::pinned(
         &job.model,
-        router.classifier.classify(&text),
+        classify(&router.classifier, messages),
         options,
         objective,
     );

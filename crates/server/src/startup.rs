@@ -89,7 +89,7 @@ fn router_state(catalog: &Catalog) -> anyhow::Result<RouterState> {
         server_profiles(catalog),
         switchyard_router::AuditLog::open(&audit_path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", audit_path.display()))?,
-        catalog.router.default_objective,
+        (catalog.router.default_objective, catalog.router.policy),
         catalog.router.store_prompts,
         std::env::var("SWITCHYARD_FAULT_MODELS")
             .map(|v| {

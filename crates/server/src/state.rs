@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use switchyard_engine::Engine;
-use switchyard_router::{AuditLog, Classifier, ModelProfile, Objective};
+use switchyard_router::{AuditLog, Classifier, ModelProfile, Objective, Policy};
 use tokio::sync::{watch, Semaphore};
 
 pub use crate::config::Limits;
@@ -93,6 +93,7 @@ pub struct RouterState {
     profiles: RwLock<Vec<ModelProfile>>,
     pub audit: AuditLog,
     pub default_objective: Objective,
+    pub policy: Policy,
     pub store_prompts: bool,
     /// Testing hook (`SWITCHYARD_FAULT_MODELS=a,b`): submissions to these models fail.
     pub fault_models: Vec<String>,
@@ -103,7 +104,7 @@ impl RouterState {
         classifier: Classifier,
         profiles: Vec<ModelProfile>,
         audit: AuditLog,
-        default_objective: Objective,
+        (default_objective, policy): (Objective, Policy),
         store_prompts: bool,
         fault_models: Vec<String>,
     ) -> Self {
@@ -112,6 +113,7 @@ impl RouterState {
             profiles: RwLock::new(profiles),
             audit,
             default_objective,
+            policy,
             store_prompts,
             fault_models,
         }

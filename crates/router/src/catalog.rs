@@ -104,6 +104,58 @@ pub struct ModelProfile {
     pub routing: RoutingProfile,
 }
 
+fn check(what: &str, v: f64, lo: f64, hi: f64) -> Result<(), String> {
+    if v.is_finite() && (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("{what} = {v} is not a number in [{lo}, {hi}]"))
+    }
+}
+
+impl RoutingProfile {
+    /// Numbers the router can rank on: scores in [0, 1], finite
+    /// non-negative prices, positive speeds.
+    pub fn validate(&self) -> Result<(), String> {
+        let evidence = self
+            .quality
+            .iter()
+            .map(|(t, e)| (format!("quality.{}", t.as_str()), e))
+            .chain(
+                self.quality_hard
+                    .iter()
+                    .map(|(t, e)| (format!("quality_hard.{}", t.as_str()), e)),
+            )
+            .chain(self.general.iter().map(|e| ("general".to_string(), e)));
+        for (name, e) in evidence {
+            check(&format!("{name}.score"), e.score as f64, 0.0, 1.0)?;
+        }
+        match self.cost {
+            Cost::Priced {
+                input_per_mtok,
+                output_per_mtok,
+            } => {
+                check("cost.input_per_mtok", input_per_mtok, 0.0, f64::MAX)?;
+                check("cost.output_per_mtok", output_per_mtok, 0.0, f64::MAX)?;
+            }
+            Cost::Derived { usd_per_hour } => {
+                check("cost.usd_per_hour", usd_per_hour, 0.0, f64::MAX)?
+            }
+        }
+        check(
+            "performance.prefill_tok_s",
+            self.performance.prefill_tok_s,
+            1e-3,
+            f64::MAX,
+        )?;
+        check(
+            "performance.decode_tok_s",
+            self.performance.decode_tok_s,
+            1e-3,
+            f64::MAX,
+        )
+    }
+}
+
 /// Where a candidate's quality estimate comes from, strongest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -129,5 +181,36 @@ impl ModelProfile {
             (None, Some(g)) => (QualityBasis::Proxy, Some(g)),
             (None, None) => (QualityBasis::Unknown, None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_the_router_cannot_rank_on_are_refused() {
+        let evidence = |score: f32| Evidence {
+            score,
+            benchmark: "b".into(),
+            value: "v".into(),
+            source: "s".into(),
+        };
+        let mut p = RoutingProfile::default();
+        assert_eq!(p.validate(), Ok(()));
+        p.quality.insert(Task::Math, evidence(f32::NAN));
+        assert!(p.validate().unwrap_err().contains("quality.math.score"));
+        p.quality.insert(Task::Math, evidence(0.5));
+        p.general = Some(evidence(1.5));
+        assert!(p.validate().unwrap_err().contains("general.score"));
+        p.general = None;
+        p.cost = Cost::Priced {
+            input_per_mtok: -1.0,
+            output_per_mtok: 1.0,
+        };
+        assert!(p.validate().unwrap_err().contains("input_per_mtok"));
+        p.cost = Cost::Derived { usd_per_hour: 1.0 };
+        p.performance.decode_tok_s = 0.0;
+        assert!(p.validate().unwrap_err().contains("decode_tok_s"));
     }
 }

@@ -31,6 +31,8 @@ use crate::taxonomy::{Difficulty, Task};
 pub const DIM: usize = 1 << 14;
 /// Dense shape features at the start of the vector.
 const SHAPE_FEATURES: usize = 17;
+/// The shape feature set for a multiple-choice exam question.
+const MULTIPLE_CHOICE_FEATURE: usize = 16;
 /// Words of a long turn that are read: the head and the tail.
 const HEAD_WORDS: usize = 384;
 const TAIL_WORDS: usize = 128;
@@ -101,6 +103,14 @@ fn is_cjk(c: char) -> bool {
     matches!(c as u32, 0x3040..=0x30ff | 0x3400..=0x4dbf | 0x4e00..=0x9fff | 0xf900..=0xfaff)
 }
 
+/// Between words: anything but letters, digits and combining marks (the
+/// vowel signs of Devanagari, Arabic diacritics), so "„übersetze", "—translate"
+/// and a word before "،" or "।" all start or end where they should.
+fn is_word_break(c: char) -> bool {
+    let mark = matches!(c as u32, 0x0300..=0x036f | 0x0610..=0x061a | 0x064b..=0x065f | 0x0900..=0x0963 | 0x0966..=0x097f);
+    !(c.is_alphanumeric() || mark)
+}
+
 fn prefix_key(s: &str) -> String {
     s.chars().take(3).collect()
 }
@@ -146,11 +156,7 @@ impl Cues {
 
     /// The canonical cues found in `lower` (lowercased text), with repeats.
     fn find(&self, lower: &str, mut hit: impl FnMut(&str)) {
-        for word in lower.split(|c: char| {
-            c.is_whitespace()
-                || c.is_ascii_punctuation()
-                || "。，、！？「」『』：；（）“”‘’«»¿¡…".contains(c)
-        }) {
+        for word in lower.split(is_word_break) {
             if word.is_empty() {
                 continue;
             }
@@ -388,7 +394,7 @@ fn shape(
         (13, flag(asks_length)),
         (14, ((1 + text.matches('?').count()) as f32).ln() / 2.0),
         (15, flag(chars > 1500.0)),
-        (16, flag(is_multiple_choice(text))),
+        (MULTIPLE_CHOICE_FEATURE, flag(is_multiple_choice(text))),
     ]
 }
 
@@ -399,6 +405,11 @@ pub struct Classifier {
     /// `[tasks][dim]`, row-major.
     pub task_weights: Vec<f32>,
     pub difficulty_weights: Vec<f32>,
+    /// The difficulty head for multiple-choice exam questions (lettered
+    /// options), trained on RouteLLM's MMLU alone: what makes an exam
+    /// question hard is not what makes a request hard.
+    #[serde(default)]
+    pub exam_difficulty_weights: Vec<f32>,
     /// `p_hard` below this is easy, above `hard_above` hard (chosen on the
     /// validation split by `router-train`).
     pub easy_below: f32,
@@ -477,6 +488,21 @@ fn adagrad(
     }
 }
 
+/// A binary logistic head on soft labels.
+fn train_binary(ex: &Examples<f32>, epochs: usize, seed: u64) -> Vec<f32> {
+    let (lr, l2) = (0.1f32, 1e-4f32);
+    let mut w = vec![0.0f32; DIM];
+    let mut g2 = vec![0.0f32; DIM];
+    for epoch in 0..epochs {
+        for &i in &shuffled(ex.x.len(), seed ^ epoch as u64) {
+            let x = &ex.x[i];
+            let p = sigmoid(x.iter().map(|&(j, v)| w[j] * v).sum());
+            adagrad(&mut w, &mut g2, 0, x, (p - ex.y[i]) * ex.weight[i], lr, l2);
+        }
+    }
+    w
+}
+
 fn shuffled(n: usize, seed: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     let mut s = seed;
@@ -504,6 +530,8 @@ impl Classifier {
             || self.tasks.is_empty()
             || self.task_weights.len() != self.tasks.len() * DIM
             || self.difficulty_weights.len() != DIM
+            || !(self.exam_difficulty_weights.is_empty()
+                || self.exam_difficulty_weights.len() == DIM)
         {
             return Err(format!(
                 "classifier weights do not fit this build (dim {} vs {DIM}, {} tasks, {} task weights); rerun `switchyard router-train`",
@@ -520,6 +548,7 @@ impl Classifier {
         let round = |v: &mut Vec<f32>| v.iter_mut().for_each(|x| *x = (*x * 1e3).round() / 1e3);
         round(&mut c.task_weights);
         round(&mut c.difficulty_weights);
+        round(&mut c.exam_difficulty_weights);
         std::fs::write(path, serde_json::to_string(&c)? + "\n")
     }
 
@@ -534,7 +563,15 @@ impl Classifier {
     }
 
     fn p_hard_of(&self, f: &[(usize, f32)]) -> f32 {
-        sigmoid(f.iter().map(|&(i, v)| self.difficulty_weights[i] * v).sum())
+        let exam = f
+            .iter()
+            .any(|&(i, v)| i == MULTIPLE_CHOICE_FEATURE && v > 0.0);
+        let w = if exam && !self.exam_difficulty_weights.is_empty() {
+            &self.exam_difficulty_weights
+        } else {
+            &self.difficulty_weights
+        };
+        sigmoid(f.iter().map(|&(i, v)| w[i] * v).sum())
     }
 
     pub fn difficulty_of(&self, p_hard: f32) -> Difficulty {
@@ -583,15 +620,19 @@ impl Classifier {
         }
     }
 
-    /// Train both heads (AdaGrad on weighted logistic losses, deterministic).
-    /// `difficulty` labels are soft: the probability the prompt is hard.
-    pub fn train(task: &Examples<Task>, difficulty: &Examples<f32>, epochs: usize) -> Self {
+    /// Train the heads (AdaGrad on weighted logistic losses, deterministic).
+    /// `difficulty` labels are soft: the probability the prompt is hard;
+    /// `exam` trains the difficulty of multiple-choice exam questions.
+    pub fn train(
+        task: &Examples<Task>,
+        difficulty: &Examples<f32>,
+        exam: &Examples<f32>,
+        epochs: usize,
+    ) -> Self {
         let tasks = Task::ALL.to_vec();
         let k = tasks.len();
         let mut wt = vec![0.0f32; k * DIM];
         let mut gt = vec![0.0f32; k * DIM];
-        let mut wd = vec![0.0f32; DIM];
-        let mut gd = vec![0.0f32; DIM];
         let labels: Vec<usize> = task
             .y
             .iter()
@@ -611,18 +652,13 @@ impl Classifier {
                     adagrad(&mut wt, &mut gt, c * DIM, x, g, lr, l2);
                 }
             }
-            for &i in &shuffled(difficulty.x.len(), 0x9E37_79B9_7F4A_7C15 ^ epoch as u64) {
-                let x = &difficulty.x[i];
-                let p = sigmoid(x.iter().map(|&(j, v)| wd[j] * v).sum());
-                let g = (p - difficulty.y[i]) * difficulty.weight[i];
-                adagrad(&mut wd, &mut gd, 0, x, g, lr * 0.5, l2);
-            }
         }
         Classifier {
             dim: DIM,
             tasks,
             task_weights: wt,
-            difficulty_weights: wd,
+            difficulty_weights: train_binary(difficulty, epochs, 0x9E37_79B9_7F4A_7C15),
+            exam_difficulty_weights: train_binary(exam, epochs, 0xD1B5_4A32_D192_ED03),
             easy_below: 0.3,
             hard_above: 0.6,
             provenance: String::new(),

@@ -110,6 +110,32 @@ impl Default for Policy {
     }
 }
 
+impl Policy {
+    pub fn validate(&self) -> Result<(), String> {
+        let ok = |v: f64, lo: f64, hi: f64| v.is_finite() && (lo..=hi).contains(&v);
+        let b = &self.balanced;
+        if !ok(self.quality_tolerance, 0.0, 1.0) {
+            return Err(format!(
+                "quality_tolerance {} is not in [0, 1]",
+                self.quality_tolerance
+            ));
+        }
+        if !ok(self.default_floor, 0.0, 1.0) {
+            return Err(format!(
+                "default_floor {} is not in [0, 1]",
+                self.default_floor
+            ));
+        }
+        if !(ok(b.quality, 0.0, f64::MAX)
+            && ok(b.cost_per_decade, 0.0, f64::MAX)
+            && ok(b.latency_per_decade, 0.0, f64::MAX))
+        {
+            return Err("balanced weights must be finite and non-negative".into());
+        }
+        Ok(())
+    }
+}
+
 /// The caller's routing options (`"routing": {...}` in the request body).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -389,6 +415,85 @@ pub fn decide(models: &[ModelProfile], req: &RouteRequest, live: &dyn LiveLoad) 
     let eligible: Vec<usize> = (0..candidates.len())
         .filter(|&i| candidates[i].excluded.is_none())
         .collect();
+    let Ranking {
+        order,
+        floor,
+        floor_basis,
+        rule,
+    } = rank(&mut candidates, &eligible, objective, req);
+    let binding = order
+        .first()
+        .and_then(|&w| binding_constraint(&candidates, &eligible, w, objective, req, floor));
+    let tie_break = match (order.first(), order.get(1)) {
+        (Some(&w), Some(&r)) => tie_break(objective, &policy, &candidates[w], &candidates[r]),
+        _ => None,
+    };
+    let why = match order.first() {
+        None if candidates.is_empty() => {
+            "no model can serve this request: none is configured".to_string()
+        }
+        None => "no model can serve this request: every candidate was excluded".to_string(),
+        Some(&w) => {
+            let c = &candidates[w];
+            format!(
+                "{} wins on {} for {} {} prompt: {}{}, ~${:.6}, ~{:.0} ms to first token, ~{:.0} ms in all ({} of {} models eligible){}{}",
+                c.model,
+                objective.as_str(),
+                match req.classification.difficulty {
+                    Difficulty::Easy => "an easy",
+                    Difficulty::Medium => "a medium",
+                    Difficulty::Hard => "a hard",
+                },
+                task.as_str(),
+                quality_text(c),
+                c.utility
+                    .map_or(String::new(), |u| format!(", utility {u:.3}")),
+                c.predicted_cost_usd,
+                c.predicted_ttft_ms,
+                c.predicted_total_ms,
+                eligible.len(),
+                candidates.len(),
+                binding.as_ref().map_or(String::new(), |b| format!("; bound by {b}")),
+                tie_break.as_ref().map_or(String::new(), |t| format!("; {t}")),
+            )
+        }
+    };
+    Decision {
+        pinned: false,
+        objective,
+        options: req.options.clone(),
+        classification: req.classification.clone(),
+        rule,
+        quality_scale: Some(quality_scale),
+        policy: Some(policy),
+        floor,
+        floor_basis,
+        order: order.iter().map(|&i| candidates[i].model.clone()).collect(),
+        candidates,
+        binding,
+        tie_break,
+        why,
+    }
+}
+
+/// How the objective ordered the eligible candidates.
+struct Ranking {
+    order: Vec<usize>,
+    floor: Option<f64>,
+    floor_basis: Option<String>,
+    rule: String,
+}
+
+/// Order `eligible` (indices into `candidates`) by the objective; sets each
+/// candidate's `meets_floor` or `utility`.
+fn rank(
+    candidates: &mut [Candidate],
+    eligible: &[usize],
+    objective: Objective,
+    req: &RouteRequest,
+) -> Ranking {
+    let policy = req.policy;
+    let task = req.classification.task;
     // The strongest quality basis among eligible models, and its best quality.
     let basis = eligible
         .iter()
@@ -400,8 +505,8 @@ pub fn decide(models: &[ModelProfile], req: &RouteRequest, live: &dyn LiveLoad) 
         .filter(|&&i| candidates[i].quality_basis == basis)
         .filter_map(|&i| candidates[i].quality)
         .fold(None, |m: Option<f64>, q| Some(m.map_or(q, |m| m.max(q))));
-    let mut order = eligible.clone();
-    let (mut floor, mut floor_basis, rule);
+    let mut order = eligible.to_vec();
+    let (mut floor, mut floor_basis, mut rule);
     floor = None;
     floor_basis = None;
     match objective {
@@ -434,7 +539,14 @@ pub fn decide(models: &[ModelProfile], req: &RouteRequest, live: &dyn LiveLoad) 
                 });
             } else {
                 // Nobody has evidence: nothing to maximise; the cheapest wins.
-                order.sort_by(|&a, &b| by_cost(&candidates[a], &candidates[b]));
+                rule = format!(
+                    "no eligible model has quality evidence for {}: the cheaper, then the faster",
+                    task.as_str()
+                );
+                order.sort_by(|&a, &b| {
+                    by_cost(&candidates[a], &candidates[b])
+                        .then(by_time(&candidates[a], &candidates[b]))
+                });
             }
         }
         Objective::Cost | Objective::Latency => {
@@ -457,7 +569,7 @@ pub fn decide(models: &[ModelProfile], req: &RouteRequest, live: &dyn LiveLoad) 
             };
             floor = value;
             floor_basis = Some(source);
-            for &i in &eligible {
+            for &i in eligible {
                 let c = &mut candidates[i];
                 c.meets_floor = Some(match value {
                     None => true,
@@ -493,12 +605,46 @@ pub fn decide(models: &[ModelProfile], req: &RouteRequest, live: &dyn LiveLoad) 
                     .then(secondary(ca, cb))
                     .then(by_quality(ca, cb))
             });
+            // Within 1% of the best on the objective's axis, the other axis decides.
+            let key = |c: &Candidate| {
+                if objective == Objective::Cost {
+                    c.predicted_cost_usd
+                } else {
+                    c.predicted_total_ms
+                }
+            };
+            if let Some(&first) = order.first() {
+                let best = key(&candidates[first]);
+                let meets = candidates[first].meets_floor;
+                let band = order
+                    .iter()
+                    .take_while(|&&i| {
+                        candidates[i].meets_floor == meets && near(key(&candidates[i]), best)
+                    })
+                    .count();
+                order[..band].sort_by(|&a, &b| {
+                    let (ca, cb) = (&candidates[a], &candidates[b]);
+                    secondary(ca, cb).then(primary(ca, cb))
+                });
+            }
+            // Below the floor is not a fallback while some model meets it.
+            if order
+                .first()
+                .is_some_and(|&i| candidates[i].meets_floor == Some(true))
+            {
+                order.retain(|&i| candidates[i].meets_floor == Some(true));
+            }
         }
         Objective::Balanced => {
             let w = policy.balanced;
             // The likelier a mid-size model fails, the more quality counts
             // against price and time (RouteLLM's reading of p_hard).
-            let ease = (1.0 - req.classification.p_hard as f64).clamp(0.0, 1.0);
+            let p_hard = req.classification.p_hard as f64;
+            let ease = if p_hard.is_finite() {
+                (1.0 - p_hard).clamp(0.0, 1.0)
+            } else {
+                0.5
+            };
             let (cost_w, time_w) = (w.cost_per_decade * ease, w.latency_per_decade * ease);
             rule = format!(
                 "maximise {} × quality − {cost_w:.3} × log10(cost / cheapest) − {time_w:.3} × log10(time / fastest) (the weights {} and {} × (1 − p_hard))",
@@ -512,7 +658,7 @@ pub fn decide(models: &[ModelProfile], req: &RouteRequest, live: &dyn LiveLoad) 
                 .iter()
                 .map(|&i| candidates[i].predicted_total_ms)
                 .fold(f64::INFINITY, f64::min);
-            for &i in &eligible {
+            for &i in eligible {
                 let c = &mut candidates[i];
                 let cost_decades = ((c.predicted_cost_usd + COST_EPSILON_USD)
                     / (cheapest + COST_EPSILON_USD))
@@ -538,106 +684,55 @@ pub fn decide(models: &[ModelProfile], req: &RouteRequest, live: &dyn LiveLoad) 
             });
         }
     }
-    let binding = order
-        .first()
-        .and_then(|&w| binding_constraint(objective, &candidates, w, floor));
-    let tie_break = match (order.first(), order.get(1)) {
-        (Some(&w), Some(&r)) => tie_break(objective, &policy, &candidates[w], &candidates[r]),
-        _ => None,
-    };
-    let why = match order.first() {
-        None => "no model can serve this request: every candidate was excluded".to_string(),
-        Some(&w) => {
-            let c = &candidates[w];
-            format!(
-                "{} wins on {} for {} {} prompt: {}, ~${:.6}, ~{:.0} ms to first token ({} of {} models eligible){}{}",
-                c.model,
-                objective.as_str(),
-                match req.classification.difficulty {
-                    Difficulty::Easy => "an easy",
-                    Difficulty::Medium => "a medium",
-                    Difficulty::Hard => "a hard",
-                },
-                task.as_str(),
-                quality_text(c),
-                c.predicted_cost_usd,
-                c.predicted_ttft_ms,
-                eligible.len(),
-                candidates.len(),
-                binding.as_ref().map_or(String::new(), |b| format!("; bound by {b}")),
-                tie_break.as_ref().map_or(String::new(), |t| format!("; {t}")),
-            )
-        }
-    };
-    Decision {
-        pinned: false,
-        objective,
-        options: req.options.clone(),
-        classification: req.classification.clone(),
-        rule,
-        quality_scale: Some(quality_scale),
-        policy: Some(policy),
+    Ranking {
+        order,
         floor,
         floor_basis,
-        order: order.iter().map(|&i| candidates[i].model.clone()).collect(),
-        candidates,
-        binding,
-        tie_break,
-        why,
+        rule,
     }
 }
 
-/// The constraint that kept a better model (by this objective's own axis)
-/// from winning: the floor, or the exclusion of the best excluded candidate.
+/// The constraints that kept a model that would otherwise have won from
+/// winning: the quality floor (an eligible model below it that is cheaper or
+/// faster), and each exclusion whose model would win were it eligible.
 fn binding_constraint(
-    objective: Objective,
     candidates: &[Candidate],
+    eligible: &[usize],
     winner: usize,
+    objective: Objective,
+    req: &RouteRequest,
     floor: Option<f64>,
 ) -> Option<String> {
     let w = &candidates[winner];
-    let better = |c: &Candidate| match objective {
-        Objective::Quality | Objective::Balanced => {
-            c.quality_basis > w.quality_basis
-                || (c.quality_basis == w.quality_basis
-                    && c.quality.unwrap_or(0.0) > w.quality.unwrap_or(0.0) + 1e-9)
-        }
-        Objective::Cost => {
-            c.predicted_cost_usd < w.predicted_cost_usd
-                && !near(c.predicted_cost_usd, w.predicted_cost_usd)
-        }
-        Objective::Latency => {
-            c.predicted_total_ms < w.predicted_total_ms
-                && !near(c.predicted_total_ms, w.predicted_total_ms)
-        }
-    };
-    // Eligible but under the floor (cost and latency).
+    let mut reasons = Vec::new();
     if let Some(f) = floor {
-        let below = candidates
+        let key = |c: &Candidate| match objective {
+            Objective::Cost => c.predicted_cost_usd,
+            _ => c.predicted_total_ms,
+        };
+        let below: Vec<String> = eligible
             .iter()
-            .filter(|c| c.meets_floor == Some(false) && better(c))
+            .map(|&i| &candidates[i])
+            .filter(|c| c.meets_floor == Some(false) && key(c) < key(w) && !near(key(c), key(w)))
             .map(|c| format!("{} ({})", c.model, quality_text(c)))
-            .collect::<Vec<_>>();
+            .collect();
         if !below.is_empty() {
-            return Some(format!(
+            reasons.push(format!(
                 "the quality floor {f:.3}: {} below it",
                 below.join(", ")
             ));
         }
     }
-    let best_excluded = candidates
-        .iter()
-        .filter(|c| c.excluded.is_some() && better(c))
-        .min_by(|a, b| match objective {
-            Objective::Cost => by_cost(a, b),
-            Objective::Latency => by_time(a, b),
-            _ => by_quality(a, b),
-        })?;
-    Some(format!(
-        "{}'s exclusion ({})",
-        best_excluded.model,
-        best_excluded.excluded.as_deref().unwrap_or_default()
-    ))
+    for (i, c) in candidates.iter().enumerate() {
+        let Some(why) = &c.excluded else { continue };
+        let mut alt: Vec<Candidate> = candidates.to_vec();
+        let mut with = eligible.to_vec();
+        with.push(i);
+        if rank(&mut alt, &with, objective, req).order.first() == Some(&i) {
+            reasons.push(format!("{}'s exclusion ({why})", c.model));
+        }
+    }
+    (!reasons.is_empty()).then(|| reasons.join("; "))
 }
 
 /// Why the winner and the runner-up were not a coin toss, when they were close.
@@ -652,9 +747,20 @@ fn tie_break(
             let (qw, qr) = (w.quality?, r.quality?);
             (w.quality_basis == r.quality_basis && (qw - qr).abs() <= policy.quality_tolerance)
                 .then(|| {
+                    let decided = if w.predicted_cost_usd >= r.predicted_cost_usd {
+                        format!(
+                            "the cost is the same, the faster wins (~{:.0} vs ~{:.0} ms)",
+                            w.predicted_total_ms, r.predicted_total_ms
+                        )
+                    } else {
+                        format!(
+                            "the cheaper wins (${:.6} vs ${:.6})",
+                            w.predicted_cost_usd, r.predicted_cost_usd
+                        )
+                    };
                     format!(
-                        "tie-break: {} ({qw:.3}) and {} ({qr:.3}) are within {} in quality; the cheaper wins (${:.6} vs ${:.6})",
-                        w.model, r.model, policy.quality_tolerance, w.predicted_cost_usd, r.predicted_cost_usd
+                        "tie-break: {} ({qw:.3}) and {} ({qr:.3}) are within {} in quality; {decided}",
+                        w.model, r.model, policy.quality_tolerance
                     )
                 })
         }
@@ -1163,6 +1269,8 @@ mod tests {
             tools: bool,
             healthy: bool,
             waiting: usize,
+            running: usize,
+            hard_score: Option<f32>,
         }
 
         fn spec() -> impl Strategy<Value = Spec> {
@@ -1176,6 +1284,7 @@ mod tests {
                 proptest::bool::weighted(0.8),
                 proptest::bool::weighted(0.9),
                 0usize..10,
+                (0usize..4, proptest::option::weighted(0.5, 0.05f32..1.0)),
             )
                 .prop_map(
                     |(
@@ -1188,6 +1297,7 @@ mod tests {
                         tools,
                         healthy,
                         waiting,
+                        (running, hard_score),
                     )| Spec {
                         task_score,
                         general,
@@ -1198,6 +1308,8 @@ mod tests {
                         tools,
                         healthy,
                         waiting,
+                        running,
+                        hard_score,
                     },
                 )
         }
@@ -1209,6 +1321,7 @@ mod tests {
                 Some(LoadSnapshot {
                     healthy: s.healthy,
                     waiting: s.waiting,
+                    running: s.running,
                     kv_blocks_free: 100,
                     block_size: 16,
                     ..Default::default()
@@ -1238,6 +1351,17 @@ mod tests {
                     source: "test".into(),
                 });
                 m.routing.capabilities.tools = s.tools;
+                if let Some(score) = s.hard_score {
+                    m.routing.quality_hard.insert(
+                        Task::KnowledgeQa,
+                        Evidence {
+                            score,
+                            benchmark: "GPQA".into(),
+                            value: String::new(),
+                            source: "test".into(),
+                        },
+                    );
+                }
                 out.push(m);
                 table.push((id, s.clone()));
             }
@@ -1260,6 +1384,7 @@ mod tests {
                 specs in proptest::collection::vec(spec(), 1..7),
                 objective in objective(),
                 difficulty in prop_oneof![Just(Difficulty::Easy), Just(Difficulty::Medium), Just(Difficulty::Hard)],
+                p_hard in 0.0f32..1.0,
                 min_quality in proptest::option::weighted(0.2, 0.0f32..1.0),
                 max_cost_usd in proptest::option::weighted(0.2, 0.0f64..0.01),
                 needs_tools in proptest::bool::weighted(0.2),
@@ -1274,13 +1399,17 @@ mod tests {
                     ..Default::default()
                 });
                 req.classification.difficulty = difficulty;
+                req.classification.p_hard = p_hard;
                 req.needs_tools = needs_tools;
                 let d = decide(&models, &req, &live);
                 let tol = req.policy.quality_tolerance;
                 let eligible: Vec<&Candidate> =
                     d.candidates.iter().filter(|c| c.excluded.is_none()).collect();
-                // An excluded model is never served, and every eligible one is a fallback.
-                prop_assert_eq!(d.order.len(), eligible.len());
+                // An excluded model is never served; every eligible one is a
+                // fallback (under cost and latency, those meeting the floor).
+                if matches!(objective, Objective::Quality | Objective::Balanced) {
+                    prop_assert_eq!(d.order.len(), eligible.len());
+                }
                 for m in &d.order {
                     let c = d.candidates.iter().find(|c| &c.model == m).unwrap();
                     prop_assert!(c.excluded.is_none(), "{} is excluded but ordered", m);
@@ -1302,6 +1431,13 @@ mod tests {
                         if basis != QualityBasis::Unknown {
                             prop_assert!(w.quality.unwrap() >= best - tol - 1e-12,
                                 "winner {} quality {:?} < best {} - tol", w.model, w.quality, best);
+                            // Within the tolerance, nobody is cheaper.
+                            for c in eligible.iter().filter(|c| {
+                                c.quality_basis == basis && c.quality.is_some_and(|q| q >= best - tol)
+                            }) {
+                                prop_assert!(c.predicted_cost_usd >= w.predicted_cost_usd,
+                                    "{} is within the tolerance and cheaper than {}", c.model, w.model);
+                            }
                         }
                     }
                     Objective::Cost | Objective::Latency => {
@@ -1324,8 +1460,15 @@ mod tests {
                             prop_assert!(meets(w), "winner {} misses the floor {:?}", w.model, floor);
                         }
                         for c in eligible.iter().filter(|c| meets(c)) {
-                            prop_assert!(key(c) >= key(w),
+                            prop_assert!(key(c) >= key(w) || near(key(c), key(w)),
                                 "{} beats the winner {} on {:?} and meets the floor", c.model, w.model, objective);
+                        }
+                        // While some model meets the floor, no fallback is below it.
+                        if eligible.iter().any(|c| meets(c)) {
+                            for m in &d.order {
+                                let c = d.candidates.iter().find(|c| &c.model == m).unwrap();
+                                prop_assert!(meets(c), "fallback {} is below the floor", m);
+                            }
                         }
                         if let (Some(f), Some(_)) = (min_quality, w.quality) {
                             prop_assert!(w.quality.unwrap() >= f as f64);

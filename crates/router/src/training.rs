@@ -393,9 +393,10 @@ fn hard_label(row: &Graded) -> f32 {
 }
 
 /// The examples for both heads, with class-balanced task weights.
-fn examples(ds: &Dataset) -> (Examples<Task>, Examples<f32>) {
+fn examples(ds: &Dataset) -> (Examples<Task>, Examples<f32>, Examples<f32>) {
     let mut task = Examples::default();
     let mut difficulty = Examples::default();
+    let mut exam = Examples::default();
     for row in &ds.train {
         let x = features_of(&row.turns());
         task.push(x.clone(), row.task, 1.0);
@@ -404,6 +405,9 @@ fn examples(ds: &Dataset) -> (Examples<Task>, Examples<f32>) {
     for row in &ds.routellm_train {
         let x = crate::classifier::features(&row.prompt);
         task.push(x.clone(), row.task, ROUTELLM_TASK_WEIGHT);
+        if row.source == "mmlu" {
+            exam.push(x.clone(), hard_label(row), 1.0);
+        }
         difficulty.push(x, hard_label(row), 1.0);
     }
     // Balance the tasks: each task's total weight counts the same.
@@ -416,7 +420,7 @@ fn examples(ds: &Dataset) -> (Examples<Task>, Examples<f32>) {
     for (y, w) in task.y.iter().zip(task.weight.iter_mut()) {
         *w *= (mean / totals[*y as usize]).sqrt();
     }
-    (task, difficulty)
+    (task, difficulty, exam)
 }
 
 /// The difficulty buckets that best agree with the validation labels:
@@ -461,8 +465,8 @@ pub fn train_and_evaluate(
     prompts_dir: &Path,
 ) -> Result<(Classifier, Evaluation), String> {
     let ds = Dataset::load(routellm_dir, prompts_dir)?;
-    let (task, difficulty) = examples(&ds);
-    let mut c = Classifier::train(&task, &difficulty, EPOCHS);
+    let (task, difficulty, exam) = examples(&ds);
+    let mut c = Classifier::train(&task, &difficulty, &exam, EPOCHS);
     choose_buckets(&mut c, &ds.validation);
     let e = evaluate(&c, &ds);
     c.provenance = format!(

@@ -33,7 +33,7 @@ fn held_out_figures_are_above_the_floors() {
     assert_eq!(h.n, 660);
     // Floors a little under the committed figures (benches/README.md), so a
     // regression fails and a retrain's noise does not.
-    assert!(h.task_accuracy >= 0.80, "task accuracy {}", h.task_accuracy);
+    assert!(h.task_accuracy >= 0.85, "task accuracy {}", h.task_accuracy);
     assert!(
         h.hard_seen_as_medium_or_hard >= 0.70,
         "hard seen as medium/hard {}",
@@ -44,8 +44,8 @@ fn held_out_figures_are_above_the_floors() {
         "easy seen as easy {}",
         h.easy_seen_as_easy
     );
-    assert!(e.mmlu.apgr >= 0.55, "MMLU APGR {}", e.mmlu.apgr);
-    assert!(e.gsm8k.apgr >= 0.50, "GSM8K APGR {}", e.gsm8k.apgr);
+    assert!(e.mmlu.apgr >= 0.58, "MMLU APGR {}", e.mmlu.apgr);
+    assert!(e.gsm8k.apgr >= 0.53, "GSM8K APGR {}", e.gsm8k.apgr);
 }
 
 #[test]

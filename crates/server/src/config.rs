@@ -209,6 +209,16 @@ impl Catalog {
         if catalog.models.is_empty() {
             anyhow::bail!("{}: no [[models]] listed", path.display());
         }
+        catalog
+            .router
+            .policy
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{}: [router.policy]: {e}", path.display()))?;
+        for m in &catalog.models {
+            m.routing
+                .validate()
+                .map_err(|e| anyhow::anyhow!("{}: model {}: {e}", path.display(), m.id))?;
+        }
         Ok(catalog)
     }
 

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use switchyard_engine::candle_gguf::Content;
+use switchyard_engine::internals::gguf_file::Content;
 use switchyard_engine::Tokenizer;
 
 fn main() {

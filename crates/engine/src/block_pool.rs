@@ -183,6 +183,7 @@ impl BlockPool {
     }
 
     /// Check the pool's internal invariants; used by tests.
+    #[cfg(test)]
     pub fn check_invariants(&self) -> Result<(), String> {
         for (id, meta) in self.blocks.iter().enumerate() {
             let in_queue = meta

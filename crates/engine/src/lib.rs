@@ -7,38 +7,55 @@
 //! ([`tokenizer`]) and applies stop strings ([`stop`]). Callers use
 //! [`Engine::submit`] and read a [`RequestStream`] of [`Event`]s.
 
-pub mod block_pool;
-pub mod chat;
-mod constraint;
-pub mod cpu_matmul;
-pub mod device;
-pub mod engine;
-pub mod error;
-mod gbnf;
-pub mod kv_cache;
-pub mod loader;
-pub mod model;
-pub mod model_config;
-pub mod moe;
-pub mod paged_attention;
-pub mod pre_tokenizer;
-pub mod rope;
-pub mod sampling;
-pub mod scheduler;
-pub mod stop;
+// Every module is crate-private: the API is what this file re-exports, so
+// rustc's dead-code lint sees the whole crate.
+pub(crate) mod block_pool;
+pub(crate) mod chat;
+pub(crate) mod constraint;
+pub(crate) mod cpu_matmul;
+pub(crate) mod device;
+pub(crate) mod engine;
+pub(crate) mod error;
+pub(crate) mod gbnf;
+pub(crate) mod kv_cache;
+pub(crate) mod loader;
+pub(crate) mod model;
+pub(crate) mod model_config;
+pub(crate) mod moe;
+pub(crate) mod paged_attention;
+pub(crate) mod pre_tokenizer;
+pub(crate) mod rope;
+pub(crate) mod sampling;
+pub(crate) mod scheduler;
+pub(crate) mod stop;
+#[doc(hidden)]
 pub mod testing;
-pub mod tokenizer;
-pub mod tool_calls;
-pub mod weights;
+pub(crate) mod tokenizer;
+pub(crate) mod tool_calls;
+pub(crate) mod weights;
 
-pub use candle_core::quantized::gguf_file as candle_gguf;
 pub use candle_core::Device;
 pub use chat::{ChatFunctionCall, ChatMessage, ChatTemplate, ChatToolCall};
 pub use constraint::{Grammar, GrammarSpec};
+pub use device::{check_fits, kv_budgets, memory_info, parse_device, weights_bytes};
 pub use engine::{Engine, EngineConfig, EngineStats, Event, FinishReason, RequestStream, Usage};
 pub use error::{EngineError, Result};
 pub use loader::{LoadedModel, ModelSource};
 pub use model::{Arch, ModelConfig};
+pub use paged_attention::{self_check as kernel_self_check, KernelCheck};
 pub use sampling::{SamplingParams, TokenLogprob};
 pub use tokenizer::Tokenizer;
-pub use tool_calls::{ParsedOutput, ToolCall, ToolCallFormat};
+pub use tool_calls::{
+    calls_or_json_grammar, forced_call_grammar, parse as parse_tool_calls, ParsedOutput, ToolCall,
+    ToolCallFormat,
+};
+
+/// Internals for this crate's integration tests, benches and the test
+/// suites of the crates above; not part of the API.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::kv_cache::SeqView;
+    pub use crate::model::KvStore;
+    pub use crate::testing;
+    pub use candle_core::quantized::gguf_file;
+}

@@ -21,7 +21,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{AttentionParams, KvCache, KvLayout, SeqView, ValueStorage};
-pub use crate::model_config::{Arch, GateKind, MlaConfig, ModelConfig, MoeConfig};
+pub use crate::model_config::{Arch, GateKind, MlaConfig, ModelConfig};
 use crate::paged_attention::{DeviceKvCache, StepGeometry};
 use crate::rope::{RopeScaling, RopeTable};
 use crate::weights::{Linear, WeightSource};

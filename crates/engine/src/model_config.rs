@@ -148,6 +148,21 @@ impl MoeConfig {
 }
 
 impl ModelConfig {
+    /// The config of local weights without loading them: a GGUF file's
+    /// metadata, or a checkpoint folder's `config.json`.
+    pub fn from_path(path: &std::path::Path) -> Result<Self> {
+        let load = |e: String| crate::error::EngineError::Load(format!("{}: {e}", path.display()));
+        if path.is_dir() {
+            let json = std::fs::read_to_string(path.join("config.json"))
+                .map_err(|e| load(e.to_string()))?;
+            Self::from_hf(&serde_json::from_str(&json).map_err(|e| load(e.to_string()))?)
+        } else {
+            let mut f = std::fs::File::open(path).map_err(|e| load(e.to_string()))?;
+            let content = gguf_file::Content::read(&mut f).map_err(|e| load(e.to_string()))?;
+            Self::from_gguf(&content)
+        }
+    }
+
     pub fn from_gguf(content: &gguf_file::Content) -> Result<Self> {
         let md = &content.metadata;
         let arch_name = md

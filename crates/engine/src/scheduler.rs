@@ -146,16 +146,13 @@ impl Scheduler {
         }
     }
 
-    pub fn config(&self) -> &SchedulerConfig {
-        &self.config
-    }
-
     fn blocks_for(&self, tokens: usize) -> usize {
         tokens.div_ceil(self.config.block_size)
     }
 
     /// Queue a new sequence. `max_total_tokens` (prompt + output) is checked
     /// against the pool so that a request that could never fit is refused now.
+    #[cfg(test)]
     pub fn add(
         &mut self,
         id: SeqId,
@@ -245,11 +242,10 @@ impl Scheduler {
     }
 
     /// Replace the last sampled token (a fork's sibling sampled a different one).
+    #[cfg(test)]
     pub fn replace_last_token(&mut self, id: SeqId, token: u32) {
-        if let Some(seq) = self.seqs.get_mut(&id) {
-            if let Some(last) = seq.tokens.last_mut() {
-                *last = token;
-            }
+        if let Some(last) = self.seqs.get_mut(&id).and_then(|s| s.tokens.last_mut()) {
+            *last = token;
         }
     }
 
@@ -494,6 +490,7 @@ impl Scheduler {
     }
 
     /// Check pool and bookkeeping invariants; used by tests.
+    #[cfg(test)]
     pub fn check_invariants(&self) -> Result<(), String> {
         self.pool.check_invariants()?;
         let mut refs = vec![0u32; self.pool.num_blocks()];

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use switchyard_engine::kv_cache::SeqView;
+use switchyard_engine::internals::SeqView;
 use switchyard_engine::{Device, Engine, EngineConfig, Event, LoadedModel, SamplingParams};
 
 pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";

@@ -6,9 +6,9 @@
 mod common;
 
 use candle_core::{DType, Device};
-use switchyard_engine::kv_cache::SeqView;
-use switchyard_engine::model::KvStore;
-use switchyard_engine::testing::{write_random_checkpoint, FAMILIES};
+use switchyard_engine::internals::testing::{write_random_checkpoint, FAMILIES};
+use switchyard_engine::internals::KvStore;
+use switchyard_engine::internals::SeqView;
 use switchyard_engine::LoadedModel;
 
 /// Run the same steps through `store`; returns every logits row produced.

@@ -12,7 +12,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use common::prefill_logits;
-use switchyard_engine::testing::{write_random_checkpoint, MlaLayout};
+use switchyard_engine::internals::testing::{write_random_checkpoint, MlaLayout};
 use switchyard_engine::{Engine, EngineConfig, LoadedModel, SamplingParams};
 
 fn tmp_dir(name: &str) -> PathBuf {
@@ -249,7 +249,7 @@ fn assert_same_logits(a: &LoadedModel, b: &LoadedModel, long: usize, tol: f32, w
 fn llama_gguf_and_safetensors_agree() {
     let (dir, _) = write_checkpoint("llama", false);
     let gguf = dir.join("model-f32.gguf");
-    switchyard_engine::testing::convert_to_gguf(
+    switchyard_engine::internals::testing::convert_to_gguf(
         &dir,
         "llama",
         &gguf,
@@ -277,7 +277,7 @@ fn qwen3_moe_gguf_with_stacked_experts_matches_safetensors() {
     let from_st = LoadedModel::load(&dir, &Device::Cpu).unwrap();
     for (dtype, tol) in [(GgmlDType::F32, 1e-3), (GgmlDType::Q8_0, 0.15)] {
         let gguf = dir.join(format!("model-{dtype:?}.gguf"));
-        switchyard_engine::testing::convert_to_gguf(
+        switchyard_engine::internals::testing::convert_to_gguf(
             &dir,
             "qwen3_moe",
             &gguf,
@@ -316,8 +316,10 @@ fn deepseek_gguf_in_both_mla_layouts_matches_safetensors() {
             (MlaLayout::Split, GgmlDType::Q8_0, 0.15),
         ] {
             let gguf = dir.join(format!("model-{layout:?}-{dtype:?}.gguf"));
-            switchyard_engine::testing::convert_to_gguf(&dir, family, &gguf, dtype, layout)
-                .unwrap();
+            switchyard_engine::internals::testing::convert_to_gguf(
+                &dir, family, &gguf, dtype, layout,
+            )
+            .unwrap();
             let from_gguf = LoadedModel::load(&gguf, &Device::Cpu).unwrap();
             let (a, b) = (from_st.model.config(), from_gguf.model.config());
             assert_eq!(a.mla, b.mla, "{family} {layout:?}");

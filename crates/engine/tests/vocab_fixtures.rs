@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use switchyard_engine::tokenizer::Tokenizer;
+use switchyard_engine::Tokenizer;
 
 const SEPARATOR: &str = "\n__ggml_vocab_test__\n";
 

@@ -13,9 +13,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use switchyard_engine::tool_calls::{calls_or_json_grammar, forced_call_grammar};
 use switchyard_engine::{
-    ChatMessage, Engine, Event, Grammar, GrammarSpec, RequestStream, SamplingParams, ToolCallFormat,
+    calls_or_json_grammar, forced_call_grammar, ChatMessage, Engine, Event, Grammar, GrammarSpec,
+    RequestStream, SamplingParams, ToolCallFormat,
 };
 use switchyard_router::{Objective, RoutingOptions};
 

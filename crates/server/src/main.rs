@@ -184,8 +184,8 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::KernelCheck { device } => {
-            let dev = switchyard_engine::device::parse_device(&device)?;
-            let report = switchyard_engine::paged_attention::self_check(&dev)?;
+            let dev = switchyard_engine::parse_device(&device)?;
+            let report = switchyard_engine::kernel_self_check(&dev)?;
             for case in &report {
                 println!("{}", serde_json::to_string(case)?);
             }

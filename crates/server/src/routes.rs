@@ -24,7 +24,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream;
 use serde_json::{json, Value};
-use switchyard_engine::tool_calls;
 use switchyard_engine::{
     Engine, Event, FinishReason, TokenLogprob, ToolCall, ToolCallFormat, Usage,
 };
@@ -388,7 +387,7 @@ fn chat_message(
     let Some(format) = tool_format else {
         return plain();
     };
-    let parsed = tool_calls::parse(format, text);
+    let parsed = switchyard_engine::parse_tool_calls(format, text);
     if parsed.tool_calls.is_empty() {
         return plain();
     }
@@ -638,7 +637,7 @@ impl HeldText {
 
     /// The content still to send and the calls.
     fn finish(&mut self, format: ToolCallFormat) -> (String, Vec<ToolCall>) {
-        let parsed = tool_calls::parse(format, &self.text);
+        let parsed = switchyard_engine::parse_tool_calls(format, &self.text);
         if parsed.tool_calls.is_empty() {
             let rest = self.text[self.sent..].to_string();
             self.sent = self.text.len();

@@ -21,15 +21,9 @@ pub fn preview_context_window(catalog: &Catalog, entry: &ModelEntry) -> anyhow::
         .ok()
         .and_then(|s| s.local(&catalog.base_dir));
     let from_file = local.and_then(|path| {
-        let config = if path.is_dir() {
-            let json = std::fs::read_to_string(path.join("config.json")).ok()?;
-            switchyard_engine::ModelConfig::from_hf(&serde_json::from_str(&json).ok()?).ok()?
-        } else {
-            let mut f = std::fs::File::open(path).ok()?;
-            let content = switchyard_engine::candle_gguf::Content::read(&mut f).ok()?;
-            switchyard_engine::ModelConfig::from_gguf(&content).ok()?
-        };
-        Some(config.context_length)
+        switchyard_engine::ModelConfig::from_path(&path)
+            .ok()
+            .map(|c| c.context_length)
     });
     let window = from_file.or(entry.context_window).ok_or_else(|| {
         anyhow::anyhow!(
@@ -157,25 +151,25 @@ pub fn start_engines(
     entries: &[&ModelEntry],
     tweak: impl Fn(&mut EngineConfig),
 ) -> anyhow::Result<Vec<Engine>> {
-    use switchyard_engine::device;
+    use switchyard_engine::{check_fits, kv_budgets, memory_info, parse_device, weights_bytes};
     let spec = catalog.engine.device_spec();
-    let dev = device::parse_device(&spec)?;
+    let dev = parse_device(&spec)?;
     let utilization = catalog.engine.gpu_memory_utilization;
     let mut loaded = Vec::with_capacity(entries.len());
     let mut weights = Vec::with_capacity(entries.len());
     for entry in entries {
         let path = catalog.resolve(entry)?;
-        let bytes = device::weights_bytes(&path);
-        if let Some((free, total)) = device::memory_info(&dev) {
+        let bytes = weights_bytes(&path);
+        if let Some((free, total)) = memory_info(&dev) {
             let reserve = (total as f64 * (1.0 - utilization)) as usize;
-            device::check_fits(&entry.id, bytes, free, reserve)?;
+            check_fits(&entry.id, bytes, free, reserve)?;
         }
         tracing::info!(model = %entry.id, path = %path.display(), device = %spec, "loading");
         loaded.push(LoadedModel::load(&path, &dev)?);
         weights.push(bytes);
     }
-    let budgets = device::memory_info(&dev)
-        .map(|(free, total)| device::kv_budgets(free, total, utilization, &weights));
+    let budgets = memory_info(&dev)
+        .map(|(free, total)| kv_budgets(free, total, utilization, &weights));
     let mut engines = Vec::with_capacity(entries.len());
     for (i, (entry, model)) in entries.iter().zip(loaded).enumerate() {
         let mut cfg = entry.engine_config(&catalog.engine);

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use switchyard_engine::testing::write_random_checkpoint;
+use switchyard_engine::internals::testing::write_random_checkpoint;
 
 struct Server(Child);
 

@@ -20,6 +20,7 @@ use crate::constraint::{Constraints, Grammar, GrammarSpec, SeqConstraint};
 use crate::error::{EngineError, Result};
 use crate::kv_cache::SeqView;
 use crate::loader::LoadedModel;
+use crate::model::KvBackend;
 use crate::model::KvStore;
 use crate::model::{Model, ModelConfig};
 use crate::sampling::{Sampler, SamplingParams, TokenLogprob};
@@ -41,6 +42,8 @@ pub struct EngineConfig {
     pub prefix_caching: bool,
     /// Cap the context window below the model's own (vLLM's `max_model_len`).
     pub max_model_len: Option<usize>,
+    /// Where the KV pool lives and how attention reads it.
+    pub kv_backend: KvBackend,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +57,7 @@ impl Default for EngineConfig {
             chunked_prefill: true,
             prefix_caching: true,
             max_model_len: None,
+            kv_backend: KvBackend::Auto,
         }
     }
 }
@@ -217,7 +221,7 @@ impl Engine {
             ..Default::default()
         }));
         let (tx, rx) = mpsc::channel();
-        let cache = model.new_kv_store(num_blocks, cfg.block_size)?;
+        let cache = model.new_kv_store(num_blocks, cfg.block_size, cfg.kv_backend)?;
         let mut core = EngineCore {
             model,
             tokenizer: tokenizer.clone(),

@@ -41,7 +41,7 @@ pub use device::{check_fits, kv_budgets, memory_info, parse_device, weights_byte
 pub use engine::{Engine, EngineConfig, EngineStats, Event, FinishReason, RequestStream, Usage};
 pub use error::{EngineError, Result};
 pub use loader::{LoadedModel, ModelSource};
-pub use model::{Arch, ModelConfig};
+pub use model::{Arch, KvBackend, ModelConfig};
 pub use paged_attention::{self_check as kernel_self_check, KernelCheck};
 pub use sampling::{SamplingParams, TokenLogprob};
 pub use tokenizer::Tokenizer;

@@ -112,6 +112,19 @@ struct RopeFreqs {
     scale: f32,
 }
 
+/// Where a model's KV pool lives and how attention reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvBackend {
+    /// Host buffers and the rayon attention on the CPU; device tensors and
+    /// our kernels on a GPU.
+    #[default]
+    Auto,
+    /// Device tensors on any device, attention by candle's ops: the portable
+    /// reference path (on a GPU: no custom kernels).
+    Reference,
+}
+
 /// A model's KV pool: host memory with the CPU attention of [`crate::kv_cache`],
 /// or device tensors with [`crate::paged_attention`] (CUDA kernels or the
 /// portable reference path).
@@ -393,18 +406,31 @@ impl Model {
     }
 
     /// A KV pool for this model on its device: host memory on the CPU, device
-    /// tensors elsewhere. `SWITCHYARD_KV=device` puts a CPU model's pool
-    /// in tensors too (the reference path; tests use it).
-    pub fn new_kv_store(&self, num_blocks: usize, block_size: usize) -> Result<KvStore> {
-        let force_device = std::env::var("SWITCHYARD_KV").is_ok_and(|v| v == "device");
-        Ok(match &self.device {
-            Device::Cpu if !force_device => {
+    /// tensors elsewhere; [`KvBackend::Reference`] puts it in tensors read by
+    /// candle's ops on any device.
+    pub fn new_kv_store(
+        &self,
+        num_blocks: usize,
+        block_size: usize,
+        backend: KvBackend,
+    ) -> Result<KvStore> {
+        Ok(match (&self.device, backend) {
+            (Device::Cpu, KvBackend::Auto) => {
                 KvStore::Host(KvCache::new(self.kv_layout(num_blocks, block_size)))
             }
-            Device::Cpu => self.new_device_kv_store(num_blocks, block_size, DType::F32)?,
+            (Device::Cpu, KvBackend::Reference) => {
+                self.new_device_kv_store(num_blocks, block_size, DType::F32)?
+            }
             // The pool keeps the activations' precision: bf16 for safetensors
             // weights on a GPU, f32 for GGUF (whose matmuls run in f32).
-            _ => self.new_device_kv_store(num_blocks, block_size, self.embed.dtype())?,
+            (_, backend) => {
+                match self.new_device_kv_store(num_blocks, block_size, self.embed.dtype())? {
+                    KvStore::Device(c) if backend == KvBackend::Reference => {
+                        KvStore::Device(c.with_reference_path())
+                    }
+                    store => store,
+                }
+            }
         })
     }
 

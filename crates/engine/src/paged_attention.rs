@@ -10,7 +10,7 @@
 //!   what the CPU tests run (against [`crate::kv_cache`], the CPU fast path).
 //! - our **CUDA kernels** (`kernels/paged_attention.cu`, feature `cuda`):
 //!   `reshape_and_cache` and a varlen `paged_attention` over block tables.
-//!   `SWITCHYARD_ATTENTION=reference` forces the reference path on a GPU.
+//!   `kv_backend = "reference"` (`[engine]`, [`crate::KvBackend`]) forces the reference path on a GPU.
 //!
 //! A step's geometry ([`StepGeometry`]) is uploaded once and shared by every layer.
 
@@ -29,6 +29,8 @@ pub struct DeviceKvCache {
     k: Vec<Tensor>,
     /// Empty when values are a key prefix (MLA).
     v: Vec<Tensor>,
+    /// The reference path even where kernels exist ([`crate::KvBackend::Reference`]).
+    reference_only: bool,
 }
 
 /// Where a step's tokens go and what they attend to, on the device and on the host.
@@ -93,12 +95,6 @@ impl StepGeometry {
     }
 }
 
-/// Force the reference path even where kernels exist.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn reference_forced() -> bool {
-    std::env::var("SWITCHYARD_ATTENTION").is_ok_and(|v| v == "reference")
-}
-
 impl DeviceKvCache {
     pub fn new(layout: KvLayout, dtype: DType, device: &Device) -> Result<Self> {
         let rows = layout.num_blocks * layout.block_size;
@@ -118,7 +114,14 @@ impl DeviceKvCache {
             device: device.clone(),
             k,
             v,
+            reference_only: false,
         })
+    }
+
+    /// Read and write through candle's ops even where kernels exist.
+    pub fn with_reference_path(mut self) -> Self {
+        self.reference_only = true;
+        self
     }
 
     pub fn layout(&self) -> &KvLayout {
@@ -131,7 +134,7 @@ impl DeviceKvCache {
 
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     fn use_kernels(&self) -> bool {
-        cfg!(feature = "cuda") && self.device.is_cuda() && !reference_forced()
+        cfg!(feature = "cuda") && self.device.is_cuda() && !self.reference_only
     }
 
     /// Copy whole blocks (copy-on-write for forked sequences), every layer.

@@ -303,25 +303,23 @@ impl WeightSource for SafetensorsWeights {
     }
 }
 
-/// Load progress for large models: a bar on a terminal, a log line per quarter
-/// otherwise. Loads under 256 MiB stay quiet.
+/// Load progress for large models: a `tracing` line per quarter (the
+/// library writes nothing to the terminal itself). Loads under 256 MiB stay
+/// quiet.
 pub struct LoadProgress {
     total: u64,
     done: u64,
     shown: u64,
-    tty: bool,
 }
 
 impl LoadProgress {
     const QUIET_BELOW: u64 = 256 << 20;
 
     pub fn new(total: u64) -> Self {
-        use std::io::IsTerminal;
         LoadProgress {
             total,
             done: 0,
             shown: 0,
-            tty: std::io::stderr().is_terminal(),
         }
     }
 
@@ -331,27 +329,12 @@ impl LoadProgress {
         }
         self.done = (self.done + bytes).min(self.total);
         let pct = self.done * 100 / self.total;
-        let step = if self.tty { 2 } else { 25 };
-        if pct < self.shown + step && self.done < self.total {
+        if pct < self.shown + 25 && self.done < self.total {
             return;
         }
         self.shown = pct;
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-        if self.tty {
-            let filled = (pct / 4) as usize;
-            eprint!(
-                "\rloading [{}{}] {pct:3}% {:.2}/{:.2} GiB",
-                "#".repeat(filled),
-                " ".repeat(25 - filled),
-                gib(self.done),
-                gib(self.total)
-            );
-            if self.done == self.total {
-                eprintln!();
-            }
-        } else {
-            tracing::info!("loading weights: {pct}% of {:.2} GiB", gib(self.total));
-        }
+        tracing::info!("loading weights: {pct}% of {:.2} GiB", gib(self.total));
     }
 }
 

@@ -48,7 +48,10 @@ pub fn generate(engine: &Engine, prompt: Vec<u32>, params: SamplingParams) -> Ve
 /// fresh cache whose block table is deliberately out of order.
 pub fn prefill_logits(loaded: &LoadedModel, tokens: &[u32]) -> Vec<f32> {
     let blocks = tokens.len().div_ceil(16);
-    let mut cache = loaded.model.new_kv_store(blocks, 16).expect("kv store");
+    let mut cache = loaded
+        .model
+        .new_kv_store(blocks, 16, switchyard_engine::KvBackend::Auto)
+        .expect("kv store");
     let table: Vec<u32> = (0..blocks as u32).rev().collect();
     let seqs = [SeqView {
         token_range: 0..tokens.len(),

@@ -63,9 +63,18 @@ fn device_reference_path_matches_cpu_path_for_every_family() {
             std::env::temp_dir().join(format!("switchyard-device-{family}-{}", std::process::id()));
         write_random_checkpoint(&dir, family, false).unwrap();
         let loaded = LoadedModel::load(&dir, &Device::Cpu).unwrap();
-        let host = run_steps(&loaded, loaded.model.new_kv_store(8, 16).unwrap());
+        let host = run_steps(
+            &loaded,
+            loaded
+                .model
+                .new_kv_store(8, 16, switchyard_engine::KvBackend::Auto)
+                .unwrap(),
+        );
         assert!(matches!(
-            loaded.model.new_kv_store(8, 16).unwrap(),
+            loaded
+                .model
+                .new_kv_store(8, 16, switchyard_engine::KvBackend::Auto)
+                .unwrap(),
             KvStore::Host(_)
         ));
         let device = run_steps(

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use switchyard_engine::{EngineConfig, ModelSource};
+use switchyard_engine::{EngineConfig, KvBackend, ModelSource};
 use switchyard_router::{Objective, Policy, RoutingProfile};
 
 #[derive(Debug, Deserialize)]
@@ -38,6 +38,9 @@ pub struct EngineSection {
     pub max_num_batched_tokens: usize,
     pub chunked_prefill: bool,
     pub prefix_caching: bool,
+    /// `auto` (host KV and our CPU attention, device KV and our kernels on a
+    /// GPU) or `reference` (device tensors and candle's ops everywhere).
+    pub kv_backend: KvBackend,
 }
 
 impl Default for EngineSection {
@@ -52,6 +55,7 @@ impl Default for EngineSection {
             max_num_batched_tokens: d.max_num_batched_tokens,
             chunked_prefill: d.chunked_prefill,
             prefix_caching: d.prefix_caching,
+            kv_backend: d.kv_backend,
         }
     }
 }
@@ -75,6 +79,7 @@ impl EngineSection {
             chunked_prefill: self.chunked_prefill,
             prefix_caching: self.prefix_caching,
             max_model_len: None,
+            kv_backend: self.kv_backend,
         }
     }
 }

@@ -168,8 +168,8 @@ pub fn start_engines(
         loaded.push(LoadedModel::load(&path, &dev)?);
         weights.push(bytes);
     }
-    let budgets = memory_info(&dev)
-        .map(|(free, total)| kv_budgets(free, total, utilization, &weights));
+    let budgets =
+        memory_info(&dev).map(|(free, total)| kv_budgets(free, total, utilization, &weights));
     let mut engines = Vec::with_capacity(entries.len());
     for (i, (entry, model)) in entries.iter().zip(loaded).enumerate() {
         let mut cfg = entry.engine_config(&catalog.engine);

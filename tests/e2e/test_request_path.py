@@ -325,7 +325,7 @@ def test_sigterm_drains_and_exits_zero(keyed_server):
 
     def stream():
         with httpx.stream("POST", url + "/v1/chat/completions", headers=key, timeout=60, json={
-                "model": SMOL, "max_tokens": 48, "temperature": 0, "stream": True, "ignore_eos": True,
+                "model": SMOL, "max_tokens": 400, "temperature": 0, "stream": True, "ignore_eos": True,
                 "messages": [{"role": "user", "content": "Tell me a story."}]}) as r:
             for line in r.iter_lines():
                 if line.startswith("data: "):

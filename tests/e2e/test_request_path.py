@@ -331,12 +331,19 @@ def test_sigterm_drains_and_exits_zero(keyed_server):
                 if line.startswith("data: "):
                     events.append(line[6:])
 
+    def tokens():
+        return sum(1 for e in events if e != "[DONE]"
+                   and any(c.get("delta", {}).get("content") for c in json.loads(e).get("choices", [])))
+
     t = threading.Thread(target=stream)
     t.start()
     deadline = time.time() + 30
-    while len(events) < 3:
-        assert time.time() < deadline
+    # Tokens flowing, not just the role chunk: this server's 1.5 s idle
+    # timeout could end a stream whose first token is slow on a busy machine.
+    while tokens() < 3:
+        assert time.time() < deadline and (t.is_alive() or tokens() >= 3), events[-3:]
         time.sleep(0.02)
+    assert t.is_alive(), "the stream ended before the signal"
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     r = httpx.get(url + "/ready", timeout=2)

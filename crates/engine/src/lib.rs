@@ -28,8 +28,6 @@ pub(crate) mod rope;
 pub(crate) mod sampling;
 pub(crate) mod scheduler;
 pub(crate) mod stop;
-#[doc(hidden)]
-pub mod testing;
 pub(crate) mod tokenizer;
 pub(crate) mod tool_calls;
 pub(crate) mod weights;
@@ -50,12 +48,13 @@ pub use tool_calls::{
     ToolCallFormat,
 };
 
-/// Internals for this crate's integration tests, benches and the test
-/// suites of the crates above; not part of the API.
+/// Internals for this crate's integration tests and benches and for the
+/// test kit (`crates/testkit`); not part of the API.
 #[doc(hidden)]
 pub mod internals {
     pub use crate::kv_cache::SeqView;
     pub use crate::model::KvStore;
-    pub use crate::testing;
+    pub use crate::tokenizer::gpt2_byte_to_unicode;
+    pub use crate::weights::hf_tensor_name;
     pub use candle_core::quantized::gguf_file;
 }

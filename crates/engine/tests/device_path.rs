@@ -6,10 +6,10 @@
 mod common;
 
 use candle_core::{DType, Device};
-use switchyard_engine::internals::testing::{write_random_checkpoint, FAMILIES};
 use switchyard_engine::internals::KvStore;
 use switchyard_engine::internals::SeqView;
 use switchyard_engine::LoadedModel;
+use switchyard_testkit::{write_random_checkpoint, FAMILIES};
 
 /// Run the same steps through `store`; returns every logits row produced.
 fn run_steps(loaded: &LoadedModel, mut store: KvStore) -> Vec<Vec<f32>> {

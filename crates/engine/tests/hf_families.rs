@@ -12,8 +12,8 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use common::prefill_logits;
-use switchyard_engine::internals::testing::{write_random_checkpoint, MlaLayout};
 use switchyard_engine::{Engine, EngineConfig, LoadedModel, SamplingParams};
+use switchyard_testkit::{write_random_checkpoint, MlaLayout};
 
 fn tmp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("switchyard-hf-{name}-{}", std::process::id()));
@@ -249,14 +249,8 @@ fn assert_same_logits(a: &LoadedModel, b: &LoadedModel, long: usize, tol: f32, w
 fn llama_gguf_and_safetensors_agree() {
     let (dir, _) = write_checkpoint("llama", false);
     let gguf = dir.join("model-f32.gguf");
-    switchyard_engine::internals::testing::convert_to_gguf(
-        &dir,
-        "llama",
-        &gguf,
-        GgmlDType::F32,
-        MlaLayout::Split,
-    )
-    .unwrap();
+    switchyard_testkit::convert_to_gguf(&dir, "llama", &gguf, GgmlDType::F32, MlaLayout::Split)
+        .unwrap();
     let from_st = LoadedModel::load(&dir, &Device::Cpu).unwrap();
     let from_gguf = LoadedModel::load(&gguf, &Device::Cpu).unwrap();
     assert_same_logits(&from_st, &from_gguf, 40, 1e-3, "llama f32");
@@ -277,14 +271,8 @@ fn qwen3_moe_gguf_with_stacked_experts_matches_safetensors() {
     let from_st = LoadedModel::load(&dir, &Device::Cpu).unwrap();
     for (dtype, tol) in [(GgmlDType::F32, 1e-3), (GgmlDType::Q8_0, 0.15)] {
         let gguf = dir.join(format!("model-{dtype:?}.gguf"));
-        switchyard_engine::internals::testing::convert_to_gguf(
-            &dir,
-            "qwen3_moe",
-            &gguf,
-            dtype,
-            MlaLayout::Split,
-        )
-        .unwrap();
+        switchyard_testkit::convert_to_gguf(&dir, "qwen3_moe", &gguf, dtype, MlaLayout::Split)
+            .unwrap();
         let from_gguf = LoadedModel::load(&gguf, &Device::Cpu).unwrap();
         assert_eq!(from_gguf.model.config().moe, from_st.model.config().moe);
         assert_same_logits(&from_st, &from_gguf, 30, tol, &format!("{dtype:?}"));
@@ -316,10 +304,7 @@ fn deepseek_gguf_in_both_mla_layouts_matches_safetensors() {
             (MlaLayout::Split, GgmlDType::Q8_0, 0.15),
         ] {
             let gguf = dir.join(format!("model-{layout:?}-{dtype:?}.gguf"));
-            switchyard_engine::internals::testing::convert_to_gguf(
-                &dir, family, &gguf, dtype, layout,
-            )
-            .unwrap();
+            switchyard_testkit::convert_to_gguf(&dir, family, &gguf, dtype, layout).unwrap();
             let from_gguf = LoadedModel::load(&gguf, &Device::Cpu).unwrap();
             let (a, b) = (from_st.model.config(), from_gguf.model.config());
             assert_eq!(a.mla, b.mla, "{family} {layout:?}");

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use switchyard_engine::internals::testing::write_random_checkpoint;
+use switchyard_testkit::write_random_checkpoint;
 
 struct Server(Child);
 

@@ -1,6 +1,8 @@
-//! Small random-weight Hugging Face checkpoints (every family in [`FAMILIES`])
-//! for tests and demos: real config keys, bf16 safetensors, a byte-level BPE
-//! `tokenizer.json`. Deterministic: the same call writes the same bytes.
+//! switchyard's test kit (a dev-only crate, not in the release binary): small
+//! random-weight Hugging Face checkpoints (every family in [`FAMILIES`]) with
+//! real config keys, bf16 safetensors and a byte-level BPE `tokenizer.json`,
+//! and their GGUF conversion the way llama.cpp's converter writes them.
+//! Deterministic: the same call writes the same bytes.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,7 +10,8 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
-use crate::error::Result;
+use switchyard_engine::internals::{gpt2_byte_to_unicode, hf_tensor_name};
+use switchyard_engine::{Arch, EngineError, Result};
 
 pub const HIDDEN: usize = 64;
 pub const HEADS: usize = 4;
@@ -26,10 +29,7 @@ pub const EXPERT_FFN: usize = 32;
 /// `<|endoftext|>` (256), `<|im_start|>` (257) and `<|im_end|>` (258).
 fn write_tokenizer(dir: &Path) -> Result<()> {
     let mut vocab = serde_json::Map::new();
-    for (b, c) in crate::tokenizer::gpt2_byte_to_unicode()
-        .into_iter()
-        .enumerate()
-    {
+    for (b, c) in gpt2_byte_to_unicode().into_iter().enumerate() {
         vocab.insert(c.to_string(), json!(b));
     }
     let special = |id: u32, content: &str| json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true});
@@ -75,7 +75,7 @@ pub const FAMILIES: &[&str] = &[
 /// Llama with Llama 3.1 RoPE scaling) into `dir`; returns its `config.json`.
 pub fn write_random_checkpoint(dir: &Path, family: &str, tied: bool) -> Result<serde_json::Value> {
     if !FAMILIES.contains(&family) {
-        return Err(crate::error::EngineError::Load(format!(
+        return Err(EngineError::Load(format!(
             "no random checkpoint for `{family}`"
         )));
     }
@@ -400,25 +400,25 @@ pub fn convert_to_gguf(
         "qwen3_moe" => "qwen3moe",
         "deepseek_v2" | "deepseek_v3" => "deepseek2",
         other => {
-            return Err(crate::error::EngineError::Load(format!(
+            return Err(EngineError::Load(format!(
                 "no GGUF conversion for `{other}`"
             )))
         }
     };
     let (moe, deepseek) = (arch != "llama", arch == "deepseek2");
     let family_arch = match arch {
-        "llama" => crate::model_config::Arch::Llama,
-        "qwen3moe" => crate::model_config::Arch::Qwen3,
-        _ => crate::model_config::Arch::DeepSeek,
+        "llama" => Arch::Llama,
+        "qwen3moe" => Arch::Qwen3,
+        _ => Arch::DeepSeek,
     };
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)
-            .map_err(|e| crate::error::EngineError::Load(e.to_string()))?;
+            .map_err(|e| EngineError::Load(e.to_string()))?;
     let dev = Device::Cpu;
     let st = candle_core::safetensors::load(dir.join("model.safetensors"), &dev)?;
     let get = |name: &str| -> Result<Tensor> {
         st.get(name)
-            .ok_or_else(|| crate::error::EngineError::Load(format!("missing {name}")))?
+            .ok_or_else(|| EngineError::Load(format!("missing {name}")))?
             .to_dtype(DType::F32)
             .map_err(Into::into)
     };
@@ -499,7 +499,7 @@ pub fn convert_to_gguf(
                 let experts = (0..EXPERTS)
                     .map(|e| {
                         let name = gg(&format!("expert.{e}.ffn_{part}.weight"));
-                        get(&crate::weights::hf_tensor_name(family_arch, &name))
+                        get(&hf_tensor_name(family_arch, &name))
                     })
                     .collect::<Result<Vec<_>>>()?;
                 tensors.push((
@@ -512,10 +512,7 @@ pub fn convert_to_gguf(
         }
         for gguf in copies {
             let name = gg(gguf);
-            tensors.push((
-                name.clone(),
-                get(&crate::weights::hf_tensor_name(family_arch, &name))?,
-            ));
+            tensors.push((name.clone(), get(&hf_tensor_name(family_arch, &name))?));
         }
     }
     // Norms and embeddings stay f32, as llama.cpp keeps 1-D tensors.
@@ -534,7 +531,7 @@ pub fn convert_to_gguf(
     // The vocabulary: the 256 byte symbols, then the three specials.
     let tk: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json"))?)
-            .map_err(|e| crate::error::EngineError::Load(e.to_string()))?;
+            .map_err(|e| EngineError::Load(e.to_string()))?;
     let mut tokens = vec![String::new(); VOCAB];
     let mut types = vec![Value::I32(1); VOCAB];
     if let Some(v) = tk["model"]["vocab"].as_object() {

@@ -335,6 +335,17 @@ def test_sigterm_drains_and_exits_zero(keyed_server):
         return sum(1 for e in events if e != "[DONE]"
                    and any(c.get("delta", {}).get("content") for c in json.loads(e).get("choices", [])))
 
+    # The previous test's cancelled prefills end at their next step; start
+    # from an idle engine so the first token is not stuck behind them.
+    idle_by = time.time() + 30
+    while True:
+        m = httpx.get(url + "/metrics", headers=key, timeout=5).text
+        busy = [l for l in m.splitlines() if l.startswith(("switchyard_queue_depth", "switchyard_running_sequences"))
+                and float(l.split()[-1]) > 0]
+        if not busy or time.time() > idle_by:
+            break
+        time.sleep(0.1)
+
     t = threading.Thread(target=stream)
     t.start()
     deadline = time.time() + 30

@@ -15,19 +15,19 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-use crate::chat::{ChatMessage, ChatTemplate};
-use crate::constraint::{Constraints, Grammar, GrammarSpec, SeqConstraint};
 use crate::error::{EngineError, Result};
-use crate::kv_cache::SeqView;
+use crate::kv::host::SeqView;
 use crate::loader::LoadedModel;
 use crate::model::KvBackend;
 use crate::model::KvStore;
 use crate::model::{Model, ModelConfig};
 use crate::sampling::{Sampler, SamplingParams, TokenLogprob};
-use crate::scheduler::{Scheduler, SchedulerConfig, SeqId};
-use crate::stop::StopMatcher;
-use crate::tokenizer::{IncrementalDecoder, Tokenizer};
-use crate::tool_calls::ToolCallFormat;
+use crate::sched::scheduler::{Scheduler, SchedulerConfig, SeqId};
+use crate::text::chat::{ChatMessage, ChatTemplate};
+use crate::text::constraint::{Constraints, Grammar, GrammarSpec, SeqConstraint};
+use crate::text::stop::StopMatcher;
+use crate::text::tokenizer::{IncrementalDecoder, Tokenizer};
+use crate::text::tool_calls::ToolCallFormat;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -291,7 +291,8 @@ impl Engine {
         if self.template.supports_tools() || (tools.is_none() && !has_tool_turns) {
             return self.template.render_with(messages, tools, kwargs, true);
         }
-        let rewritten = crate::tool_calls::with_fallback_tools(messages, tools.unwrap_or_default());
+        let rewritten =
+            crate::text::tool_calls::with_fallback_tools(messages, tools.unwrap_or_default());
         self.template.render_with(&rewritten, None, kwargs, true)
     }
 

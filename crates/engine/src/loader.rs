@@ -9,10 +9,10 @@ use std::time::Instant;
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
 
-use crate::chat::ChatTemplate;
 use crate::error::{EngineError, Result};
 use crate::model::Model;
-use crate::tokenizer::Tokenizer;
+use crate::text::chat::ChatTemplate;
+use crate::text::tokenizer::Tokenizer;
 
 /// Where a model's weights come from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 //! One call runs a whole scheduler step: the new tokens of every sequence in the
 //! batch (prefill chunks and single decode tokens alike) go through the dense
 //! layers as one `[tokens, hidden]` matrix; attention is the only per-sequence
-//! part and runs over the paged KV cache ([`crate::kv_cache`]). Logits are
+//! part and runs over the paged KV cache ([`crate::kv::host`]). Logits are
 //! computed only for the rows that will be sampled.
 //!
 //! Weights are [`Linear`] matrices (candle's quantized or dense matmuls, or
@@ -20,9 +20,9 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
-use crate::kv_cache::{AttentionParams, KvCache, KvLayout, SeqView, ValueStorage};
+use crate::kv::device::{DeviceKvCache, StepGeometry};
+use crate::kv::host::{AttentionParams, KvCache, KvLayout, SeqView, ValueStorage};
 pub use crate::model_config::{Arch, GateKind, MlaConfig, ModelConfig};
-use crate::paged_attention::{DeviceKvCache, StepGeometry};
 use crate::rope::{RopeScaling, RopeTable};
 use crate::weights::{Linear, WeightSource};
 
@@ -125,8 +125,8 @@ pub enum KvBackend {
     Reference,
 }
 
-/// A model's KV pool: host memory with the CPU attention of [`crate::kv_cache`],
-/// or device tensors with [`crate::paged_attention`] (CUDA kernels or the
+/// A model's KV pool: host memory with the CPU attention of [`crate::kv::host`],
+/// or device tensors with [`crate::kv::device`] (CUDA kernels or the
 /// portable reference path).
 pub enum KvStore {
     Host(KvCache),

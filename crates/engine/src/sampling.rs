@@ -10,7 +10,7 @@ use llguidance::toktrie::SimpleVob;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::constraint::{apply_mask, Grammar};
+use crate::text::constraint::{apply_mask, Grammar};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {

@@ -7,7 +7,7 @@
 //! - the portable **reference path** (any device): a `scatter_set` by slot for
 //!   writes, and per sequence a gather of its slots + dense candle attention
 //!   with a causal/window mask. It is what the kernels are tested against, and
-//!   what the CPU tests run (against [`crate::kv_cache`], the CPU fast path).
+//!   what the CPU tests run (against [`crate::kv::host`], the CPU fast path).
 //! - our **CUDA kernels** (`kernels/paged_attention.cu`, feature `cuda`):
 //!   `reshape_and_cache` and a varlen `paged_attention` over block tables.
 //!   `kv_backend = "reference"` (`[engine]`, [`crate::KvBackend`]) forces the reference path on a GPU.
@@ -17,7 +17,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
-use crate::kv_cache::{slot_of, AttentionParams, KvLayout, SeqView, ValueStorage};
+use crate::kv::host::{slot_of, AttentionParams, KvLayout, SeqView, ValueStorage};
 
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -459,7 +459,7 @@ pub fn self_check(device: &Device) -> Result<Vec<KernelCheck>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv_cache::KvCache;
+    use crate::kv::host::KvCache;
 
     fn rnd(n: usize, salt: usize) -> Vec<f32> {
         (0..n)

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::error::{EngineError, Result};
 use crate::model::Arch;
-use crate::tool_calls::ToolCallFormat;
+use crate::text::tool_calls::ToolCallFormat;
 
 /// Gemma's turn format (system text folded into the first user turn).
 const GEMMA_TEMPLATE: &str = "{{ bos_token }}\

@@ -2,7 +2,7 @@
 //!
 //! - `gpt2` vocabularies (SmolLM2, Llama 3, Qwen, DeepSeek): byte-level BPE
 //!   from the vocab and merges, via the `tokenizers` crate, pre-tokenized the
-//!   way `tokenizer.ggml.pre` names ([`crate::pre_tokenizer`]); control tokens split out.
+//!   way `tokenizer.ggml.pre` names ([`crate::text::pre_tokenizer`]); control tokens split out.
 //! - `llama` vocabularies (Gemma, Llama 2): SentencePiece-style BPE by score
 //!   (repeatedly merge the adjacent pair whose concatenation is the
 //!   best-scoring token), spaces as `▁`, `<0xXX>` byte fallback; control and
@@ -17,7 +17,7 @@ use candle_core::quantized::gguf_file;
 use tokenizers::AddedToken;
 
 use crate::error::{EngineError, Result};
-use crate::pre_tokenizer::PreTokenizerSpec;
+use crate::text::pre_tokenizer::PreTokenizerSpec;
 
 const TOKEN_TYPE_CONTROL: i32 = 3;
 const TOKEN_TYPE_USER_DEFINED: i32 = 4;

@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
 
 use super::StepGeometry;
 use crate::error::{EngineError, Result};
-use crate::kv_cache::{AttentionParams, KvLayout};
+use crate::kv::host::{AttentionParams, KvLayout};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/paged_attention.ptx"));
 const MODULE: &str = "switchyard_paged_attention";

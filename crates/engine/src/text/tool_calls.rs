@@ -18,9 +18,9 @@
 
 use serde_json::{json, Value};
 
-use crate::chat::ChatMessage;
-use crate::constraint::GrammarSpec;
 use crate::model::Arch;
+use crate::text::chat::ChatMessage;
+use crate::text::constraint::GrammarSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ToolCallFormat {
@@ -455,7 +455,7 @@ mod tests {
 
     #[test]
     fn fallback_writes_tools_calls_and_results_into_the_turns() {
-        use crate::chat::{ChatFunctionCall, ChatToolCall};
+        use crate::text::chat::{ChatFunctionCall, ChatToolCall};
         let tools = vec![
             json!({"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}),
         ];

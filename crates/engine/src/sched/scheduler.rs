@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::block_pool::{BlockHash, BlockId, BlockPool};
+use crate::sched::block_pool::{BlockHash, BlockId, BlockPool};
 
 pub type SeqId = u64;
 

@@ -22,7 +22,7 @@ use llguidance::{Matcher, ParserFactory, TokenParser};
 use serde_json::Value;
 
 use crate::error::{EngineError, Result};
-use crate::tokenizer::Tokenizer;
+use crate::text::tokenizer::Tokenizer;
 
 /// What the output must match.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,7 +126,7 @@ impl Constraints {
             }
             GrammarSpec::Lark(lark) => TopLevelGrammar::from_lark(lark.clone()),
             GrammarSpec::Gbnf(gbnf) => {
-                TopLevelGrammar::from_lark(crate::gbnf::to_lark(gbnf).map_err(|e| {
+                TopLevelGrammar::from_lark(crate::text::gbnf::to_lark(gbnf).map_err(|e| {
                     EngineError::InvalidRequest(format!("invalid GBNF grammar: {e}"))
                 })?)
             }

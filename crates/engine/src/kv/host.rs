@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use crate::block_pool::BlockId;
+use crate::sched::block_pool::BlockId;
 
 #[derive(Debug, Clone, Copy)]
 pub struct KvLayout {

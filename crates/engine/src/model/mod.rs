@@ -11,10 +11,15 @@
 //! our CPU Q4_1 kernel); norms, RoPE and attention are ours. Family extras are data in
 //! [`ModelConfig`]: Gemma 3's per-head Q/K norms, post-norms, GELU-tanh, scaled
 //! embeddings and sliding/global layers; Qwen's biases and QK-norms; experts
-//! ([`crate::moe`]); and DeepSeek's multi-head latent attention, run in its
+//! ([`crate::model::moe`]); and DeepSeek's multi-head latent attention, run in its
 //! "absorbed" form (the DeepSeek-V2 paper, §2.1; vLLM's MLA backend): the cache
 //! holds one latent row `[c_kv, k_pe]` per token, queries are projected into
 //! the latent space with `W_UK`, and attention outputs leave it through `W_UV`.
+
+pub(crate) mod config;
+pub(crate) mod cpu_matmul;
+pub(crate) mod moe;
+pub(crate) mod rope;
 
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
@@ -22,8 +27,8 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{EngineError, Result};
 use crate::kv::device::{DeviceKvCache, StepGeometry};
 use crate::kv::host::{AttentionParams, KvCache, KvLayout, SeqView, ValueStorage};
-pub use crate::model_config::{Arch, GateKind, MlaConfig, ModelConfig};
-use crate::rope::{RopeScaling, RopeTable};
+pub use crate::model::config::{Arch, GateKind, MlaConfig, ModelConfig};
+use crate::model::rope::{RopeScaling, RopeTable};
 use crate::weights::{Linear, WeightSource};
 
 struct Layer {
@@ -469,7 +474,7 @@ impl Model {
         Ok(mlp.down.forward(&(gate * mlp.up.forward(h)?)?)?)
     }
 
-    /// Route each token to its experts ([`crate::moe::route_token`]), run each
+    /// Route each token to its experts ([`crate::model::moe::route_token`]), run each
     /// expert once on the tokens that chose it, and sum the weighted outputs
     /// (plus the shared experts, which see every token).
     fn moe(
@@ -489,7 +494,7 @@ impl Model {
         let mut rows: Vec<Vec<u32>> = vec![Vec::new(); experts.len()];
         let mut weights: Vec<Vec<f32>> = vec![Vec::new(); experts.len()];
         for (t, l) in logits.iter().enumerate() {
-            for (e, wgt) in crate::moe::route_token(l, cfg, selection_bias) {
+            for (e, wgt) in crate::model::moe::route_token(l, cfg, selection_bias) {
                 rows[e].push(t as u32);
                 weights[e].push(wgt);
             }

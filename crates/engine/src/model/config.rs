@@ -6,7 +6,7 @@
 use candle_core::quantized::gguf_file;
 
 use crate::error::{EngineError, Result};
-use crate::rope::RopeScaling;
+use crate::model::rope::RopeScaling;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {

@@ -6,6 +6,8 @@
 //! streams text deltas out. Dropping a [`RequestStream`] cancels the request,
 //! and its KV blocks are freed before the next step.
 
+pub(crate) mod sampling;
+
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,19 +17,19 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
+use crate::engine::sampling::{Sampler, SamplingParams, TokenLogprob};
 use crate::error::{EngineError, Result};
 use crate::kv::host::SeqView;
-use crate::loader::LoadedModel;
 use crate::model::KvBackend;
 use crate::model::KvStore;
 use crate::model::{Model, ModelConfig};
-use crate::sampling::{Sampler, SamplingParams, TokenLogprob};
 use crate::sched::scheduler::{Scheduler, SchedulerConfig, SeqId};
 use crate::text::chat::{ChatMessage, ChatTemplate};
 use crate::text::constraint::{Constraints, Grammar, GrammarSpec, SeqConstraint};
 use crate::text::stop::StopMatcher;
 use crate::text::tokenizer::{IncrementalDecoder, Tokenizer};
 use crate::text::tool_calls::ToolCallFormat;
+use crate::weights::loader::LoadedModel;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {

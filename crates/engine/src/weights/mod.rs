@@ -4,19 +4,21 @@
 //! and [`Linear`].
 //!
 //! On the CPU, quant types candle runs in scalar code get a fast path at load:
-//! Q4_1 goes to our kernel ([`crate::cpu_matmul`]); Q5_0 is rewritten as Q8_0
+//! Q4_1 goes to our kernel ([`crate::model::cpu_matmul`]); Q5_0 is rewritten as Q8_0
 //! without loss (`d·(q−16)` with `q−16` in `[−16, 15]` is a Q8_0 block with the
 //! same scale, and candle dots Q5_0 against Q8_0 activations anyway), which
 //! candle runs with AVX2.
+
+pub(crate) mod loader;
 
 use std::sync::Arc;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
-use crate::cpu_matmul::Q4_1Matrix;
 use crate::error::{EngineError, Result};
-use crate::model_config::Arch;
+use crate::model::config::Arch;
+use crate::model::cpu_matmul::Q4_1Matrix;
 
 /// A weight matrix for `x @ Wᵀ`: candle's (dense, or quantized with candle's
 /// kernels) or our CPU Q4_1 kernel.

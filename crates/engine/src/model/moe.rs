@@ -5,7 +5,7 @@
 //! the selection is tested on its own; the forward pass gathers tokens per
 //! expert and scatters the weighted outputs back (`index_add`).
 
-use crate::model_config::{GateKind, MoeConfig};
+use crate::model::config::{GateKind, MoeConfig};
 
 /// Top-k `(expert, weight)` for one token's router logits.
 /// `bias` is V3's `e_score_correction_bias` (selection only, never weights).

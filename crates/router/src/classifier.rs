@@ -161,12 +161,14 @@ impl Cues {
                 continue;
             }
             // A stem shorter than three characters is keyed by itself.
-            for len in 1..=3 {
-                let key: String = word.chars().take(len).collect();
-                if key.chars().count() < len {
-                    break;
-                }
-                if let Some(stems) = self.by_prefix.get(&key) {
+            // The word's first one, two and three characters, as slices.
+            let ends = word
+                .char_indices()
+                .skip(1)
+                .map(|(i, _)| i)
+                .chain([word.len()]);
+            for end in ends.take(3) {
+                if let Some(stems) = self.by_prefix.get(&word[..end]) {
                     for (stem, id) in stems {
                         if word.starts_with(stem.as_str()) {
                             hit(&self.names[*id]);
@@ -192,7 +194,11 @@ pub struct Turn<'a> {
 }
 
 fn words(text: &str) -> Vec<String> {
-    let lower = text.to_lowercase();
+    words_of_lowercase(&text.to_lowercase())
+}
+
+/// [`words`] of a text already lowercased.
+fn words_of_lowercase(lower: &str) -> Vec<String> {
     let all: Vec<&str> = lower
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
@@ -258,7 +264,8 @@ pub fn features_of(turns: &[Turn<'_>]) -> Vec<(usize, f32)> {
         .and_then(|i| turns[..i].iter().rev().find(|t| t.role != "system"))
         .map(|t| t.content);
     let mut sparse = Sparse(HashMap::new());
-    let w = words(user);
+    let user_lower = user.to_lowercase();
+    let w = words_of_lowercase(&user_lower);
     for (i, word) in w.iter().enumerate() {
         sparse.add(b'u', &[word], 1.0);
         if let Some(next) = w.get(i + 1) {
@@ -305,11 +312,20 @@ pub fn features_of(turns: &[Turn<'_>]) -> Vec<(usize, f32)> {
         .into_iter()
         .map(|(k, c)| (k, (1.0 + c).ln()))
         .collect();
+    // A fixed order (the map's is random per process), so sums, and so the
+    // trained weights, are the same on every run.
+    out.sort_unstable_by_key(|&(k, _)| k);
     let norm = out.iter().map(|(_, v)| v * v).sum::<f32>().sqrt().max(1e-6);
     for (_, v) in &mut out {
         *v /= norm;
     }
-    out.extend(shape(user, &w, !system.is_empty(), turns.len()));
+    out.extend(shape(
+        user,
+        &user_lower,
+        &w,
+        !system.is_empty(),
+        turns.len(),
+    ));
     out
 }
 
@@ -339,6 +355,7 @@ pub fn features(text: &str) -> Vec<(usize, f32)> {
 
 fn shape(
     text: &str,
+    lower: &str,
     words: &[String],
     has_system: bool,
     turns: usize,
@@ -362,7 +379,6 @@ fn shape(
         .iter()
         .filter(|w| DEMANDING.contains(&w.as_str()))
         .count();
-    let lower = text.to_lowercase();
     let asks_length = [
         "words",
         "detailed",

@@ -365,6 +365,14 @@ fn by_time(a: &Candidate, b: &Candidate) -> Ordering {
     a.predicted_total_ms.total_cmp(&b.predicted_total_ms)
 }
 
+/// What `cost` minimises (predicted cost) and `latency` (predicted total time).
+fn axis(objective: Objective, c: &Candidate) -> f64 {
+    match objective {
+        Objective::Cost => c.predicted_cost_usd,
+        _ => c.predicted_total_ms,
+    }
+}
+
 fn near(a: f64, b: f64) -> bool {
     (a - b).abs() <= RELATIVE_TIE * a.abs().max(b.abs())
 }
@@ -401,11 +409,7 @@ pub fn decide(models: &[ModelProfile], req: &RouteRequest, live: &dyn LiveLoad) 
             "{} benchmarks, raised to the power {} for a {} prompt",
             task.as_str(),
             difficulty_exponent(req.classification.difficulty),
-            match req.classification.difficulty {
-                Difficulty::Easy => "easy",
-                Difficulty::Medium => "medium",
-                Difficulty::Hard => "hard",
-            }
+            req.classification.difficulty.as_str()
         )
     };
     let mut candidates: Vec<Candidate> = models
@@ -606,13 +610,7 @@ fn rank(
                     .then(by_quality(ca, cb))
             });
             // Within 1% of the best on the objective's axis, the other axis decides.
-            let key = |c: &Candidate| {
-                if objective == Objective::Cost {
-                    c.predicted_cost_usd
-                } else {
-                    c.predicted_total_ms
-                }
-            };
+            let key = |c: &Candidate| axis(objective, c);
             if let Some(&first) = order.first() {
                 let best = key(&candidates[first]);
                 let meets = candidates[first].meets_floor;
@@ -706,10 +704,7 @@ fn binding_constraint(
     let w = &candidates[winner];
     let mut reasons = Vec::new();
     if let Some(f) = floor {
-        let key = |c: &Candidate| match objective {
-            Objective::Cost => c.predicted_cost_usd,
-            _ => c.predicted_total_ms,
-        };
+        let key = |c: &Candidate| axis(objective, c);
         let below: Vec<String> = eligible
             .iter()
             .map(|&i| &candidates[i])

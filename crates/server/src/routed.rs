@@ -20,7 +20,7 @@ use switchyard_router::{
 };
 
 use crate::error::ApiError;
-use crate::job::{admit, prepare, Job, Pending, Prepared, ValidatedRequest};
+use crate::job::{admit, prepare, Input, Job, Pending, Prepared, ValidatedRequest};
 use crate::record::{summary, RouteCtx};
 use crate::state::{random_id, AppState, RouterState};
 
@@ -55,6 +55,30 @@ pub fn routing_text(messages: &[ChatMessage]) -> String {
         .unwrap_or_default()
 }
 
+/// Classify a request's conversation on the blocking pool: with a pasted
+/// document it is milliseconds of work, which must not run on an async worker.
+async fn classify_off_runtime(
+    state: &Arc<AppState>,
+    v: &ValidatedRequest,
+) -> Result<Classification, ApiError> {
+    let st = state.clone();
+    let input = v.input.clone();
+    state
+        .blocking
+        .run(move || {
+            let messages: &[ChatMessage] = match &input {
+                Input::Chat(m) => m,
+                Input::Completion(_) => &[],
+            };
+            let router = st
+                .router
+                .as_ref()
+                .ok_or_else(|| ApiError::internal("routing is not configured"))?;
+            Ok(classify(&router.classifier, messages))
+        })
+        .await?
+}
+
 /// Classify a conversation: its final user turn, with the system prompt and
 /// the turn before it.
 pub fn classify(classifier: &Classifier, messages: &[ChatMessage]) -> Classification {
@@ -83,7 +107,9 @@ pub async fn route_chat(
     };
     let started = Instant::now();
     let text = routing_text(v.messages());
-    let classification = classify(&router.classifier, v.messages());
+    let classification = classify_off_runtime(state, v)
+        .await
+        .map_err(|e| (e, None))?;
     let profiles = router.profiles();
     // Each model's own template and tokenizer (off the async runtime), kept
     // for the one that serves. A model that refuses the prompt (too long,
@@ -272,22 +298,25 @@ fn exclusions(d: &Decision) -> String {
 
 /// Record a pinned request that carried routing options, and attach the
 /// routing context to its job. Returns the decision id.
-pub fn pin(
+pub async fn pin(
     state: &Arc<AppState>,
     job: &mut Job,
-    messages: &[ChatMessage],
+    v: &ValidatedRequest,
     options: RoutingOptions,
 ) -> Option<String> {
     let router = state.router.as_ref()?;
     let profile = router.profile(&job.model)?;
-    let text = routing_text(messages);
+    let text = routing_text(v.messages());
     let objective = options.objective.unwrap_or(router.default_objective);
-    let decision = switchyard_router::decide::pinned(
-        &job.model,
-        classify(&router.classifier, messages),
-        options,
-        objective,
-    );
+    let classification = match classify_off_runtime(state, v).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("classifying a pinned request for its record: {}", e.message);
+            return None;
+        }
+    };
+    let decision =
+        switchyard_router::decide::pinned(&job.model, classification, options, objective);
     let id = random_id("dec-");
     if let Err(e) = router
         .audit

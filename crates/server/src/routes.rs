@@ -291,10 +291,10 @@ async fn pinned(
         Err(e) => return fail(&state, &model, e),
     };
     // A concrete model with routing options: recorded as pinned.
-    let decision_id = v
-        .routing
-        .clone()
-        .and_then(|options| routed::pin(&state, &mut job, v.messages(), options));
+    let decision_id = match v.routing.clone() {
+        Some(options) => routed::pin(&state, &mut job, &v, options).await,
+        None => None,
+    };
     let mut resp = match job::submit(&job) {
         Ok(streams) => serve(state, job, streams, in_flight).await,
         Err(e) => {

@@ -6,25 +6,9 @@
 use candle_core::quantized::gguf_file;
 
 use crate::error::{EngineError, Result};
+pub use crate::family::Arch;
 use crate::model::rope::RopeScaling;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    Llama,
-    Gemma3,
-    /// Llama plus biases on Q, K and V.
-    Qwen2,
-    /// Llama plus per-head RMS norms on Q and K.
-    Qwen3,
-    /// Multi-head latent attention and shared + routed experts (DeepSeek-V2/V3).
-    DeepSeek,
-}
-
-impl Arch {
-    pub(crate) fn has_qk_norm(self) -> bool {
-        matches!(self, Arch::Gemma3 | Arch::Qwen3)
-    }
-}
+use crate::weights::gguf::GgufMetadata;
 
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
@@ -157,64 +141,37 @@ impl ModelConfig {
                 .map_err(|e| load(e.to_string()))?;
             Self::from_hf(&serde_json::from_str(&json).map_err(|e| load(e.to_string()))?)
         } else {
-            let mut f = std::fs::File::open(path).map_err(|e| load(e.to_string()))?;
-            let content = gguf_file::Content::read(&mut f).map_err(|e| load(e.to_string()))?;
+            let (_, content) = crate::weights::gguf::open(path)?;
             Self::from_gguf(&content)
         }
     }
 
     pub fn from_gguf(content: &gguf_file::Content) -> Result<Self> {
-        let md = &content.metadata;
-        let arch_name = md
-            .get("general.architecture")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .ok_or_else(|| EngineError::Load("GGUF has no general.architecture".into()))?;
-        let arch = match arch_name.as_str() {
-            "llama" => Arch::Llama,
-            "gemma3" => Arch::Gemma3,
-            "qwen2" => Arch::Qwen2,
-            "qwen3" | "qwen3moe" => Arch::Qwen3,
-            "deepseek2" => Arch::DeepSeek,
-            other => {
-                return Err(EngineError::Load(format!(
-                    "unsupported GGUF architecture `{other}` (supported: llama, gemma3, qwen2, \
-                     qwen3, qwen3moe, deepseek2)"
-                )))
-            }
-        };
-        let key = |k: &str| format!("{arch_name}.{k}");
-        let get_u = |k: &str| -> Result<usize> {
-            md.get(&key(k))
-                .and_then(|v| {
-                    v.to_u32()
-                        .ok()
-                        .map(|x| x as usize)
-                        .or_else(|| v.to_u64().ok().map(|x| x as usize))
-                })
-                .ok_or_else(|| EngineError::Load(format!("GGUF metadata `{}` missing", key(k))))
-        };
-        let get_f = |k: &str| md.get(&key(k)).and_then(|v| v.to_f32().ok());
+        let md = GgufMetadata::new(content);
+        let arch_name = md.architecture()?;
+        let arch = Arch::from_gguf_name(arch_name).ok_or_else(|| {
+            EngineError::Load(format!(
+                "unsupported GGUF architecture `{arch_name}` (supported: {})",
+                Arch::gguf_names()
+            ))
+        })?;
+        let family = arch.family();
+        let a = md.arch(arch_name);
+        let get_u = |k: &str| a.require_usize(k);
+        let get_f = |k: &str| a.f32(k);
+        let get_b = |k: &str| a.bool(k);
         let hidden_size = get_u("embedding_length")?;
         let num_heads = get_u("attention.head_count")?;
         let num_kv_heads = get_u("attention.head_count_kv").unwrap_or(num_heads);
         let head_dim = get_u("attention.key_length").unwrap_or(hidden_size / num_heads);
-        let vocab_size = match get_u("vocab_size") {
-            Ok(v) => v,
-            Err(_) => md
-                .get("tokenizer.ggml.tokens")
-                .and_then(|v| v.to_vec().ok())
-                .map(|v| v.len())
+        let vocab_size = match a.usize("vocab_size") {
+            Some(v) => v,
+            None => md
+                .array_len("tokenizer.ggml.tokens")
                 .ok_or_else(|| EngineError::Load("cannot tell the vocabulary size".into()))?,
         };
-        let gemma = arch == Arch::Gemma3;
-        let deepseek = arch == Arch::DeepSeek;
-        let get_b = |k: &str| md.get(&key(k)).and_then(|v| v.to_bool().ok());
-        let rope_scaling = match md
-            .get(&key("rope.scaling.type"))
-            .and_then(|v| v.to_string().ok())
-            .map(String::as_str)
-        {
+        let latent = family.latent_attention;
+        let rope_scaling = match a.string("rope.scaling.type") {
             Some("linear") => {
                 get_f("rope.scaling.factor").map_or(RopeScaling::None, RopeScaling::Linear)
             }
@@ -226,13 +183,12 @@ impl ModelConfig {
                     get_f("rope.scaling.yarn_beta_fast").unwrap_or(32.0),
                     get_f("rope.scaling.yarn_beta_slow").unwrap_or(1.0),
                     // llama.cpp stores DeepSeek's mscale_all_dim times 0.1.
-                    deepseek
-                        .then(|| get_f("rope.scaling.yarn_log_multiplier").unwrap_or(0.0) / 0.1),
+                    latent.then(|| get_f("rope.scaling.yarn_log_multiplier").unwrap_or(0.0) / 0.1),
                 )
             }
             _ => RopeScaling::None,
         };
-        let (mla, moe) = if deepseek {
+        let (mla, moe) = if latent {
             // Head lengths: `*_mla` keys where the latent is stored as one
             // KV head (llama.cpp since 2025), plain ones in older files.
             let rope = get_u("rope.dimension_count")?;
@@ -314,12 +270,10 @@ impl ModelConfig {
             rope_theta: get_f("rope.freq_base").unwrap_or(10_000.0),
             rope_theta_local: 10_000.0,
             rope_scaling,
-            // llama.cpp permutes Llama's Q/K for interleaved RoPE and keeps
-            // DeepSeek's interleaved; the others rotate halves.
-            rope_neox: !matches!(arch, Arch::Llama | Arch::DeepSeek),
+            rope_neox: family.rope_neox_gguf,
             attn_scale,
-            sliding_window: if gemma {
-                get_u("attention.sliding_window").ok()
+            sliding_window: if family.sliding_window {
+                a.usize("attention.sliding_window")
             } else {
                 None
             },
@@ -335,19 +289,13 @@ impl ModelConfig {
     /// DeepSeek-V2/V3 layouts).
     pub fn from_hf(cfg: &serde_json::Value) -> Result<Self> {
         let model_type = cfg["model_type"].as_str().unwrap_or_default();
-        let arch = match model_type {
-            "llama" | "mistral" => Arch::Llama,
-            "qwen2" => Arch::Qwen2,
-            "qwen3" | "qwen3_moe" => Arch::Qwen3,
-            "gemma3_text" => Arch::Gemma3,
-            "deepseek_v2" | "deepseek_v3" => Arch::DeepSeek,
-            other => {
-                return Err(EngineError::Load(format!(
-                    "unsupported model_type `{other}` in config.json (supported: llama, mistral, \
-                     qwen2, qwen3, qwen3_moe, gemma3_text, deepseek_v2, deepseek_v3)"
-                )))
-            }
-        };
+        let arch = Arch::from_hf_model_type(model_type).ok_or_else(|| {
+            EngineError::Load(format!(
+                "unsupported model_type `{model_type}` in config.json (supported: {})",
+                Arch::hf_model_types()
+            ))
+        })?;
+        let family = arch.family();
         let get = |k: &str| -> Result<usize> {
             cfg[k]
                 .as_u64()
@@ -359,8 +307,7 @@ impl ModelConfig {
         let num_heads = get("num_attention_heads")?;
         let rope_theta = get_f("rope_theta").unwrap_or(10_000.0);
         let rope_scaling = RopeScaling::from_hf(&cfg["rope_scaling"])?;
-        let gemma = arch == Arch::Gemma3;
-        let mla = if arch == Arch::DeepSeek {
+        let mla = if family.latent_attention {
             Some(MlaConfig {
                 q_lora_rank: cfg["q_lora_rank"].as_u64().map(|v| v as usize),
                 kv_lora_rank: get("kv_lora_rank")?,
@@ -377,7 +324,7 @@ impl ModelConfig {
             None => {
                 let head_dim = get("head_dim").unwrap_or(hidden_size / num_heads);
                 let scale = match get_f("query_pre_attn_scalar") {
-                    Some(s) if gemma => 1.0 / s.sqrt(),
+                    Some(s) if family.query_pre_attn_scalar => 1.0 / s.sqrt(),
                     _ => 1.0 / (head_dim as f32).sqrt(),
                 };
                 (
@@ -402,10 +349,9 @@ impl ModelConfig {
             rope_theta,
             rope_theta_local: get_f("rope_local_base_freq").unwrap_or(10_000.0),
             rope_scaling,
-            // Hugging Face checkpoints rotate halves; DeepSeek's rotary is interleaved.
-            rope_neox: arch != Arch::DeepSeek,
+            rope_neox: family.rope_neox_hf,
             attn_scale,
-            sliding_window: if gemma {
+            sliding_window: if family.sliding_window {
                 cfg["sliding_window"].as_u64().map(|v| v as usize)
             } else {
                 None
@@ -442,7 +388,7 @@ impl ModelConfig {
     fn moe_from_hf(cfg: &serde_json::Value, arch: Arch) -> Result<Option<MoeConfig>> {
         let get = |k: &str| cfg[k].as_u64().map(|v| v as usize);
         let missing = |k: &str| EngineError::Load(format!("config.json: `{k}` missing"));
-        if arch == Arch::DeepSeek {
+        if arch.family().latent_attention {
             let Some(n) = get("n_routed_experts").filter(|&n| n > 0) else {
                 return Ok(None);
             };

@@ -25,6 +25,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
+use crate::family::Activation;
 use crate::kv::device::{DeviceKvCache, StepGeometry};
 use crate::kv::host::{AttentionParams, KvCache, KvLayout, SeqView, ValueStorage};
 pub use crate::model::config::{Arch, GateKind, MlaConfig, ModelConfig};
@@ -266,9 +267,7 @@ impl Model {
                 Ok(None)
             }
         };
-        let arch = c.arch;
-        let gemma = arch == Arch::Gemma3;
-        let qwen2 = arch == Arch::Qwen2;
+        let family = c.arch.family();
         let attn = match &c.mla {
             Some(mla) => Attention::Latent(Box::new(Self::load_latent(c, mla, w, i)?)),
             None => Attention::Standard {
@@ -276,11 +275,11 @@ impl Model {
                 wk: w.matmul(&name("attn_k.weight"))?,
                 wv: w.matmul(&name("attn_v.weight"))?,
                 wo: w.matmul(&name("attn_output.weight"))?,
-                bq: opt(w, "attn_q.bias", qwen2)?,
-                bk: opt(w, "attn_k.bias", qwen2)?,
-                bv: opt(w, "attn_v.bias", qwen2)?,
-                q_norm: opt(w, "attn_q_norm.weight", arch.has_qk_norm())?,
-                k_norm: opt(w, "attn_k_norm.weight", arch.has_qk_norm())?,
+                bq: opt(w, "attn_q.bias", family.qkv_bias)?,
+                bk: opt(w, "attn_k.bias", family.qkv_bias)?,
+                bv: opt(w, "attn_v.bias", family.qkv_bias)?,
+                q_norm: opt(w, "attn_q_norm.weight", family.qk_norm)?,
+                k_norm: opt(w, "attn_k_norm.weight", family.qk_norm)?,
             },
         };
         let mlp = |w: &mut dyn WeightSource, suffix: &str| -> Result<Mlp> {
@@ -316,9 +315,9 @@ impl Model {
         Ok(Layer {
             attn_norm: w.tensor(&name("attn_norm.weight"))?,
             attn,
-            post_attn_norm: opt(w, "post_attention_norm.weight", gemma)?,
+            post_attn_norm: opt(w, "post_attention_norm.weight", family.post_norms)?,
             ffn_norm: w.tensor(&name("ffn_norm.weight"))?,
-            post_ffn_norm: opt(w, "post_ffw_norm.weight", gemma)?,
+            post_ffn_norm: opt(w, "post_ffw_norm.weight", family.post_norms)?,
             ffn,
         })
     }
@@ -465,11 +464,9 @@ impl Model {
 
     fn mlp(&self, mlp: &Mlp, h: &Tensor) -> Result<Tensor> {
         let gate = mlp.gate.forward(h)?;
-        let gate = match self.config.arch {
-            Arch::Gemma3 => gate.gelu()?, // tanh approximation, as Gemma needs
-            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::DeepSeek => {
-                candle_nn::ops::silu(&gate)?
-            }
+        let gate = match self.config.arch.family().activation {
+            Activation::GeluTanh => gate.gelu()?, // candle's gelu is the tanh form
+            Activation::Silu => candle_nn::ops::silu(&gate)?,
         };
         Ok(mlp.down.forward(&(gate * mlp.up.forward(h)?)?)?)
     }
@@ -558,7 +555,7 @@ impl Model {
 
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embed.index_select(&ids, 0)?;
-        if c.arch == Arch::Gemma3 {
+        if c.arch.family().scaled_embeddings {
             x = (x * (c.hidden_size as f64).sqrt())?;
         }
         for (li, layer) in self.layers.iter().enumerate() {

@@ -7,11 +7,11 @@ use minijinja::{context, Environment, Error, ErrorKind};
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};
-use crate::model::Arch;
+use crate::family::Arch;
 use crate::text::tool_calls::ToolCallFormat;
 
 /// Gemma's turn format (system text folded into the first user turn).
-const GEMMA_TEMPLATE: &str = "{{ bos_token }}\
+pub(crate) const GEMMA_TEMPLATE: &str = "{{ bos_token }}\
 {%- if messages and messages[0]['role'] == 'system' -%}\
 {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- set loop_messages = messages[1:] -%}\
 {%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}\
@@ -22,7 +22,7 @@ const GEMMA_TEMPLATE: &str = "{{ bos_token }}\
 {%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}";
 
 /// ChatML, for Llama-architecture files that carry no template.
-const CHATML_TEMPLATE: &str = "{%- for message in messages -%}\
+pub(crate) const CHATML_TEMPLATE: &str = "{%- for message in messages -%}\
 {{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}\
 {%- endfor -%}{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}";
 
@@ -84,13 +84,7 @@ impl ChatTemplate {
         bos_token: String,
         eos_token: String,
     ) -> Result<Self> {
-        let source = source.unwrap_or_else(|| {
-            match arch {
-                Arch::Gemma3 => GEMMA_TEMPLATE,
-                Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::DeepSeek => CHATML_TEMPLATE,
-            }
-            .to_string()
-        });
+        let source = source.unwrap_or_else(|| arch.family().default_template.to_string());
         let mut env = Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);

@@ -18,7 +18,9 @@ use tokenizers::AddedToken;
 
 use crate::error::{EngineError, Result};
 use crate::text::pre_tokenizer::PreTokenizerSpec;
+use crate::weights::gguf::GgufMetadata;
 
+const TOKEN_TYPE_NORMAL: i32 = 1;
 const TOKEN_TYPE_CONTROL: i32 = 3;
 const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 
@@ -43,32 +45,23 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     pub fn from_gguf(content: &gguf_file::Content) -> Result<Self> {
-        let md = &content.metadata;
+        let md = GgufMetadata::new(content);
         let load_err = |m: &str| EngineError::Load(format!("tokenizer: {m}"));
-        let strings = |key: &str| -> Result<Vec<String>> {
-            md.get(key)
-                .ok_or_else(|| load_err(&format!("`{key}` missing")))?
-                .to_vec()
-                .map_err(|e| load_err(&e.to_string()))?
-                .iter()
-                .map(|v| v.to_string().cloned().map_err(|e| load_err(&e.to_string())))
-                .collect()
-        };
+        let strings = |key: &str| md.strings(key);
         let tokens = strings("tokenizer.ggml.tokens")?;
-        let types: Vec<i32> = match md
-            .get("tokenizer.ggml.token_type")
-            .and_then(|v| v.to_vec().ok())
-        {
-            Some(v) => v.iter().map(|x| x.to_i32().unwrap_or(1)).collect(),
-            None => vec![1; tokens.len()],
-        };
-        let get_u32 = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
-        let get_bool = |k: &str| md.get(k).and_then(|v| v.to_bool().ok());
-        let model = md
-            .get("tokenizer.ggml.model")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .unwrap_or_default();
+        let types: Vec<i32> = md
+            .i32s("tokenizer.ggml.token_type", TOKEN_TYPE_NORMAL)
+            .unwrap_or_else(|| vec![TOKEN_TYPE_NORMAL; tokens.len()]);
+        if types.len() != tokens.len() {
+            return Err(load_err(&format!(
+                "{} token types for {} tokens",
+                types.len(),
+                tokens.len()
+            )));
+        }
+        let get_u32 = |k: &str| md.token_id(k);
+        let get_bool = |k: &str| md.bool(k);
+        let model = md.string("tokenizer.ggml.model").unwrap_or_default();
         let vocab: HashMap<String, u32> = tokens
             .iter()
             .enumerate()
@@ -84,8 +77,7 @@ impl Tokenizer {
             })
             .collect();
 
-        let (kind, token_bytes, default_add_bos): (Kind, Vec<Vec<u8>>, bool) = match model.as_str()
-        {
+        let (kind, token_bytes, default_add_bos): (Kind, Vec<Vec<u8>>, bool) = match model {
             "gpt2" => {
                 let merges = strings("tokenizer.ggml.merges")?;
                 let merges: Vec<(String, String)> = merges
@@ -95,11 +87,7 @@ impl Tokenizer {
                             .map(|(a, b)| (a.to_string(), b.to_string()))
                     })
                     .collect();
-                let pre = PreTokenizerSpec::from_gguf_pre(
-                    md.get("tokenizer.ggml.pre")
-                        .and_then(|v| v.to_string().ok())
-                        .map(String::as_str),
-                )?;
+                let pre = PreTokenizerSpec::from_gguf_pre(md.string("tokenizer.ggml.pre"))?;
                 let bpe = tokenizers::models::bpe::BPE::builder()
                     .vocab_and_merges(
                         vocab.clone().into_iter().collect::<ahash::AHashMap<_, _>>(),
@@ -132,11 +120,8 @@ impl Tokenizer {
                 (Kind::Bpe(Box::new(tk)), bytes, pre.default_add_bos)
             }
             "llama" | "gemma" => {
-                let scores: Vec<f32> = match md
-                    .get("tokenizer.ggml.scores")
-                    .and_then(|v| v.to_vec().ok())
-                {
-                    Some(v) => v.iter().map(|x| x.to_f32().unwrap_or(0.0)).collect(),
+                let scores: Vec<f32> = match md.f32s("tokenizer.ggml.scores", 0.0) {
+                    Some(v) => v,
                     None => vec![0.0; tokens.len()],
                 };
                 let bytes = tokens.iter().map(|t| spm_token_bytes(t)).collect();

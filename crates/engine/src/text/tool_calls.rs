@@ -18,7 +18,7 @@
 
 use serde_json::{json, Value};
 
-use crate::model::Arch;
+use crate::family::Arch;
 use crate::text::chat::ChatMessage;
 use crate::text::constraint::GrammarSpec;
 
@@ -50,12 +50,7 @@ impl ToolCallFormat {
 
     /// The format a model family emits.
     pub fn for_arch(arch: Arch) -> Option<ToolCallFormat> {
-        match arch {
-            Arch::Qwen2 | Arch::Qwen3 => Some(ToolCallFormat::Hermes),
-            Arch::Llama => Some(ToolCallFormat::Llama3Json),
-            Arch::DeepSeek => Some(ToolCallFormat::DeepSeek),
-            Arch::Gemma3 => None,
-        }
+        arch.family().tool_format
     }
 }
 

@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::quantized::gguf_file;
 use candle_core::Device;
 
 use crate::error::{EngineError, Result};
 use crate::model::Model;
 use crate::text::chat::ChatTemplate;
 use crate::text::tokenizer::Tokenizer;
+use crate::weights::gguf::GgufMetadata;
 
 /// Where a model's weights come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,18 +286,12 @@ impl LoadedModel {
 
     pub fn from_gguf(path: &Path, device: &Device) -> Result<Self> {
         let started = Instant::now();
-        let mut file = std::fs::File::open(path)
-            .map_err(|e| EngineError::Load(format!("opening {}: {e}", path.display())))?;
-        let content = gguf_file::Content::read(&mut file).map_err(|e| {
-            EngineError::Load(format!("{}: not a readable GGUF file: {e}", path.display()))
-        })?;
+        let (mut file, content) = crate::weights::gguf::open(path)?;
         let tokenizer = Tokenizer::from_gguf(&content)?;
         let model = Model::load(&content, &mut file, device)?;
-        let template_src = content
-            .metadata
-            .get("tokenizer.chat_template")
-            .and_then(|v| v.to_string().ok())
-            .cloned();
+        let template_src = GgufMetadata::new(&content)
+            .string("tokenizer.chat_template")
+            .map(str::to_string);
         Self::assemble(model, tokenizer, template_src, path, started)
     }
 }

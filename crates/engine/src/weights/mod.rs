@@ -9,6 +9,7 @@
 //! same scale, and candle dots Q5_0 against Q8_0 activations anyway), which
 //! candle runs with AVX2.
 
+pub(crate) mod gguf;
 pub(crate) mod loader;
 
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use crate::error::{EngineError, Result};
-use crate::model::config::Arch;
+use crate::family::Arch;
 use crate::model::cpu_matmul::Q4_1Matrix;
 
 /// A weight matrix for `x @ Wᵀ`: candle's (dense, or quantized with candle's
@@ -237,13 +238,12 @@ pub fn hf_tensor_name(arch: Arch, name: &str) -> String {
     if tail == "exp_probs_b.bias" {
         return format!("model.layers.{layer}.mlp.gate.e_score_correction_bias");
     }
-    let gemma = arch == Arch::Gemma3;
+    let family = arch.family();
     let mapped = match tail.rsplit_once('.') {
         Some((base, kind)) => {
             let base = match base {
                 "attn_norm" => "input_layernorm",
-                "ffn_norm" if gemma => "pre_feedforward_layernorm",
-                "ffn_norm" => "post_attention_layernorm",
+                "ffn_norm" => family.hf_ffn_norm,
                 "post_attention_norm" => "post_attention_layernorm",
                 "post_ffw_norm" => "post_feedforward_layernorm",
                 "attn_q" => "self_attn.q_proj",
@@ -295,7 +295,7 @@ impl WeightSource for SafetensorsWeights {
             .to_dtype(self.dtype)?;
         // Gemma's checkpoints store norm weights as w with x·(1 + w); llama.cpp
         // (and our forward) bake in the 1.
-        if self.arch == Arch::Gemma3 && name.ends_with("norm.weight") {
+        if self.arch.family().hf_norm_plus_one && name.ends_with("norm.weight") {
             return Ok((t + 1.0)?);
         }
         Ok(t)

@@ -8,6 +8,8 @@ use serde::Deserialize;
 use switchyard_engine::{EngineConfig, KvBackend, ModelSource};
 use switchyard_router::{Objective, Policy, RoutingProfile};
 
+use crate::pool::KeepAlive;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Catalog {
@@ -17,6 +19,8 @@ pub struct Catalog {
     pub server: ServerSection,
     #[serde(default)]
     pub router: RouterSection,
+    #[serde(default)]
+    pub pool: PoolSection,
     pub models: Vec<ModelEntry>,
     /// Directory that relative model paths are taken from (the file's own).
     #[serde(skip)]
@@ -180,6 +184,38 @@ impl Default for RouterSection {
     }
 }
 
+/// `[pool]`: how models come and go (see [`crate::pool`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSection {
+    /// Memory for every model's weights and KV pool together: bytes, or a
+    /// size like `"2GiB"`. Unset: no limit (every model may be resident).
+    #[serde(deserialize_with = "de_bytes")]
+    pub memory_budget: Option<u64>,
+    /// How long a request waits for its model to load before 503 + Retry-After.
+    pub load_timeout_s: f64,
+    /// How long an idle model stays loaded, unless its entry says otherwise:
+    /// seconds or `"5m"`; `-1` (the default) keeps models loaded.
+    pub keep_alive: KeepAlive,
+}
+
+impl Default for PoolSection {
+    fn default() -> Self {
+        PoolSection {
+            memory_budget: None,
+            load_timeout_s: 120.0,
+            keep_alive: KeepAlive::Forever,
+        }
+    }
+}
+
+fn de_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    crate::pool::parse_bytes(&v)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelEntry {
@@ -193,6 +229,18 @@ pub struct ModelEntry {
     /// What the router knows: capabilities, cost, performance, quality evidence.
     #[serde(default)]
     pub routing: RoutingProfile,
+    /// Never evicted or unloaded for idleness.
+    #[serde(default)]
+    pub pin: bool,
+    /// Loaded at start-up (`/ready` waits for it); otherwise on first use.
+    #[serde(default = "yes")]
+    pub preload: bool,
+    /// This model's idle time before it unloads (else `[pool] keep_alive`).
+    pub keep_alive: Option<KeepAlive>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ModelEntry {
@@ -219,6 +267,14 @@ impl Catalog {
             .policy
             .validate()
             .map_err(|e| anyhow::anyhow!("{}: [router.policy]: {e}", path.display()))?;
+        if !(catalog.pool.load_timeout_s > 0.0 && catalog.pool.load_timeout_s.is_finite()) {
+            anyhow::bail!("{}: [pool] load_timeout_s must be positive", path.display());
+        }
+        for (i, m) in catalog.models.iter().enumerate() {
+            if catalog.models[..i].iter().any(|o| o.id == m.id) {
+                anyhow::bail!("{}: model id `{}` is listed twice", path.display(), m.id);
+            }
+        }
         for m in &catalog.models {
             m.routing
                 .validate()

@@ -155,6 +155,44 @@ impl ApiError {
         }
     }
 
+    /// A model's load failed (a corrupt or missing file, not enough memory
+    /// on the device); requests do not retry it for a while.
+    pub fn model_load_failed(model: &str, why: &str) -> Self {
+        ApiError {
+            retry_after_s: Some(30),
+            code: Some("model_load_failed".into()),
+            param: Some("model".into()),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                format!("Model `{model}` failed to load: {why}"),
+            )
+        }
+    }
+
+    /// The pool cannot make room for a model: everything resident is pinned
+    /// or busy.
+    pub fn no_memory(model: &str, why: String) -> Self {
+        ApiError {
+            retry_after_s: Some(5),
+            code: Some("insufficient_memory".into()),
+            param: Some("model".into()),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                format!("Model `{model}` cannot be loaded now: {why}."),
+            )
+        }
+    }
+
+    /// The resource is not in a state that allows the operation.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        ApiError {
+            code: Some("conflict".into()),
+            ..Self::new(StatusCode::CONFLICT, "invalid_request_error", message)
+        }
+    }
+
     pub fn rate_limited(retry_after_s: u64) -> Self {
         ApiError {
             retry_after_s: Some(retry_after_s),

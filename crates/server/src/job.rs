@@ -21,6 +21,7 @@ use switchyard_router::{Objective, RoutingOptions};
 
 use crate::error::ApiError;
 use crate::openai::{self, ChatRequest, CompletionRequest, Prompt, ToolChoice};
+use crate::pool::{KeepAlive, Lease};
 use crate::record::RouteCtx;
 use crate::state::{now_secs, random_id, AppState};
 
@@ -71,6 +72,8 @@ pub struct ValidatedRequest {
     pub tool_call_forced: bool,
     /// Extra chat-template variables (`chat_template_kwargs`).
     pub template_kwargs: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// How long the serving model stays loaded afterwards (`keep_alive`).
+    pub keep_alive: Option<KeepAlive>,
 }
 
 /// The grammar for a chat with tools. A call that must happen (`required`,
@@ -208,6 +211,7 @@ impl ValidatedRequest {
             tools: tool_use.map(|(tools, _)| Arc::new(tools)),
             tool_call_forced: hermes_calls,
             template_kwargs: req.chat_template_kwargs.map(Arc::new),
+            keep_alive: openai::keep_alive(req.keep_alive.as_ref())?,
         })
     }
 
@@ -253,6 +257,7 @@ impl ValidatedRequest {
             tools: None,
             tool_call_forced: false,
             template_kwargs: None,
+            keep_alive: openai::keep_alive(req.keep_alive.as_ref())?,
         })
     }
 
@@ -346,7 +351,8 @@ pub async fn prepare(
 pub struct Job {
     pub kind: Kind,
     pub model: String,
-    pub engine: Arc<Engine>,
+    /// The serving model, held (not evicted) until the job is dropped.
+    pub engine: Lease,
     pub prompts: Vec<Vec<u32>>,
     pub params: SamplingParams,
     pub stream: bool,
@@ -366,7 +372,7 @@ pub fn admit(
     state: &AppState,
     v: &ValidatedRequest,
     model: &str,
-    engine: Arc<Engine>,
+    engine: Lease,
     prepared: Prepared,
 ) -> Result<Job, ApiError> {
     let Prepared { prompts, grammar } = prepared;

@@ -2,7 +2,7 @@
 //! the router. A library so that handlers can be tested in-process; the
 //! `switchyard` binary (`main.rs`) is the CLI over it.
 //!
-//! Floors run one way: `routes → routed → job → record → state →
+//! Floors run one way: `routes → routed → job → record → state → pool →
 //! {openai, config, error, metrics}`.
 
 pub mod config;
@@ -10,6 +10,7 @@ pub mod error;
 pub mod job;
 pub mod metrics;
 pub mod openai;
+pub mod pool;
 pub mod record;
 pub mod routed;
 pub mod routes;

@@ -10,6 +10,8 @@ use std::sync::Mutex;
 
 use switchyard_engine::Engine;
 
+use crate::pool::{ModelState, ModelStatus};
+
 /// A per-engine gauge or counter: name, type, help, how to read it from stats.
 type Gauge = (
     &'static str,
@@ -22,6 +24,9 @@ const TTFT_BUCKETS: &[f64] = &[
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 const ITL_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const LOAD_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
 
 #[derive(Debug, Clone, Default)]
 struct Histogram {
@@ -66,6 +71,10 @@ struct Inner {
     itl: BTreeMap<String, Histogram>,
     prompt_tokens: BTreeMap<String, u64>,
     generation_tokens: BTreeMap<String, u64>,
+    /// Pool events by (model, event): load_started, loaded, woke,
+    /// load_failed, evicted, unloaded, slept.
+    model_events: BTreeMap<(String, String), u64>,
+    load_seconds: BTreeMap<String, Histogram>,
 }
 
 #[derive(Default)]
@@ -114,9 +123,69 @@ impl Metrics {
         });
     }
 
-    pub fn render<'a>(&self, engines: impl Iterator<Item = &'a Engine>) -> String {
+    /// A pool event (`load_started`, `load_failed`, `evicted`, `unloaded`, `slept`).
+    pub fn model_event(&self, model: &str, event: &str) {
+        self.with(|m| {
+            *m.model_events
+                .entry((model.to_string(), event.to_string()))
+                .or_default() += 1
+        });
+    }
+
+    /// A load (or a wake from sleep) finished in `seconds`.
+    pub fn model_loaded(&self, model: &str, seconds: f64, woke: bool) {
+        self.model_event(model, if woke { "woke" } else { "loaded" });
+        self.with(|m| {
+            m.load_seconds
+                .entry(model.to_string())
+                .or_default()
+                .observe(LOAD_BUCKETS, seconds)
+        });
+    }
+
+    pub fn render<'a>(
+        &self,
+        engines: impl Iterator<Item = &'a Engine>,
+        pool: &[ModelStatus],
+    ) -> String {
         let mut out = String::new();
         let Ok(m) = self.inner.lock() else { return out };
+        out.push_str("# HELP switchyard_model_events_total Model pool events (loads, wakes, failures, evictions, unloads, sleeps).\n# TYPE switchyard_model_events_total counter\n");
+        for ((model, event), n) in &m.model_events {
+            let _ = writeln!(
+                out,
+                "switchyard_model_events_total{{model=\"{model}\",event=\"{event}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP switchyard_model_load_seconds Time to load (or wake) a model until it serves.\n# TYPE switchyard_model_load_seconds histogram\n");
+        for (model, h) in &m.load_seconds {
+            h.render(
+                &mut out,
+                "switchyard_model_load_seconds",
+                model,
+                LOAD_BUCKETS,
+            );
+        }
+        out.push_str("# HELP switchyard_model_state 1 for each model's current pool state.\n# TYPE switchyard_model_state gauge\n");
+        for st in pool {
+            for state in ModelState::ALL {
+                let v = u8::from(st.state == state);
+                let _ = writeln!(
+                    out,
+                    "switchyard_model_state{{model=\"{}\",state=\"{}\"}} {v}",
+                    st.id,
+                    state.as_str()
+                );
+            }
+        }
+        out.push_str("# HELP switchyard_model_memory_bytes Memory a model holds (weights and KV pool).\n# TYPE switchyard_model_memory_bytes gauge\n");
+        for st in pool {
+            let _ = writeln!(
+                out,
+                "switchyard_model_memory_bytes{{model=\"{}\"}} {}",
+                st.id, st.memory_bytes
+            );
+        }
         out.push_str("# HELP switchyard_requests_total Requests by model and final status.\n# TYPE switchyard_requests_total counter\n");
         for ((model, status), n) in &m.requests {
             let _ = writeln!(

@@ -220,10 +220,18 @@ pub const CHAT_FIELDS: &[&str] = &[
     "parallel_tool_calls",
     "response_format",
     "chat_template_kwargs",
+    "keep_alive",
 ];
 
 /// Top-level fields of a text-completion request besides the sampling ones.
-pub const COMPLETION_FIELDS: &[&str] = &["model", "prompt", "echo", "logprobs", "suffix"];
+pub const COMPLETION_FIELDS: &[&str] = &[
+    "model",
+    "prompt",
+    "echo",
+    "logprobs",
+    "suffix",
+    "keep_alive",
+];
 
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
@@ -239,6 +247,8 @@ pub struct ChatRequest {
     pub response_format: Option<Value>,
     /// Extra chat-template variables (vLLM's), e.g. `enable_thinking`.
     pub chat_template_kwargs: Option<serde_json::Map<String, Value>>,
+    /// How long the model stays loaded after this request (Ollama's).
+    pub keep_alive: Option<Value>,
     #[serde(flatten)]
     pub guided: GuidedFields,
     #[serde(flatten)]
@@ -252,6 +262,7 @@ pub struct CompletionRequest {
     pub echo: Option<bool>,
     pub logprobs: Option<i64>,
     pub suffix: Option<String>,
+    pub keep_alive: Option<Value>,
     #[serde(flatten)]
     pub guided: GuidedFields,
     #[serde(flatten)]
@@ -290,6 +301,18 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(
             ..ApiError::invalid(format!("Invalid request: {msg}"))
         }
     })
+}
+
+/// Ollama's `keep_alive`: seconds, or a duration like `"5m"`; `-1` keeps
+/// the model loaded, `0` unloads it after this request.
+pub fn keep_alive(v: Option<&Value>) -> Result<Option<crate::pool::KeepAlive>, ApiError> {
+    v.filter(|v| !v.is_null())
+        .map(|v| {
+            crate::pool::KeepAlive::parse(v).map_err(|e| {
+                ApiError::invalid_param("keep_alive", format!("Invalid 'keep_alive': {e}."))
+            })
+        })
+        .transpose()
 }
 
 impl SamplingFields {

@@ -28,7 +28,7 @@ struct EngineLoad<'a>(&'a AppState);
 
 impl LiveLoad for EngineLoad<'_> {
     fn load(&self, model: &str) -> Option<LoadSnapshot> {
-        let s = self.0.engines.get(model)?.stats();
+        let s = self.0.pool.get(model)?.stats();
         Some(LoadSnapshot {
             healthy: true,
             waiting: s.waiting,
@@ -119,7 +119,7 @@ pub async fn route_chat(
     let mut refusal: Option<ApiError> = None;
     let mut prompt_tokens = Vec::with_capacity(profiles.len());
     for p in &profiles {
-        let n = match state.engines.get(&p.id) {
+        let n = match state.pool.get(&p.id) {
             Some(engine) => match prepare(state, v, &engine).await {
                 Ok(prepared) => {
                     let n = prepared.prompts.iter().map(Vec::len).max().unwrap_or(0);
@@ -167,7 +167,10 @@ pub async fn route_chat(
             ));
             continue;
         }
-        let (Some(engine), Some(prompt)) = (state.engines.get(model), prompts.remove(model)) else {
+        let (Some(engine), Some(prompt)) = (
+            state.pool.lease_if_ready(model, v.keep_alive),
+            prompts.remove(model),
+        ) else {
             fallbacks.push((model.clone(), "not loaded".into()));
             continue;
         };

@@ -31,6 +31,7 @@ use switchyard_engine::{
 use crate::error::ApiError;
 use crate::job::{self, admit, prepare, Job, Kind, ModelChoice, Pending, ValidatedRequest};
 use crate::openai::{self, ChatRequest, CompletionRequest};
+use crate::pool::{ModelState, ModelStatus};
 use crate::routed;
 use crate::state::{random_id, AppState, InFlight, KeyRefusal};
 
@@ -45,6 +46,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/admin/models/{id}/{action}", post(admin_model))
         .fallback(|| async { ApiError::not_found("No such endpoint.") })
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(middleware::from_fn_with_state(state.clone(), draining))
@@ -72,7 +74,8 @@ async fn request_id(req: Request, next: Next) -> Response {
 /// `/v1/*` needs one of the API keys (when any are set), within its rate limit.
 async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     if let Some(keys) = &state.keys {
-        if req.uri().path().starts_with("/v1/") {
+        let path = req.uri().path();
+        if path.starts_with("/v1/") || path.starts_with("/admin/") {
             let given = req
                 .headers()
                 .get(header::AUTHORIZATION)
@@ -105,27 +108,70 @@ async fn draining(State(state): State<Arc<AppState>>, req: Request, next: Next) 
     next.run(req).await
 }
 
-fn model_card(id: &str, created: u64, engine: &Engine) -> Value {
-    json!({
-        "id": id,
+/// A catalog model as `/v1/models` lists it: OpenAI's fields, and its pool
+/// state (`state`, `memory_bytes`, `in_flight`, `last_used`,
+/// `load_seconds`, `keep_alive`, `pinned`, and `error` after a failed load).
+fn model_card(state: &AppState, st: &ModelStatus) -> Value {
+    let context = st.context_length.or_else(|| {
+        state
+            .router
+            .as_ref()
+            .and_then(|r| r.profile(&st.id))
+            .map(|p| p.context_window)
+            .filter(|&w| w != usize::MAX)
+    });
+    let mut card = json!({
+        "id": st.id,
         "object": "model",
-        "created": created,
+        "created": state.started,
         "owned_by": "switchyard",
-        "context_length": engine.context_length(),
-    })
+        "context_length": context,
+        "state": st.state.as_str(),
+        "pinned": st.pinned,
+        "preload": st.preload,
+        "memory_bytes": st.memory_bytes,
+        "in_flight": st.in_flight,
+        "last_used": st.last_used,
+        "load_seconds": st.load_seconds,
+        "keep_alive": st.keep_alive.as_json(),
+    });
+    if let (Some(e), Some(o)) = (&st.error, card.as_object_mut()) {
+        o.insert("error".into(), json!(e));
+    }
+    card
 }
 
 async fn list_models(State(state): State<Arc<AppState>>) -> Json<Value> {
     let mut data: Vec<Value> = state
-        .engines
-        .all()
+        .pool
+        .statuses()
         .iter()
-        .map(|(id, e)| model_card(id, state.started, e))
+        .map(|st| model_card(&state, st))
         .collect();
     if state.router.is_some() {
         data.push(auto_card(state.started));
     }
-    Json(json!({"object": "list", "data": data}))
+    let (budget, used) = state.pool.memory();
+    Json(json!({"object": "list", "data": data,
+                "memory": {"budget_bytes": budget, "used_bytes": used}}))
+}
+
+/// `POST /admin/models/{id}/load|sleep|unload`: the model's status after.
+async fn admin_model(
+    State(state): State<Arc<AppState>>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let st = match action.as_str() {
+        "load" => state.pool.load(&id).await?,
+        "sleep" => state.pool.sleep(&id).await?,
+        "unload" => state.pool.unload(&id)?,
+        other => {
+            return Err(ApiError::not_found(format!(
+                "No admin action `{other}`; use load, sleep or unload."
+            )))
+        }
+    };
+    Ok(Json(model_card(&state, &st)))
 }
 
 fn auto_card(created: u64) -> Value {
@@ -145,8 +191,11 @@ async fn get_model(
     if id == "auto" && state.router.is_some() {
         return Ok(Json(auto_card(state.started)));
     }
-    let e = engine_for(&state, &id)?;
-    Ok(Json(model_card(&id, state.started, &e)))
+    let st = state
+        .pool
+        .status(&id)
+        .ok_or_else(|| ApiError::model_not_found(&id))?;
+    Ok(Json(model_card(&state, &st)))
 }
 
 async fn get_decision(
@@ -178,14 +227,29 @@ async fn list_decisions(
     routed::list_decisions(&state, q).map(Json)
 }
 
-/// 200 once every catalog model is loaded and while not draining; 503 with
-/// the models still loading (or `draining`) otherwise.
+/// 200 once the `preload` models are ready and while not draining; 503
+/// with the models still loading (or `draining`) otherwise. Models loaded
+/// on demand never make a replica unready.
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    let models: Vec<String> = state.engines.all().into_iter().map(|(id, _)| id).collect();
-    let loading = state.engines.still_loading();
+    let statuses = state.pool.statuses();
+    let models: Vec<&str> = statuses
+        .iter()
+        .filter(|s| s.state == ModelState::Ready)
+        .map(|s| s.id.as_str())
+        .collect();
+    let preloaded = state.preloaded.load(std::sync::atomic::Ordering::SeqCst);
+    let loading: Vec<&str> = if preloaded {
+        Vec::new()
+    } else {
+        statuses
+            .iter()
+            .filter(|s| s.preload && s.state != ModelState::Ready)
+            .map(|s| s.id.as_str())
+            .collect()
+    };
     let status = if state.lifecycle.draining() {
         "draining"
-    } else if !loading.is_empty() || models.is_empty() {
+    } else if !preloaded {
         "loading"
     } else {
         "ready"
@@ -203,10 +267,11 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let engines = state.engines.all();
-    let body = state
-        .metrics
-        .render(engines.iter().map(|(_, e)| e.as_ref()));
+    let engines = state.pool.ready();
+    let body = state.metrics.render(
+        engines.iter().map(|(_, e)| e.as_ref()),
+        &state.pool.statuses(),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -218,16 +283,6 @@ fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<B
             ApiError::invalid(format!("Could not read the request body: {rej}"))
         }
     })
-}
-
-fn engine_for(state: &AppState, model: &str) -> Result<Arc<Engine>, ApiError> {
-    match state.engines.get(model) {
-        Some(e) => Ok(e),
-        None if state.engines.still_loading().iter().any(|m| m == model) => {
-            Err(ApiError::model_loading(model))
-        }
-        None => Err(ApiError::model_not_found(model)),
-    }
 }
 
 /// Count a failed request and answer it.
@@ -281,8 +336,8 @@ async fn pinned(
     in_flight: InFlight,
 ) -> Response {
     let admitted = async {
-        let engine = engine_for(&state, &model)?;
-        let prepared = prepare(&state, &v, &engine).await?;
+        let engine = state.pool.acquire(&model, v.keep_alive).await?;
+        let prepared = prepare(&state, &v, engine.engine()).await?;
         admit(&state, &v, &model, engine, prepared)
     }
     .await;

@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_engine::{Engine, EngineConfig, GrammarSpec, LoadedModel, ModelSource};
+use switchyard_engine::{Engine, EngineConfig, LoadedModel, ModelSource};
 use switchyard_router::ModelProfile;
 
 use crate::config::{Catalog, ModelEntry};
 use crate::metrics::Metrics;
-use crate::state::{ApiKeys, AppState, BlockingPool, Engines, Lifecycle, RouterState};
+use crate::pool::{ModelLoader, Pool, PoolEntry};
+use crate::state::{ApiKeys, AppState, BlockingPool, Lifecycle, RouterState};
 
 /// Context window of a catalog entry without loading its weights: the GGUF's
 /// metadata or `config.json` when the weights are local, else the entry's `context_window`.
@@ -125,21 +126,95 @@ fn api_keys(catalog: &Catalog) -> anyhow::Result<Option<ApiKeys>> {
 }
 
 /// The shared state for a catalog, with no engine loaded yet.
-pub fn app_state(catalog: &Catalog) -> anyhow::Result<AppState> {
+pub fn app_state(catalog: Arc<Catalog>) -> anyhow::Result<AppState> {
     let server = &catalog.server;
     let threads = server
         .tokenizer_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let router = Arc::new(router_state(&catalog)?);
+    let metrics = Arc::new(Metrics::default());
+    let entries = catalog
+        .models
+        .iter()
+        .map(|m| PoolEntry {
+            id: m.id.clone(),
+            pin: m.pin,
+            preload: m.preload,
+            keep_alive: m.keep_alive.unwrap_or(catalog.pool.keep_alive),
+        })
+        .collect();
+    let pool = Pool::new(
+        entries,
+        Arc::new(CatalogLoader {
+            catalog: catalog.clone(),
+            router: Some(router.clone()),
+        }),
+        catalog.pool.memory_budget,
+        Duration::from_secs_f64(catalog.pool.load_timeout_s),
+        metrics.clone(),
+    );
     Ok(AppState {
-        engines: Engines::loading(catalog.models.iter().map(|m| m.id.clone()).collect()),
-        metrics: Metrics::default(),
+        pool,
+        metrics,
         limits: server.limits(),
-        keys: api_keys(catalog)?,
+        keys: api_keys(&catalog)?,
         started: crate::state::now_secs(),
-        router: Some(router_state(catalog)?),
+        router: Some(router),
         blocking: BlockingPool::new(threads, server.tokenizer_queue),
         lifecycle: Lifecycle::default(),
+        preloaded: Default::default(),
     })
+}
+
+/// Loads catalog models for the pool: sizes them from their files and the
+/// engine settings, loads and starts them, and restarts slept ones.
+struct CatalogLoader {
+    catalog: Arc<Catalog>,
+    /// Told each loaded model's context window (hub models' are unknown before).
+    router: Option<Arc<RouterState>>,
+}
+
+impl CatalogLoader {
+    fn entry(&self, id: &str) -> anyhow::Result<&ModelEntry> {
+        self.catalog
+            .find(id)
+            .ok_or_else(|| anyhow::anyhow!("model `{id}` is not in the catalog"))
+    }
+}
+
+impl ModelLoader for CatalogLoader {
+    fn estimate(&self, id: &str) -> anyhow::Result<(u64, u64)> {
+        let entry = self.entry(id)?;
+        let source = ModelSource::parse(&entry.source)?;
+        let weights = match source.local(&self.catalog.base_dir) {
+            Some(path) => {
+                if !path.exists() {
+                    anyhow::bail!("{}: no such file or directory", path.display());
+                }
+                switchyard_engine::weights_bytes(&path)
+            }
+            None => 0, // not downloaded yet: known once loaded
+        };
+        let kv = entry.engine_config(&self.catalog.engine).kv_cache_bytes as u64;
+        Ok((weights, kv))
+    }
+
+    fn load(&self, id: &str) -> anyhow::Result<Engine> {
+        let entry = self.entry(id)?;
+        let engine = start_engines(&self.catalog, &[entry], |_| {})?
+            .pop()
+            .ok_or_else(|| anyhow::anyhow!("model `{id}`: no engine started"))?;
+        if let Some(router) = &self.router {
+            router.set_context_window(id, engine.context_length());
+        }
+        Ok(engine)
+    }
+
+    fn wake(&self, id: &str, model: LoadedModel) -> anyhow::Result<Engine> {
+        let entry = self.entry(id)?;
+        Engine::start(id, model, entry.engine_config(&self.catalog.engine))
+            .map_err(|e| anyhow::anyhow!("model `{id}`: {e}"))
+    }
 }
 
 /// Load catalog entries onto the catalog's device and start their engines.
@@ -194,7 +269,8 @@ pub fn serve(config: &Path, addr: &str, audit_db: Option<PathBuf>) -> anyhow::Re
     if let Some(p) = audit_db {
         catalog.router.audit_db = p;
     }
-    let state = Arc::new(app_state(&catalog)?);
+    let catalog = Arc::new(catalog);
+    let state = Arc::new(app_state(catalog.clone())?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -203,16 +279,26 @@ pub fn serve(config: &Path, addr: &str, audit_db: Option<PathBuf>) -> anyhow::Re
             .await
             .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
         tracing::info!("listening on http://{}", listener.local_addr()?);
-        // Loading runs on its own thread; a failure ends the process with
-        // the error, a signal during loading ends it cleanly.
+        // The `preload` models load in the background (each on its own
+        // thread); a failure ends the process with the error, a signal
+        // during loading ends it cleanly.
         let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
         {
             let state = state.clone();
-            std::thread::Builder::new()
-                .name("loader".into())
-                .spawn(move || {
-                    let _ = loaded_tx.send(load_all(&catalog, &state));
-                })?;
+            tokio::spawn(async move {
+                let _ = loaded_tx.send(preload(&catalog, &state).await);
+            });
+        }
+        // Idle models leave after their keep_alive.
+        {
+            let pool = state.pool.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    tick.tick().await;
+                    pool.reap_idle();
+                }
+            });
         }
         let mut server = tokio::spawn(
             axum::serve(listener, crate::routes::router(state.clone()))
@@ -249,30 +335,25 @@ pub fn serve(config: &Path, addr: &str, audit_db: Option<PathBuf>) -> anyhow::Re
 /// How long after the drain ends open connections may keep the process.
 const FORCE_EXIT_AFTER: Duration = Duration::from_secs(5);
 
-/// Load every catalog model and hand each engine to the state.
-fn load_all(catalog: &Catalog, state: &AppState) -> anyhow::Result<()> {
-    let entries: Vec<&ModelEntry> = catalog.models.iter().collect();
-    for (engine, entry) in start_engines(catalog, &entries, |_| {})?
-        .into_iter()
-        .zip(&catalog.models)
-    {
-        if let Some(router) = &state.router {
-            router.set_context_window(&entry.id, engine.context_length());
-        }
-        state.engines.insert(entry.id.clone(), Arc::new(engine));
+/// Load the catalog's `preload` models, in catalog order.
+async fn preload(catalog: &Catalog, state: &AppState) -> anyhow::Result<()> {
+    let ids: Vec<&str> = catalog
+        .models
+        .iter()
+        .filter(|m| m.preload)
+        .map(|m| m.id.as_str())
+        .collect();
+    for id in &ids {
+        state
+            .pool
+            .load(id)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     }
-    tracing::info!("all {} model(s) loaded", catalog.models.len());
-    // Build each model's grammar compiler (its token trie) now, not on the
-    // first structured-output request; the models already serve meanwhile.
-    for (id, engine) in state.engines.all() {
-        let started = std::time::Instant::now();
-        match engine.compile_grammar(&GrammarSpec::JsonObject) {
-            Ok(_) => {
-                tracing::info!(model = %id, ms = started.elapsed().as_millis() as u64, "grammar compiler ready")
-            }
-            Err(e) => tracing::warn!(model = %id, "grammar compiler: {e}"),
-        }
-    }
+    state
+        .preloaded
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    tracing::info!("{} preloaded model(s) ready", ids.len());
     Ok(())
 }
 

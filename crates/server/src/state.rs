@@ -1,35 +1,38 @@
-//! The bottom floor of the server: what every request shares. The engines
-//! (filled in as models finish loading), the router's data, API keys and rate
+//! The bottom floor of the server: what every request shares. The model
+//! pool, the router's data, API keys and rate
 //! limits, the bounded pool that tokenizes off the async runtime, the
 //! shutdown lifecycle, ids and the clock. Nothing here imports the layers
 //! above it (`job`, `routed`, `routes`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
-use switchyard_engine::Engine;
 use switchyard_router::{AuditLog, Classifier, ModelProfile, Objective, Policy};
 use tokio::sync::{watch, Semaphore};
 
 pub use crate::config::Limits;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::pool::Pool;
 
 pub struct AppState {
-    pub engines: Engines,
-    pub metrics: Metrics,
+    /// Every catalog model and its load state (see [`crate::pool`]).
+    pub pool: Pool,
+    pub metrics: Arc<Metrics>,
     pub limits: Limits,
     /// When set, `/v1/*` requires `Authorization: Bearer <one of the keys>`.
     pub keys: Option<ApiKeys>,
     pub started: u64,
     /// The router for `model: "auto"` (None: only pinned models).
-    pub router: Option<RouterState>,
+    pub router: Option<Arc<RouterState>>,
     /// Tokenization and template rendering run here, never on async workers.
     pub blocking: BlockingPool,
     pub lifecycle: Lifecycle,
+    /// Set once the `preload` models are ready (`/ready` waits for it).
+    pub preloaded: AtomicBool,
 }
 
 impl AppState {
@@ -39,49 +42,6 @@ impl AppState {
             .as_ref()
             .and_then(|r| r.profile(model))
             .map_or(0, |p| p.routing.capabilities.max_output)
-    }
-}
-
-/// The loaded engines by model id; models still loading are listed apart.
-#[derive(Default)]
-pub struct Engines {
-    loaded: RwLock<BTreeMap<String, Arc<Engine>>>,
-    loading: RwLock<Vec<String>>,
-}
-
-impl Engines {
-    pub fn loading(ids: Vec<String>) -> Self {
-        Engines {
-            loaded: RwLock::default(),
-            loading: RwLock::new(ids),
-        }
-    }
-
-    pub fn get(&self, id: &str) -> Option<Arc<Engine>> {
-        self.loaded.read().ok()?.get(id).cloned()
-    }
-
-    /// Every loaded engine, in id order.
-    pub fn all(&self) -> Vec<(String, Arc<Engine>)> {
-        self.loaded
-            .read()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default()
-    }
-
-    pub fn still_loading(&self) -> Vec<String> {
-        self.loading.read().map(|l| l.clone()).unwrap_or_default()
-    }
-
-    /// A model finished loading.
-    pub fn insert(&self, id: String, engine: Arc<Engine>) {
-        // Loaded first, so that no reader sees the model in neither list.
-        if let Ok(mut m) = self.loaded.write() {
-            m.insert(id.clone(), engine);
-        }
-        if let Ok(mut l) = self.loading.write() {
-            l.retain(|m| m != &id);
-        }
     }
 }
 

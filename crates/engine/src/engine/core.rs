@@ -55,16 +55,29 @@ impl EngineCore {
         }
     }
 
-    pub(crate) fn run(&mut self, rx: Receiver<Command>) {
+    /// The loop, until every handle is gone or a shutdown asks for the
+    /// model back (requests still in flight then end with an error).
+    pub(crate) fn run(mut self, rx: Receiver<Command>) {
         loop {
+            let mut shutdown = None;
             if !self.scheduler.has_work() {
                 match rx.recv() {
+                    Ok(Command::Shutdown { reply }) => shutdown = Some(reply),
                     Ok(cmd) => self.handle(cmd),
                     Err(_) => return, // every handle is gone
                 }
             }
-            while let Ok(cmd) = rx.try_recv() {
-                self.handle(cmd);
+            while shutdown.is_none() {
+                match rx.try_recv() {
+                    Ok(Command::Shutdown { reply }) => shutdown = Some(reply),
+                    Ok(cmd) => self.handle(cmd),
+                    Err(_) => break,
+                }
+            }
+            if let Some(reply) = shutdown {
+                self.fail_all("the model was put to sleep or unloaded");
+                let _ = reply.send(self.model);
+                return;
             }
             if !self.scheduler.has_work() {
                 self.publish_stats();
@@ -112,6 +125,7 @@ impl EngineCore {
                     self.seqs.remove(&seq);
                 }
             }
+            Command::Shutdown { .. } => {} // taken by the loop
         }
     }
 

@@ -133,6 +133,10 @@ pub(crate) enum Command {
     Cancel {
         request: u64,
     },
+    /// Stop the loop and hand the model back (its KV pool is dropped).
+    Shutdown {
+        reply: Sender<crate::model::Model>,
+    },
 }
 
 /// A submitted request's events. Dropping it cancels the request.
@@ -222,7 +226,7 @@ impl Engine {
         }));
         let (tx, rx) = mpsc::channel();
         let cache = model.new_kv_store(num_blocks, cfg.block_size, cfg.kv_backend)?;
-        let mut core = EngineCore::new(model, tokenizer.clone(), cache, sched_cfg, stats.clone());
+        let core = EngineCore::new(model, tokenizer.clone(), cache, sched_cfg, stats.clone());
         std::thread::Builder::new()
             .name(format!("engine-{id}"))
             .spawn(move || core.run(rx))?;
@@ -240,6 +244,26 @@ impl Engine {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Stop the step loop and take the model back, its KV pool freed
+    /// (requests still in flight end with an error event). Starting it again
+    /// with [`Engine::start`] skips reading and re-laying out the weights:
+    /// this is "sleep" and "wake" for a serving pool. The handle stays, but
+    /// later submissions fail with [`EngineError::Stopped`].
+    pub fn shutdown(&self) -> Result<LoadedModel> {
+        let (reply, model) = mpsc::channel();
+        self.commands
+            .lock()
+            .map_err(|_| EngineError::Stopped)?
+            .send(Command::Shutdown { reply })
+            .map_err(|_| EngineError::Stopped)?;
+        let model = model.recv().map_err(|_| EngineError::Stopped)?;
+        Ok(LoadedModel {
+            model,
+            tokenizer: self.tokenizer.clone(),
+            template: self.template.clone(),
+        })
     }
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer

@@ -66,6 +66,7 @@ impl ChatMessage {
     }
 }
 
+#[derive(Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,

@@ -45,16 +45,25 @@ id = "a"
 source = "{SMOL_FILE}"
 preload = false
 
+[models.routing]
+performance = {{ prefill_tok_s = 150.0, decode_tok_s = 50.0, source = "test" }}
+
 [[models]]
 id = "b"
 source = "{SMOL_FILE}"
 preload = true
 pin = true
 
+[models.routing]
+performance = {{ prefill_tok_s = 150.0, decode_tok_s = 50.0, source = "test" }}
+
 [[models]]
 id = "c"
 source = "{SMOL_FILE}"
 preload = false
+
+[models.routing]
+performance = {{ prefill_tok_s = 150.0, decode_tok_s = 50.0, source = "test" }}
 
 [[models]]
 id = "brief"
@@ -62,10 +71,24 @@ source = "{SMOL_FILE}"
 preload = false
 keep_alive = 1
 
+[models.routing]
+performance = {{ prefill_tok_s = 150.0, decode_tok_s = 50.0, source = "test" }}
+
 [[models]]
 id = "broken"
 source = "corrupt.gguf"
 preload = false
+
+[models.routing]
+performance = {{ prefill_tok_s = 150.0, decode_tok_s = 50.0, source = "test" }}
+
+[[models]]
+id = "broken-too"
+source = "corrupt.gguf"
+preload = false
+
+[models.routing]
+performance = {{ prefill_tok_s = 150.0, decode_tok_s = 50.0, source = "test" }}
 """)
     port = free_port()
     log = open(d / "server.log", "w")
@@ -214,3 +237,39 @@ def test_sleep_and_wake_serve_the_same_tokens(pool_server):
         assert c.post("/admin/models/b/load").json()["state"] == "ready"
         assert c.post("/admin/models/b/explode").status_code == 404
         assert c.post("/admin/models/nope/load").status_code == 404
+
+
+def test_auto_routes_to_cold_models_and_falls_back_from_a_failed_load(pool_server):
+    url, _ = pool_server
+    with httpx.Client(base_url=url, timeout=120) as c:
+        c.post("/admin/models/c/unload")
+        # Two cold candidates; the corrupt one is tiny, so it is predicted
+        # to load fastest and wins on latency, fails, and c serves.
+        r = c.post("/v1/chat/completions", json={
+            "model": "auto:latency", "max_tokens": 4,
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "routing": {"models": ["broken-too", "c"]}})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == "c"
+        fb = body["routing"]["fallbacks"]
+        assert fb[0]["model"] == "broken-too" and "failed to load" in fb[0]["reason"], fb
+        rec = c.get(f"/v1/routing/decisions/{body['routing']['decision_id']}").json()
+        cands = {x["model"]: x for x in rec["decision"]["candidates"]}
+        assert cands["c"]["cold_start"]["predicted_ms"] > 0, cands["c"]
+        assert "MB/s" in cands["c"]["cold_start"]["basis"], cands["c"]
+        assert rec["decision"]["order"][0] == "broken-too"
+        assert rec["outcome"]["served_model"] == "c"
+        # The failed model is now unhealthy for routing; c is warm and wins
+        # with no cold start, and the next cold prediction for a copy of c's
+        # file uses the load rate measured just now.
+        r = c.post("/v1/chat/completions", json={
+            "model": "auto:latency", "max_tokens": 4,
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "routing": {"models": ["broken-too", "c", "a"]}}).json()
+        rec = c.get(f"/v1/routing/decisions/{r['routing']['decision_id']}").json()
+        cands = {x["model"]: x for x in rec["decision"]["candidates"]}
+        assert cands["broken-too"]["excluded"] == "unhealthy", cands["broken-too"]
+        assert "cold_start" not in cands["c"]
+        if states(c)["a"]["state"] != "ready":
+            assert "measured" in cands["a"]["cold_start"]["basis"] or "last load" in cands["a"]["cold_start"]["basis"]

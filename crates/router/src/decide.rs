@@ -153,6 +153,10 @@ pub struct RoutingOptions {
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct LoadSnapshot {
     pub healthy: bool,
+    /// Set for a model that is not loaded but can be: the predicted load
+    /// time in ms, and how it was predicted. Its time to first token and
+    /// its cost include the load.
+    pub cold_start: Option<ColdStart>,
     pub waiting: usize,
     pub running: usize,
     pub kv_blocks_free: usize,
@@ -160,6 +164,14 @@ pub struct LoadSnapshot {
     /// Measured, tokens/s; 0 when not measured yet.
     pub prefill_tok_s: f64,
     pub decode_tok_s: f64,
+}
+
+/// A load the request would wait for.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ColdStart {
+    pub predicted_ms: f64,
+    /// "measured: N MB/s on this machine", or "assumed: N MB/s" before any load.
+    pub basis: String,
 }
 
 /// The narrow view the router has of a serving engine.
@@ -200,6 +212,10 @@ pub struct Candidate {
     pub cost_basis: String,
     pub predicted_ttft_ms: f64,
     pub predicted_total_ms: f64,
+    /// The model is not loaded: the load it would wait for (included in
+    /// `predicted_ttft_ms` and, for hourly-priced models, in the cost).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cold_start: Option<ColdStart>,
     /// Under `cost`/`latency`: whether it meets the quality floor.
     pub meets_floor: Option<bool>,
     /// Under `balanced`: its utility (see [`BalancedWeights`]).
@@ -279,7 +295,11 @@ fn predict(
         }
         _ => 0.0,
     };
-    let ttft_ms = kv_wait_ms + 1000.0 * ((waiting + 1) * prompt) as f64 / prefill_rate;
+    let load_ms = load
+        .as_ref()
+        .and_then(|l| l.cold_start.as_ref())
+        .map_or(0.0, |c| c.predicted_ms.max(0.0));
+    let ttft_ms = load_ms + kv_wait_ms + 1000.0 * ((waiting + 1) * prompt) as f64 / prefill_rate;
     let total_ms = ttft_ms + 1000.0 * out_tokens as f64 / per_seq_decode;
     let (cost, basis) = match m.routing.cost {
         Cost::Priced {
@@ -290,10 +310,14 @@ fn predict(
             format!("priced ${input_per_mtok}/M in, ${output_per_mtok}/M out"),
         ),
         Cost::Derived { usd_per_hour } => {
-            let seconds = prompt as f64 / prefill_rate + out_tokens as f64 / decode_rate;
+            let seconds =
+                load_ms / 1000.0 + prompt as f64 / prefill_rate + out_tokens as f64 / decode_rate;
             (
                 usd_per_hour * seconds / 3600.0,
-                format!("derived: ${usd_per_hour}/h × compute time at {prefill_rate:.0} prefill / {decode_rate:.0} decode tok/s"),
+                format!(
+                    "derived: ${usd_per_hour}/h × compute time at {prefill_rate:.0} prefill / {decode_rate:.0} decode tok/s{}",
+                    if load_ms > 0.0 { " plus the load" } else { "" }
+                ),
             )
         }
     };
@@ -341,6 +365,7 @@ fn candidate(
         cost_basis,
         predicted_ttft_ms: ttft_ms,
         predicted_total_ms: total_ms,
+        cold_start: load.as_ref().and_then(|l| l.cold_start.clone()),
         meets_floor: None,
         utility: None,
     };
@@ -440,7 +465,7 @@ pub fn decide(models: &[ModelProfile], req: &RouteRequest, live: &dyn LiveLoad) 
         Some(&w) => {
             let c = &candidates[w];
             format!(
-                "{} wins on {} for {} {} prompt: {}{}, ~${:.6}, ~{:.0} ms to first token, ~{:.0} ms in all ({} of {} models eligible){}{}",
+                "{} wins on {} for {} {} prompt: {}{}, ~${:.6}, ~{:.0} ms to first token{}, ~{:.0} ms in all ({} of {} models eligible){}{}",
                 c.model,
                 objective.as_str(),
                 match req.classification.difficulty {
@@ -454,6 +479,11 @@ pub fn decide(models: &[ModelProfile], req: &RouteRequest, live: &dyn LiveLoad) 
                     .map_or(String::new(), |u| format!(", utility {u:.3}")),
                 c.predicted_cost_usd,
                 c.predicted_ttft_ms,
+                c.cold_start.as_ref().map_or(String::new(), |cs| format!(
+                    " (cold start, predicted {:.1} s: {})",
+                    cs.predicted_ms / 1000.0,
+                    cs.basis
+                )),
                 c.predicted_total_ms,
                 eligible.len(),
                 candidates.len(),
@@ -1112,6 +1142,68 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("TTFT"));
+    }
+
+    #[test]
+    fn a_cold_start_counts_in_time_to_first_token_and_is_recorded() {
+        struct Cold;
+        impl LiveLoad for Cold {
+            fn load(&self, m: &str) -> Option<LoadSnapshot> {
+                Some(LoadSnapshot {
+                    healthy: true,
+                    kv_blocks_free: 100,
+                    block_size: 16,
+                    cold_start: (m == "cold").then(|| ColdStart {
+                        predicted_ms: 2000.0,
+                        basis: "measured: 100 MB/s on this machine".into(),
+                    }),
+                    ..Default::default()
+                })
+            }
+            fn max_waiting(&self) -> usize {
+                8
+            }
+        }
+        // The same model twice, one loaded and one not: latency picks the
+        // loaded one; a TTFT cap excludes the cold one.
+        let models = [
+            model("cold", 8192, Some(0.5), 1.0, 100.0),
+            model("warm", 8192, Some(0.5), 1.0, 100.0),
+        ];
+        let r = request(RoutingOptions {
+            objective: Some(Objective::Latency),
+            ..Default::default()
+        });
+        let warm = decide(&models, &r, &Idle);
+        let d = decide(&models, &r, &Cold);
+        assert_eq!(d.order[0], "warm");
+        let gap = d.candidates[0].predicted_ttft_ms - warm.candidates[0].predicted_ttft_ms;
+        assert!((gap - 2000.0).abs() < 1e-6, "{gap}");
+        assert!(d.candidates[0].cold_start.is_some() && d.candidates[1].cold_start.is_none());
+        // Quality still wins when the cold model is better, and says so.
+        let models = [
+            model("cold", 8192, Some(0.9), 1.0, 100.0),
+            model("warm", 8192, Some(0.5), 1.0, 100.0),
+        ];
+        let d = decide(
+            &models,
+            &request(RoutingOptions {
+                objective: Some(Objective::Quality),
+                ..Default::default()
+            }),
+            &Cold,
+        );
+        assert_eq!(d.order[0], "cold");
+        assert!(d.why.contains("cold start, predicted 2.0 s"), "{}", d.why);
+        let d = decide(
+            &models,
+            &request(RoutingOptions {
+                max_ttft_ms: Some(1500.0),
+                ..Default::default()
+            }),
+            &Cold,
+        );
+        assert_eq!(d.order, vec!["warm"]);
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub use audit::{AuditLog, DecisionRecord, Outcome};
 pub use catalog::{ModelProfile, QualityBasis, RoutingProfile};
 pub use classifier::{Classification, Classifier};
 pub use decide::{
-    decide, BalancedWeights, Decision, LiveLoad, LoadSnapshot, Objective, Policy, RouteRequest,
-    RoutingOptions,
+    decide, BalancedWeights, ColdStart, Decision, LiveLoad, LoadSnapshot, Objective, Policy,
+    RouteRequest, RoutingOptions,
 };
 pub use taxonomy::{Difficulty, Task};

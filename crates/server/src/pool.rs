@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use switchyard_engine::{Engine, LoadedModel};
+use switchyard_router::ColdStart;
 use tokio::sync::Notify;
 
 use crate::error::ApiError;
@@ -795,27 +796,65 @@ impl Pool {
         (self.0.budget, inner.slots.values().map(Slot::memory).sum())
     }
 
-    /// Predicted seconds to load `id` from the measured throughput of this
-    /// machine (its own last load, else the pool's), or `None` before any
-    /// load was measured.
-    pub fn predicted_load_seconds(&self, id: &str) -> Option<f64> {
+    /// The load a request for `id` would wait for: `None` when it is ready
+    /// (or unknown), `Some(Err(why))` when its last load failed a moment ago,
+    /// else the predicted time — from this machine's measured load
+    /// throughput (the model's own last load, else the pool's average; an
+    /// assumed rate before any load), or the last wake for a sleeping model.
+    pub fn cold_start(&self, id: &str) -> Option<Result<ColdStart, String>> {
         let inner = self.lock();
         let slot = inner.slots.get(id)?;
-        if slot.state == ModelState::Sleeping {
-            return slot.load_seconds;
+        match slot.state {
+            ModelState::Ready => return None,
+            ModelState::Failed
+                if slot
+                    .failed_at
+                    .is_some_and(|t| t.elapsed() < self.0.retry_failed_after) =>
+            {
+                return Some(Err(slot.error.clone().unwrap_or_default()));
+            }
+            ModelState::Sleeping => {
+                if let Some(s) = slot.load_seconds {
+                    return Some(Ok(ColdStart {
+                        predicted_ms: 1000.0 * s,
+                        basis: "waking from sleep, as measured".into(),
+                    }));
+                }
+            }
+            _ => {}
         }
-        let rate = slot.load_bytes_per_s.or_else(|| {
-            let rates: Vec<f64> = inner
-                .slots
-                .values()
-                .filter_map(|s| s.load_bytes_per_s)
-                .collect();
-            (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64)
-        })?;
-        let weights = self.0.loader.estimate(id).ok()?.0;
-        Some(weights as f64 / rate.max(1.0))
+        let own = slot.load_bytes_per_s;
+        let rates: Vec<f64> = inner
+            .slots
+            .values()
+            .filter_map(|s| s.load_bytes_per_s)
+            .collect();
+        drop(inner);
+        let (rate, basis) = match own {
+            Some(r) => (r, "this model's last load on this machine"),
+            None if !rates.is_empty() => (
+                rates.iter().sum::<f64>() / rates.len() as f64,
+                "the measured load rate of this machine",
+            ),
+            None => (
+                ASSUMED_LOAD_BYTES_PER_S,
+                "an assumed rate (nothing loaded yet)",
+            ),
+        };
+        let weights = self.0.loader.estimate(id).map_or(0, |e| e.0);
+        Some(Ok(ColdStart {
+            predicted_ms: 1000.0 * weights as f64 / rate.max(1.0),
+            basis: format!(
+                "{} MB at {:.0} MB/s, {basis}",
+                weights / 1_000_000,
+                rate / 1e6
+            ),
+        }))
     }
 }
+
+/// Load throughput assumed before any load was measured on this machine.
+const ASSUMED_LOAD_BYTES_PER_S: f64 = 200e6;
 
 /// What an unloaded slot held (its engine, or its slept weights); dropping
 /// it stops the engine and frees the weights, which can take a moment:

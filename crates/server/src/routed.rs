@@ -28,9 +28,22 @@ struct EngineLoad<'a>(&'a AppState);
 
 impl LiveLoad for EngineLoad<'_> {
     fn load(&self, model: &str) -> Option<LoadSnapshot> {
-        let s = self.0.pool.get(model)?.stats();
+        let Some(engine) = self.0.pool.get(model) else {
+            // Not loaded: a candidate that would wait for its load, unless
+            // its last load failed a moment ago.
+            return match self.0.pool.cold_start(model)? {
+                Ok(cold) => Some(LoadSnapshot {
+                    healthy: true,
+                    cold_start: Some(cold),
+                    ..Default::default()
+                }),
+                Err(_) => Some(LoadSnapshot::default()), // unhealthy
+            };
+        };
+        let s = engine.stats();
         Some(LoadSnapshot {
             healthy: true,
+            cold_start: None,
             waiting: s.waiting,
             running: s.running,
             kv_blocks_free: s.kv_blocks_free,
@@ -92,6 +105,20 @@ pub fn classify(classifier: &Classifier, messages: &[ChatMessage]) -> Classifica
     classifier.classify_chat(&turns)
 }
 
+/// The request's text length in bytes (messages or prompts).
+fn prompt_bytes(v: &ValidatedRequest) -> usize {
+    match &v.input {
+        Input::Chat(messages) => messages.iter().map(|m| m.content.len()).sum(),
+        Input::Completion(prompts) => prompts
+            .iter()
+            .map(|p| match p {
+                crate::openai::Prompt::Text(t) => t.len(),
+                crate::openai::Prompt::Ids(t) => t.len() * 4,
+            })
+            .sum(),
+    }
+}
+
 /// Decide, then admit and submit to the candidates in order until one
 /// starts; the returned stream has its first event already received (so a
 /// failure could still fall back). On failure, the error and the decision id.
@@ -132,9 +159,24 @@ pub async fn route_chat(
                 }
                 Err(e) => return Err((e, None)),
             },
-            None => 0, // not loaded: excluded by decide
+            None => 0, // not loaded: estimated below
         };
         prompt_tokens.push((p.id.clone(), n));
+    }
+    // A model that is not loaded has no tokenizer at hand: its prompt is
+    // taken as long as the longest count of a loaded model (or a quarter of
+    // the text's bytes when none is loaded). If it wins, it loads and
+    // tokenizes for real, and refuses the prompt then if it must.
+    let longest_known = prompt_tokens.iter().map(|(_, n)| *n).max().unwrap_or(0);
+    let estimate = if longest_known > 0 {
+        longest_known
+    } else {
+        prompt_bytes(v) / 4 + 1
+    };
+    for (id, n) in prompt_tokens.iter_mut() {
+        if !prompts.contains_key(id) && *n == 0 {
+            *n = estimate;
+        }
     }
     let rr = RouteRequest {
         classification,
@@ -167,12 +209,30 @@ pub async fn route_chat(
             ));
             continue;
         }
-        let (Some(engine), Some(prompt)) = (
-            state.pool.lease_if_ready(model, v.keep_alive),
-            prompts.remove(model),
-        ) else {
-            fallbacks.push((model.clone(), "not loaded".into()));
-            continue;
+        // A cold model loads now (other requests keep being served); a
+        // failed or refused load falls back to the next candidate.
+        let engine = match state.pool.lease_if_ready(model, v.keep_alive) {
+            Some(lease) => lease,
+            None => match state.pool.acquire(model, v.keep_alive).await {
+                Ok(lease) => lease,
+                Err(e) => {
+                    fallbacks.push((model.clone(), e.message));
+                    continue;
+                }
+            },
+        };
+        let prompt = match prompts.remove(model) {
+            Some(p) => p,
+            None => match prepare(state, v, engine.engine()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    fallbacks.push((model.clone(), e.message.clone()));
+                    if e.is_client_error() {
+                        client_errors.push(e);
+                    }
+                    continue;
+                }
+            },
         };
         let job = match admit(state, v, model, engine, prompt) {
             Ok(j) => j,

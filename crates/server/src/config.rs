@@ -216,11 +216,36 @@ fn de_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Er
         .map_err(serde::de::Error::custom)
 }
 
+/// Where a catalog model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Our engine, from `source`.
+    #[default]
+    Local,
+    /// An OpenAI-compatible server at `base_url` (see [`crate::remote`]).
+    Openai,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelEntry {
     pub id: String,
+    /// Local weights (a path or `hf:`); empty for a remote model.
+    #[serde(default)]
     pub source: String,
+    #[serde(default)]
+    pub backend: Backend,
+    /// Remote: the server's API root, e.g. `https://api.example.com/v1`.
+    pub base_url: Option<String>,
+    /// Remote: the environment variable holding its API key (none: no auth).
+    pub api_key_env: Option<String>,
+    /// Remote: the model name the server knows it by (default: `id`).
+    pub model: Option<String>,
+    /// Remote: failures in a row before a cooldown (default 3).
+    pub allowed_fails: Option<u32>,
+    /// Remote: seconds it is not routed to after `allowed_fails` failures (default 30).
+    pub cooldown_s: Option<f64>,
     /// Serve a shorter context window than the model's own.
     pub max_model_len: Option<usize>,
     /// Context window for routing previews of models that are not loaded
@@ -276,11 +301,34 @@ impl Catalog {
             }
         }
         for m in &catalog.models {
+            match m.backend {
+                Backend::Local if m.source.is_empty() => anyhow::bail!(
+                    "{}: model {}: set source (a path or hf:...), or backend = \"openai\" with base_url",
+                    path.display(),
+                    m.id
+                ),
+                Backend::Openai if m.base_url.is_none() => anyhow::bail!(
+                    "{}: model {}: a remote model (backend = \"openai\") needs base_url",
+                    path.display(),
+                    m.id
+                ),
+                Backend::Openai if m.context_window.is_none() => anyhow::bail!(
+                    "{}: model {}: a remote model needs context_window (for routing)",
+                    path.display(),
+                    m.id
+                ),
+                _ => {}
+            }
             m.routing
                 .validate()
                 .map_err(|e| anyhow::anyhow!("{}: model {}: {e}", path.display(), m.id))?;
         }
         Ok(catalog)
+    }
+
+    /// The catalog's models served by our engine.
+    pub fn local_models(&self) -> impl Iterator<Item = &ModelEntry> {
+        self.models.iter().filter(|m| m.backend == Backend::Local)
     }
 
     pub fn find(&self, id: &str) -> Option<&ModelEntry> {

@@ -185,6 +185,31 @@ impl ApiError {
         }
     }
 
+    /// A remote model refused the request (a 4xx): its status and message.
+    pub fn upstream_refused(status: StatusCode, model: &str, message: &str) -> Self {
+        ApiError {
+            code: Some("upstream_refused".into()),
+            ..Self::new(
+                status,
+                "invalid_request_error",
+                format!("The remote model `{model}` refused the request: {message}"),
+            )
+        }
+    }
+
+    /// A remote model failed (unreachable, 5xx, an unreadable answer).
+    pub fn bad_gateway(model: &str, why: &str) -> Self {
+        ApiError {
+            code: Some("upstream_error".into()),
+            retry_after_s: Some(1),
+            ..Self::new(
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                format!("The remote model `{model}` failed: {why}"),
+            )
+        }
+    }
+
     /// The resource is not in a state that allows the operation.
     pub fn conflict(message: impl Into<String>) -> Self {
         ApiError {

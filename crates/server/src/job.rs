@@ -74,6 +74,8 @@ pub struct ValidatedRequest {
     pub template_kwargs: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// How long the serving model stays loaded afterwards (`keep_alive`).
     pub keep_alive: Option<KeepAlive>,
+    /// The body as sent, for a remote model.
+    pub raw: Arc<serde_json::Value>,
 }
 
 /// The grammar for a chat with tools. A call that must happen (`required`,
@@ -212,6 +214,7 @@ impl ValidatedRequest {
             tool_call_forced: hermes_calls,
             template_kwargs: req.chat_template_kwargs.map(Arc::new),
             keep_alive: openai::keep_alive(req.keep_alive.as_ref())?,
+            raw: Arc::default(),
         })
     }
 
@@ -258,7 +261,22 @@ impl ValidatedRequest {
             tool_call_forced: false,
             template_kwargs: None,
             keep_alive: openai::keep_alive(req.keep_alive.as_ref())?,
+            raw: Arc::default(),
         })
+    }
+
+    /// Keep the body as sent (a remote model is sent it).
+    pub fn with_raw(mut self, raw: serde_json::Value) -> Self {
+        self.raw = Arc::new(raw);
+        self
+    }
+
+    /// The upstream path of this request on a remote model.
+    pub fn remote_path(&self) -> &'static str {
+        match self.kind {
+            Kind::Chat => "chat/completions",
+            Kind::Completion => "completions",
+        }
     }
 
     /// The chat messages, for the router's classifier.

@@ -2,7 +2,7 @@
 //! the router. A library so that handlers can be tested in-process; the
 //! `switchyard` binary (`main.rs`) is the CLI over it.
 //!
-//! Floors run one way: `routes → routed → job → record → state → pool →
+//! Floors run one way: `routes → routed → remote → job → record → state → pool →
 //! {openai, config, error, metrics}`.
 
 pub mod config;
@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod openai;
 pub mod pool;
 pub mod record;
+pub mod remote;
 pub mod routed;
 pub mod routes;
 pub mod startup;

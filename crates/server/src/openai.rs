@@ -275,6 +275,15 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(
     body: &[u8],
     known: &[&str],
 ) -> Result<T, ApiError> {
+    parse_body_raw(body, known).map(|(t, _)| t)
+}
+
+/// As [`parse_body`], also returning the body as JSON (what a remote model
+/// is sent).
+pub fn parse_body_raw<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    known: &[&str],
+) -> Result<(T, Value), ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid(format!(
             "We could not parse the JSON body of your request: {e}"
@@ -293,14 +302,15 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(
             format!("Unrecognized request argument supplied: {unknown}"),
         ));
     }
-    serde_json::from_value(value).map_err(|e| {
+    let parsed = T::deserialize(&value).map_err(|e| {
         let msg = e.to_string();
         let param = msg.split('`').nth(1).map(str::to_string);
         ApiError {
             param,
             ..ApiError::invalid(format!("Invalid request: {msg}"))
         }
-    })
+    })?;
+    Ok((parsed, value))
 }
 
 /// Ollama's `keep_alive`: seconds, or a duration like `"5m"`; `-1` keeps

@@ -22,12 +22,20 @@ use switchyard_router::{
 use crate::error::ApiError;
 use crate::job::{admit, prepare, Input, Job, Pending, Prepared, ValidatedRequest};
 use crate::record::{summary, RouteCtx};
+use crate::remote::{Reply, Upstream};
 use crate::state::{random_id, AppState, RouterState};
 
 struct EngineLoad<'a>(&'a AppState);
 
 impl LiveLoad for EngineLoad<'_> {
     fn load(&self, model: &str) -> Option<LoadSnapshot> {
+        if let Some(remote) = self.0.remotes.get(model) {
+            // No load state: healthy unless cooling down after failures.
+            return Some(LoadSnapshot {
+                healthy: remote.cooling_down().is_none(),
+                ..Default::default()
+            });
+        }
         let Some(engine) = self.0.pool.get(model) else {
             // Not loaded: a candidate that would wait for its load, unless
             // its last load failed a moment ago.
@@ -105,6 +113,14 @@ pub fn classify(classifier: &Classifier, messages: &[ChatMessage]) -> Classifica
     classifier.classify_chat(&turns)
 }
 
+/// Where a routed request is being served.
+pub enum Served {
+    /// A local engine: the job and its first event.
+    Local(Box<Job>, Pending),
+    /// A remote model: its answer, status already checked.
+    Remote(Box<Reply>),
+}
+
 /// The request's text length in bytes (messages or prompts).
 fn prompt_bytes(v: &ValidatedRequest) -> usize {
     match &v.input {
@@ -125,7 +141,7 @@ fn prompt_bytes(v: &ValidatedRequest) -> usize {
 pub async fn route_chat(
     state: &Arc<AppState>,
     v: &ValidatedRequest,
-) -> Result<(Job, Pending), (ApiError, Option<String>)> {
+) -> Result<Served, (ApiError, Option<String>)> {
     let Some(router) = &state.router else {
         return Err((
             ApiError::invalid_param("model", "routing is not configured on this server"),
@@ -209,6 +225,43 @@ pub async fn route_chat(
             ));
             continue;
         }
+        if let Some(remote) = state.remotes.get(model) {
+            // Sent upstream; a failure before the answer starts falls back.
+            match remote.send(v.remote_path(), &v.raw, v.stream).await {
+                Ok(response) => {
+                    let Some(profile) = profiles.iter().find(|p| &p.id == model).cloned() else {
+                        fallbacks.push((model.clone(), "no catalog profile".into()));
+                        continue;
+                    };
+                    let route = RouteCtx::new(
+                        state.clone(),
+                        id.clone(),
+                        summary(&id, &decision, model, &fallbacks),
+                        Outcome {
+                            served_model: Some(model.clone()),
+                            fallbacks,
+                            ..Default::default()
+                        },
+                        started,
+                        profile,
+                    );
+                    return Ok(Served::Remote(Box::new(Reply {
+                        remote,
+                        response,
+                        stream: v.stream,
+                        include_usage: v.include_usage,
+                        route: Some(route),
+                        started,
+                    })));
+                }
+                Err(Upstream::Failed(why)) => fallbacks.push((model.clone(), why)),
+                Err(Upstream::Refused(e)) => {
+                    fallbacks.push((model.clone(), e.message.clone()));
+                    client_errors.push(e);
+                }
+            }
+            continue;
+        }
         // A cold model loads now (other requests keep being served); a
         // failed or refused load falls back to the next candidate.
         let engine = match state.pool.lease_if_ready(model, v.keep_alive) {
@@ -282,7 +335,10 @@ pub async fn route_chat(
                     started,
                     profile,
                 ));
-                return Ok((job, Pending::new(stream, Some(first))));
+                return Ok(Served::Local(
+                    Box::new(job),
+                    Pending::new(stream, Some(first)),
+                ));
             }
         }
     }
@@ -367,8 +423,21 @@ pub async fn pin(
     v: &ValidatedRequest,
     options: RoutingOptions,
 ) -> Option<String> {
+    let ctx = pin_ctx(state, &job.model, v, options).await?;
+    let id = ctx.decision_id.clone();
+    job.route = Some(ctx);
+    Some(id)
+}
+
+/// The decision record of a request pinned to `model` with routing options.
+pub async fn pin_ctx(
+    state: &Arc<AppState>,
+    model: &str,
+    v: &ValidatedRequest,
+    options: RoutingOptions,
+) -> Option<RouteCtx> {
     let router = state.router.as_ref()?;
-    let profile = router.profile(&job.model)?;
+    let profile = router.profile(model)?;
     let text = routing_text(v.messages());
     let objective = options.objective.unwrap_or(router.default_objective);
     let classification = match classify_off_runtime(state, v).await {
@@ -378,8 +447,7 @@ pub async fn pin(
             return None;
         }
     };
-    let decision =
-        switchyard_router::decide::pinned(&job.model, classification, options, objective);
+    let decision = switchyard_router::decide::pinned(model, classification, options, objective);
     let id = random_id("dec-");
     if let Err(e) = router
         .audit
@@ -387,18 +455,17 @@ pub async fn pin(
     {
         tracing::warn!("audit: {e}");
     }
-    job.route = Some(RouteCtx::new(
+    Some(RouteCtx::new(
         state.clone(),
         id.clone(),
-        summary(&id, &decision, &job.model, &[]),
+        summary(&id, &decision, model, &[]),
         Outcome {
-            served_model: Some(job.model.clone()),
+            served_model: Some(model.to_string()),
             ..Default::default()
         },
         Instant::now(),
         profile,
-    ));
-    Some(id)
+    ))
 }
 
 pub fn get_decision(state: &AppState, id: &str) -> Result<Value, ApiError> {

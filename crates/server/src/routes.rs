@@ -32,6 +32,7 @@ use crate::error::ApiError;
 use crate::job::{self, admit, prepare, Job, Kind, ModelChoice, Pending, ValidatedRequest};
 use crate::openai::{self, ChatRequest, CompletionRequest};
 use crate::pool::{ModelState, ModelStatus};
+use crate::remote::{self, Remote, Reply, Upstream};
 use crate::routed;
 use crate::state::{random_id, AppState, InFlight, KeyRefusal};
 
@@ -148,12 +149,34 @@ async fn list_models(State(state): State<Arc<AppState>>) -> Json<Value> {
         .iter()
         .map(|st| model_card(&state, st))
         .collect();
+    data.extend(state.remotes.all().iter().map(|r| remote_card(&state, r)));
     if state.router.is_some() {
         data.push(auto_card(state.started));
     }
     let (budget, used) = state.pool.memory();
     Json(json!({"object": "list", "data": data,
                 "memory": {"budget_bytes": budget, "used_bytes": used}}))
+}
+
+/// A remote model as `/v1/models` lists it: `state` is `remote`, or
+/// `cooling_down` (with the seconds left) after repeated failures.
+fn remote_card(state: &AppState, r: &Remote) -> Value {
+    let context = state
+        .router
+        .as_ref()
+        .and_then(|rs| rs.profile(&r.id))
+        .map(|p| p.context_window);
+    let cooling = r.cooling_down();
+    json!({
+        "id": r.id,
+        "object": "model",
+        "created": state.started,
+        "owned_by": "switchyard",
+        "context_length": context,
+        "backend": "openai",
+        "state": if cooling.is_some() { "cooling_down" } else { "remote" },
+        "cooldown_seconds_left": cooling.map(|d| d.as_secs_f64()),
+    })
 }
 
 /// `POST /admin/models/{id}/load|sleep|unload`: the model's status after.
@@ -190,6 +213,9 @@ async fn get_model(
 ) -> Result<Json<Value>, ApiError> {
     if id == "auto" && state.router.is_some() {
         return Ok(Json(auto_card(state.started)));
+    }
+    if let Some(r) = state.remotes.get(&id) {
+        return Ok(Json(remote_card(&state, &r)));
     }
     let st = state
         .pool
@@ -296,8 +322,8 @@ async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let validated = body_bytes(&state, body)
-        .and_then(|b| openai::parse_body::<ChatRequest>(&b, openai::CHAT_FIELDS))
-        .and_then(ValidatedRequest::chat);
+        .and_then(|b| openai::parse_body_raw::<ChatRequest>(&b, openai::CHAT_FIELDS))
+        .and_then(|(req, raw)| ValidatedRequest::chat(req).map(|v| v.with_raw(raw)));
     match validated {
         Ok(v) => answer(state, v).await,
         Err(e) => fail(&state, "none", e),
@@ -309,8 +335,8 @@ async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let validated = body_bytes(&state, body)
-        .and_then(|b| openai::parse_body::<CompletionRequest>(&b, openai::COMPLETION_FIELDS))
-        .and_then(ValidatedRequest::completion);
+        .and_then(|b| openai::parse_body_raw::<CompletionRequest>(&b, openai::COMPLETION_FIELDS))
+        .and_then(|(req, raw)| ValidatedRequest::completion(req).map(|v| v.with_raw(raw)));
     match validated {
         Ok(v) => answer(state, v).await,
         Err(e) => fail(&state, "none", e),
@@ -335,6 +361,9 @@ async fn pinned(
     model: String,
     in_flight: InFlight,
 ) -> Response {
+    if let Some(remote) = state.remotes.get(&model) {
+        return pinned_remote(state, v, remote, in_flight).await;
+    }
     let admitted = async {
         let engine = state.pool.acquire(&model, v.keep_alive).await?;
         let prepared = prepare(&state, &v, engine.engine()).await?;
@@ -365,11 +394,62 @@ async fn pinned(
     resp
 }
 
+/// A request for a remote model: sent upstream as is (after the same
+/// validation), answered as the upstream answers.
+async fn pinned_remote(
+    state: Arc<AppState>,
+    v: ValidatedRequest,
+    remote: Arc<Remote>,
+    in_flight: InFlight,
+) -> Response {
+    let mut route = match v.routing.clone() {
+        Some(options) => routed::pin_ctx(&state, &remote.id, &v, options).await,
+        None => None,
+    };
+    let decision_id = route.as_ref().map(|r| r.decision_id.clone());
+    let started = route.as_ref().map_or_else(Instant::now, |r| r.started);
+    let mut resp = match remote.send(v.remote_path(), &v.raw, v.stream).await {
+        Ok(response) => {
+            let reply = Reply {
+                remote,
+                response,
+                stream: v.stream,
+                include_usage: v.include_usage,
+                route,
+                started,
+            };
+            remote::respond(state, reply, in_flight).await
+        }
+        Err(failure) => {
+            let e = match failure {
+                Upstream::Failed(why) => ApiError::bad_gateway(&remote.id, &why),
+                Upstream::Refused(e) => e,
+            };
+            if let Some(r) = route.as_mut() {
+                r.finish(0, 0, None, Some(e.message.clone()));
+            }
+            fail(&state, &remote.id, e)
+        }
+    };
+    if let Some(v) = decision_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        resp.headers_mut().insert("x-switchyard-decision-id", v);
+    }
+    resp
+}
+
 async fn routed_chat(state: Arc<AppState>, v: ValidatedRequest, in_flight: InFlight) -> Response {
     match routed::route_chat(&state, &v).await {
-        Ok((job, pending)) => {
-            let id = job.route.as_ref().map(|r| r.decision_id.clone());
-            let mut resp = serve(state, job, vec![pending], in_flight).await;
+        Ok(served) => {
+            let (id, mut resp) = match served {
+                routed::Served::Local(job, pending) => (
+                    job.route.as_ref().map(|r| r.decision_id.clone()),
+                    serve(state, *job, vec![pending], in_flight).await,
+                ),
+                routed::Served::Remote(reply) => (
+                    reply.route.as_ref().map(|r| r.decision_id.clone()),
+                    remote::respond(state, *reply, in_flight).await,
+                ),
+            };
             if let Some(v) = id.and_then(|id| HeaderValue::from_str(&id).ok()) {
                 resp.headers_mut().insert("x-switchyard-decision-id", v);
             }

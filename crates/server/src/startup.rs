@@ -10,9 +10,10 @@ use std::time::Duration;
 use switchyard_engine::{Engine, EngineConfig, LoadedModel, ModelSource};
 use switchyard_router::ModelProfile;
 
-use crate::config::{Catalog, ModelEntry};
+use crate::config::{Backend, Catalog, ModelEntry};
 use crate::metrics::Metrics;
 use crate::pool::{ModelLoader, Pool, PoolEntry};
+use crate::remote::{Remote, Remotes};
 use crate::state::{ApiKeys, AppState, BlockingPool, Lifecycle, RouterState};
 
 /// Context window of a catalog entry without loading its weights: the GGUF's
@@ -60,8 +61,10 @@ fn profile(m: &ModelEntry, context_window: usize) -> ModelProfile {
 /// backends).
 fn local_routing(m: &ModelEntry) -> switchyard_router::RoutingProfile {
     let mut routing = m.routing.clone();
-    routing.capabilities.json = true;
-    routing.capabilities.tools = true;
+    if m.backend == Backend::Local {
+        routing.capabilities.json = true;
+        routing.capabilities.tools = true;
+    }
     routing
 }
 
@@ -134,8 +137,7 @@ pub fn app_state(catalog: Arc<Catalog>) -> anyhow::Result<AppState> {
     let router = Arc::new(router_state(&catalog)?);
     let metrics = Arc::new(Metrics::default());
     let entries = catalog
-        .models
-        .iter()
+        .local_models()
         .map(|m| PoolEntry {
             id: m.id.clone(),
             pin: m.pin,
@@ -153,8 +155,30 @@ pub fn app_state(catalog: Arc<Catalog>) -> anyhow::Result<AppState> {
         Duration::from_secs_f64(catalog.pool.load_timeout_s),
         metrics.clone(),
     );
+    let remotes = catalog
+        .models
+        .iter()
+        .filter(|m| m.backend == Backend::Openai)
+        .map(|m| {
+            let key = m
+                .api_key_env
+                .as_ref()
+                .and_then(|v| std::env::var(v).ok())
+                .filter(|k| !k.is_empty());
+            Remote::new(
+                &m.id,
+                m.base_url.as_deref().unwrap_or_default(),
+                m.model.as_deref().unwrap_or(&m.id),
+                key,
+                m.allowed_fails.unwrap_or(3),
+                Duration::from_secs_f64(m.cooldown_s.unwrap_or(30.0).clamp(0.0, 86_400.0)),
+                server.limits().request_timeout,
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(AppState {
         pool,
+        remotes: Remotes::new(remotes),
         metrics,
         limits: server.limits(),
         keys: api_keys(&catalog)?,
@@ -338,8 +362,7 @@ const FORCE_EXIT_AFTER: Duration = Duration::from_secs(5);
 /// Load the catalog's `preload` models, in catalog order.
 async fn preload(catalog: &Catalog, state: &AppState) -> anyhow::Result<()> {
     let ids: Vec<&str> = catalog
-        .models
-        .iter()
+        .local_models()
         .filter(|m| m.preload)
         .map(|m| m.id.as_str())
         .collect();

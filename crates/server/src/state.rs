@@ -17,10 +17,13 @@ pub use crate::config::Limits;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::remote::Remotes;
 
 pub struct AppState {
     /// Every catalog model and its load state (see [`crate::pool`]).
     pub pool: Pool,
+    /// The catalog's remote OpenAI-compatible models.
+    pub remotes: Remotes,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     /// When set, `/v1/*` requires `Authorization: Bearer <one of the keys>`.

@@ -57,8 +57,10 @@ def ttft_seconds(url, model):
         "model": model, "stream": True, "max_tokens": 1, "temperature": 0,
         "messages": [{"role": "user", "content": "Hello"}]})
     for line in resp:
-        if line.startswith(b"data: {") and b'"content"' in line:
-            break
+        if line.startswith(b"data: {"):
+            chunk = json.loads(line[6:])
+            if any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
+                break
     ttft = time.perf_counter() - t
     resp.read()
     return ttft

@@ -592,15 +592,16 @@ impl Pool {
                 }
             }
         }
+        // Preloaded models build their grammar compiler's token trie now;
+        // models loaded on demand do it on their first structured-output
+        // request instead of competing with the request that loaded them.
         let warm = inner
             .slots
             .get(id)
-            .filter(|s| s.state == ModelState::Ready)
+            .filter(|s| s.state == ModelState::Ready && s.entry.preload)
             .and_then(|s| s.engine.clone());
         drop(inner);
         self.0.changed.notify_waiters();
-        // Build the grammar compiler's token trie now (this is the load
-        // thread), not on the model's first structured-output request.
         if let Some(engine) = warm {
             if let Err(e) = engine.compile_grammar(&switchyard_engine::GrammarSpec::JsonObject) {
                 tracing::warn!(model = id, "grammar compiler: {e}");

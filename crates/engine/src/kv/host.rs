@@ -111,10 +111,16 @@ impl KvCache {
             }
             buf
         };
+        // Layers commit in parallel: page faults are most of a cold start's
+        // engine start-up (0.9 s for a 512 MiB pool on one core).
+        use rayon::prelude::*;
         KvCache {
             layout,
-            k: (0..layout.num_layers).map(|_| committed()).collect(),
-            v: (0..v_layers).map(|_| committed()).collect(),
+            k: (0..layout.num_layers)
+                .into_par_iter()
+                .map(|_| committed())
+                .collect(),
+            v: (0..v_layers).into_par_iter().map(|_| committed()).collect(),
         }
     }
 

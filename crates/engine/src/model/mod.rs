@@ -32,7 +32,7 @@ use crate::kv::host::{AttentionParams, KvCache, KvLayout, SeqView, ValueStorage}
 pub use crate::model::config::{Arch, ModelConfig};
 use crate::model::layers::{rms_norm, Layer, Step, StepRope};
 use crate::model::rope::{RopeScaling, RopeTable};
-use crate::weights::{Linear, WeightSource};
+use crate::weights::{Embedding, Linear, WeightSource};
 
 /// RoPE frequencies of one kind of layer and their cos/sin multiplier.
 struct RopeFreqs {
@@ -74,7 +74,7 @@ impl KvStore {
 
 pub struct Model {
     config: ModelConfig,
-    embed: Tensor,
+    embed: Embedding,
     layers: Vec<Layer>,
     output_norm: Tensor,
     lm_head: Linear,
@@ -110,7 +110,7 @@ impl Model {
     /// Build the model from any weight source, by llama.cpp's tensor names.
     pub fn from_weights(config: ModelConfig, w: &mut dyn WeightSource) -> Result<Self> {
         let device = w.device().clone();
-        let embed = w.tensor("token_embd.weight")?;
+        let embed = w.embedding("token_embd.weight")?;
         let output_norm = w.tensor("output_norm.weight")?;
         let lm_head = if w.has("output.weight") {
             w.matmul("output.weight")?
@@ -266,8 +266,7 @@ impl Model {
         let rope_global = table(&self.rope_global)?;
         let rope_local = self.rope_local.as_ref().map(table).transpose()?;
 
-        let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embed.index_select(&ids, 0)?;
+        let mut x = self.embed.lookup(tokens, &self.device)?;
         if c.arch.family().scaled_embeddings {
             x = (x * (c.hidden_size as f64).sqrt())?;
         }

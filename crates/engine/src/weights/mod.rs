@@ -105,6 +105,11 @@ pub trait WeightSource {
     fn tensor(&mut self, name: &str) -> Result<Tensor>;
     /// A weight matrix for `x @ Wᵀ`, kept quantized where the source is.
     fn matmul(&mut self, name: &str) -> Result<Linear>;
+    /// A token-embedding table: dense, or (GGUF on the CPU) kept quantized
+    /// with rows dequantized as they are looked up.
+    fn embedding(&mut self, name: &str) -> Result<Embedding> {
+        Ok(Embedding::Dense(self.tensor(name)?))
+    }
     /// The `count` matrices stacked in one `[count, rows, cols]` tensor
     /// (llama.cpp's `ffn_*_exps`), each kept quantized.
     fn stacked_matmuls(&mut self, name: &str, count: usize) -> Result<Vec<Linear>> {
@@ -113,6 +118,78 @@ pub trait WeightSource {
             "`{name}`: stacked tensors only come from GGUF"
         )))
     }
+}
+
+/// A token-embedding table. Quantized, it stays as the file has it (Gemma
+/// 3's 262144 × 640 table is 178 MB as Q8_0 and would be 671 MB as f32) and
+/// only the rows a step looks up are dequantized, as llama.cpp's `get_rows`.
+pub enum Embedding {
+    Dense(Tensor),
+    Quantized {
+        bytes: Vec<u8>,
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+    },
+}
+
+impl Embedding {
+    pub fn quantized(bytes: Vec<u8>, dtype: GgmlDType, rows: usize, cols: usize) -> Result<Self> {
+        if !cols.is_multiple_of(dtype.block_size()) || bytes.len() != rows * row_bytes(dtype, cols)
+        {
+            return Err(EngineError::Load(format!(
+                "embedding table of {rows} × {cols} {dtype:?} has {} bytes",
+                bytes.len()
+            )));
+        }
+        Ok(Embedding::Quantized {
+            bytes,
+            dtype,
+            rows,
+            cols,
+        })
+    }
+
+    /// The activations' dtype.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Embedding::Dense(t) => t.dtype(),
+            Embedding::Quantized { .. } => DType::F32,
+        }
+    }
+
+    /// `[ids.len(), cols]`: the rows of `ids`.
+    pub fn lookup(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
+        match self {
+            Embedding::Dense(t) => Ok(t.index_select(&Tensor::new(ids, device)?, 0)?),
+            Embedding::Quantized {
+                bytes,
+                dtype,
+                rows,
+                cols,
+            } => {
+                let per_row = row_bytes(*dtype, *cols);
+                let mut out = Vec::with_capacity(ids.len() * cols);
+                for &id in ids {
+                    let r = id as usize;
+                    if r >= *rows {
+                        return Err(EngineError::InvalidRequest(format!(
+                            "token id {id} is outside the embedding table ({rows} rows)"
+                        )));
+                    }
+                    let row = std::borrow::Cow::Borrowed(&bytes[r * per_row..(r + 1) * per_row]);
+                    let q =
+                        QTensor::new(QStorage::from_data(row, &Device::Cpu, *dtype)?, (*cols,))?;
+                    out.extend(q.dequantize(&Device::Cpu)?.to_vec1::<f32>()?);
+                }
+                Ok(Tensor::from_vec(out, (ids.len(), *cols), device)?)
+            }
+        }
+    }
+}
+
+fn row_bytes(dtype: GgmlDType, cols: usize) -> usize {
+    cols / dtype.block_size() * dtype.type_size()
 }
 
 /// Bytes a GGUF tensor occupies on disk.
@@ -152,6 +229,16 @@ impl<R: std::io::Read + std::io::Seek> WeightSource for GgufWeights<'_, R> {
     fn matmul(&mut self, name: &str) -> Result<Linear> {
         let q = self.qtensor(name)?;
         linear_from_qtensor(q, self.device)
+    }
+    fn embedding(&mut self, name: &str) -> Result<Embedding> {
+        let q = self.qtensor(name)?;
+        let dtype = q.dtype();
+        let dense = matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        if dense || !self.device.is_cpu() {
+            return Ok(Embedding::Dense(q.dequantize(self.device)?));
+        }
+        let (rows, cols) = q.shape().dims2()?;
+        Embedding::quantized(q.data()?.into_owned(), dtype, rows, cols)
     }
     fn stacked_matmuls(&mut self, name: &str, count: usize) -> Result<Vec<Linear>> {
         let stacked = self.qtensor(name)?;
@@ -343,6 +430,22 @@ impl LoadProgress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantized_embedding_rows_match_the_dequantized_table() {
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+            let table = Tensor::randn(0f32, 1.0, (8, 256), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&table, dtype).unwrap();
+            let dense = q.dequantize(&Device::Cpu).unwrap();
+            let e = Embedding::quantized(q.data().unwrap().into_owned(), dtype, 8, 256).unwrap();
+            let ids = [3u32, 0, 7, 3];
+            let got = e.lookup(&ids, &Device::Cpu).unwrap();
+            let want = Embedding::Dense(dense).lookup(&ids, &Device::Cpu).unwrap();
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{dtype:?}");
+            assert!(e.lookup(&[8], &Device::Cpu).is_err());
+        }
+    }
 
     /// The Q5_0 → Q8_0 rewrite keeps every value, and candle's matmul on it
     /// equals candle's Q5_0 matmul.

@@ -468,13 +468,17 @@ impl Pool {
         let spawned = std::thread::Builder::new()
             .name(format!("load-{id}"))
             .spawn(move || {
-                // Engines evicted to make room stop here, off the runtime.
-                drop(evicted);
+                // Engines evicted to make room stop here, off the runtime,
+                // and free their memory before this load takes its own.
+                release(evicted);
                 let started = Instant::now();
-                let result = match asleep {
-                    Some(model) => pool.0.loader.wake(&thread_id, model),
-                    None => pool.0.loader.load(&thread_id),
-                };
+                // A panicking loader is a failed load, never a model stuck loading.
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match asleep {
+                        Some(model) => pool.0.loader.wake(&thread_id, model),
+                        None => pool.0.loader.load(&thread_id),
+                    }))
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the loader panicked")));
                 pool.finish_load(&thread_id, result, started.elapsed(), waking);
             });
         if let Err(e) = spawned {
@@ -571,7 +575,7 @@ impl Pool {
                     slot.state = ModelState::Ready;
                     slot.engine = Some(Arc::new(engine));
                     slot.load_seconds = Some(took.as_secs_f64());
-                    if !woke && took.as_secs_f64() > 0.0 {
+                    if !woke && took.as_secs_f64() > 0.0 && slot.weights_bytes > 0 {
                         slot.load_bytes_per_s =
                             Some(slot.weights_bytes as f64 / took.as_secs_f64());
                     }
@@ -628,7 +632,7 @@ impl Pool {
             let out = self.take_out(&mut inner, id);
             drop(inner);
             self.0.metrics.model_event(id, "unloaded");
-            drop_off_thread(out);
+            release_off_thread(out.into_iter().collect());
             self.0.changed.notify_waiters();
         }
     }
@@ -660,7 +664,7 @@ impl Pool {
         drop(inner);
         let n = out.len();
         if n > 0 {
-            drop_off_thread(out);
+            release_off_thread(out);
             self.0.changed.notify_waiters();
         }
         n
@@ -670,7 +674,9 @@ impl Pool {
     /// ready, however long the load takes (a download, a large file).
     pub async fn load(&self, id: &str) -> Result<ModelStatus, ApiError> {
         loop {
-            match self.acquire(id, None).await {
+            // Held as if kept forever: a `keep_alive = 0` model loaded by
+            // an operator (or preloaded) stays until its first request.
+            match self.acquire(id, Some(KeepAlive::Forever)).await {
                 Ok(lease) => {
                     drop(lease);
                     return self.status(id).ok_or_else(|| ApiError::model_not_found(id));
@@ -696,7 +702,7 @@ impl Pool {
                 let out = self.take_out(&mut inner, id);
                 drop(inner);
                 self.0.metrics.model_event(id, "unloaded");
-                drop_off_thread(out);
+                release_off_thread(out.into_iter().collect());
                 self.0.changed.notify_waiters();
                 return self.status(id).ok_or_else(|| ApiError::model_not_found(id));
             }
@@ -736,26 +742,40 @@ impl Pool {
             }
         };
         if let Some(engine) = engine {
-            let stopped = tokio::task::spawn_blocking(move || engine.shutdown())
-                .await
-                .map_err(|e| ApiError::internal(format!("sleeping: {e}")))?;
-            let mut inner = self.lock();
-            if let Some(slot) = inner.slots.get_mut(id) {
-                match stopped {
-                    Ok(model) => {
-                        slot.state = ModelState::Sleeping;
-                        slot.asleep = Some(model);
-                        self.0.metrics.model_event(id, "slept");
+            // The transition finishes on its own thread even if this request
+            // goes away: the slot never stays half-asleep.
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            let pool = self.clone();
+            let sleeper = id.to_string();
+            let spawned = std::thread::Builder::new()
+                .name(format!("sleep-{id}"))
+                .spawn(move || {
+                    let stopped = engine.shutdown();
+                    let mut inner = pool.lock();
+                    if let Some(slot) = inner.slots.get_mut(&sleeper) {
+                        match stopped {
+                            Ok(model) => {
+                                slot.state = ModelState::Sleeping;
+                                slot.asleep = Some(model);
+                                pool.0.metrics.model_event(&sleeper, "slept");
+                            }
+                            Err(e) => {
+                                slot.state = ModelState::Failed;
+                                slot.error = Some(format!("sleeping: {e}"));
+                                slot.failed_at = Some(Instant::now());
+                            }
+                        }
                     }
-                    Err(e) => {
-                        slot.state = ModelState::Failed;
-                        slot.error = Some(format!("sleeping: {e}"));
-                        slot.failed_at = Some(Instant::now());
-                    }
-                }
+                    drop(inner);
+                    pool.0.changed.notify_waiters();
+                    let _ = done_tx.send(());
+                });
+            if spawned.is_err() {
+                return Err(ApiError::internal(
+                    "cannot start a thread to sleep the model",
+                ));
             }
-            drop(inner);
-            self.0.changed.notify_waiters();
+            let _ = done_rx.await;
         }
         self.status(id).ok_or_else(|| ApiError::model_not_found(id))
     }
@@ -843,6 +863,12 @@ impl Pool {
             ),
         };
         let weights = self.0.loader.estimate(id).map_or(0, |e| e.0);
+        if weights == 0 {
+            return Some(Ok(ColdStart {
+                predicted_ms: UNKNOWN_SIZE_LOAD_MS,
+                basis: "its size is unknown until it is downloaded: assumed".into(),
+            }));
+        }
         Some(Ok(ColdStart {
             predicted_ms: 1000.0 * weights as f64 / rate.max(1.0),
             basis: format!(
@@ -854,6 +880,9 @@ impl Pool {
     }
 }
 
+/// A load assumed for a model whose weights are not on this machine yet.
+const UNKNOWN_SIZE_LOAD_MS: f64 = 60_000.0;
+
 /// Load throughput assumed before any load was measured on this machine.
 const ASSUMED_LOAD_BYTES_PER_S: f64 = 200e6;
 
@@ -862,10 +891,23 @@ const ASSUMED_LOAD_BYTES_PER_S: f64 = 200e6;
 /// never on an async worker.
 type Evicted = (Option<Arc<Engine>>, Option<LoadedModel>);
 
-fn drop_off_thread<T: Send + 'static>(value: T) {
+/// Stop evicted engines (their loops hand the weights back, which are then
+/// dropped with the KV pools) so that the memory is free when this returns,
+/// even while a request still holds a handle.
+fn release(evicted: Vec<Evicted>) {
+    for (engine, asleep) in evicted {
+        if let Some(engine) = engine {
+            drop(engine.shutdown());
+        }
+        drop(asleep);
+    }
+}
+
+/// [`release`] on its own thread (never on an async worker).
+fn release_off_thread(evicted: Vec<Evicted>) {
     let _ = std::thread::Builder::new()
         .name("unload".into())
-        .spawn(move || drop(value));
+        .spawn(move || release(evicted));
 }
 
 #[cfg(test)]

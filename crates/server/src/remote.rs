@@ -48,7 +48,8 @@ struct Health {
 
 /// Why an upstream call did not give an answer to pass on.
 pub enum Upstream {
-    /// Unreachable, timed out, 5xx or 429: the model's fault, another may serve.
+    /// Unreachable, timed out, 5xx, 401/403/404 (its key or name is wrong) or
+    /// 429: the model's fault, another may serve.
     Failed(String),
     /// The upstream refused the request itself (a 4xx): its answer, as is.
     Refused(ApiError),
@@ -153,7 +154,12 @@ impl Remote {
             .ok()
             .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
             .unwrap_or_else(|| text.chars().take(300).collect());
-        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        // Auth, a wrong model name or a server that is down are the
+        // remote's failures (another model may serve, and they count toward
+        // its cooldown); other 4xx refuse this request itself.
+        let remote_fault =
+            status.is_server_error() || matches!(status.as_u16(), 401 | 403 | 404 | 408 | 429);
+        if remote_fault {
             let why = format!("upstream answered {}: {message}", status.as_u16());
             self.failed(&why);
             return Err(Upstream::Failed(why));
@@ -243,6 +249,9 @@ fn usage_of(v: &Value) -> (usize, usize) {
     (n("prompt_tokens"), n("completion_tokens"))
 }
 
+/// The largest upstream SSE event relayed.
+const MAX_EVENT_BYTES: usize = 16 << 20;
+
 type ByteStream =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
 
@@ -280,6 +289,14 @@ impl Relay {
         let Ok(mut chunk) = serde_json::from_str::<Value>(data) else {
             return; // comments and keep-alives
         };
+        if let Some(err) = chunk.get("error").filter(|e| !e.is_null()) {
+            let why = err["message"]
+                .as_str()
+                .unwrap_or("an error event")
+                .to_string();
+            self.finish(Some(why));
+            return;
+        }
         if chunk.get("usage").is_some_and(|u| !u.is_null()) {
             self.usage = usage_of(&chunk);
         }
@@ -317,8 +334,19 @@ impl Relay {
                 o.remove("usage");
             }
         }
-        if let Some(prev) = self.held.replace(chunk) {
+        // Chunks flow through at once; a finishing or usage chunk is held
+        // back (the last one gets the routing summary at `[DONE]`).
+        let finishing = usage_only
+            || chunk["choices"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|c| !c["finish_reason"].is_null()));
+        if let Some(prev) = self.held.take() {
             self.out.push_back(sse(&prev));
+        }
+        if finishing {
+            self.held = Some(chunk);
+        } else {
+            self.out.push_back(sse(&chunk));
         }
     }
 
@@ -329,11 +357,22 @@ impl Relay {
         }
         self.done = true;
         let routing = self.route.as_ref().map(|r| r.summary.clone());
-        if let Some(mut last) = self.held.take() {
-            if let (Some(o), Some(r)) = (last.as_object_mut(), routing) {
-                o.insert("routing".into(), r);
+        match self.held.take() {
+            Some(mut last) => {
+                if let (Some(o), Some(r)) = (last.as_object_mut(), routing) {
+                    o.insert("routing".into(), r);
+                }
+                self.out.push_back(sse(&last));
             }
-            self.out.push_back(sse(&last));
+            // Nothing held (the upstream sent no finish): the summary
+            // comes in a chunk of its own.
+            None => {
+                if let Some(r) = routing {
+                    self.out.push_back(sse(&json!({
+                        "object": "chat.completion.chunk", "model": self.remote.id,
+                        "choices": [], "routing": r})));
+                }
+            }
         }
         if let Some(why) = &error {
             self.remote.broke(why);
@@ -359,10 +398,13 @@ impl Relay {
             let event: Vec<u8> = self.buf.drain(..end.0).collect();
             self.buf.drain(..end.1);
             let text = String::from_utf8_lossy(&event);
-            for line in text.lines() {
-                if let Some(data) = line.strip_prefix("data:") {
-                    self.event(data.trim());
-                }
+            let data: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            if !data.is_empty() {
+                self.event(data.join("\n").trim());
             }
         }
     }
@@ -410,6 +452,9 @@ fn relay_stream(state: Arc<AppState>, reply: Reply, in_flight: InFlight) -> Resp
                 Some(Ok(bytes)) => {
                     r.buf.extend_from_slice(&bytes);
                     r.drain_events();
+                    if r.buf.len() > MAX_EVENT_BYTES {
+                        r.finish(Some("an upstream event larger than 16 MiB".into()));
+                    }
                 }
                 Some(Err(e)) => r.finish(Some(e.to_string())),
                 None => {

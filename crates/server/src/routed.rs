@@ -39,7 +39,11 @@ impl LiveLoad for EngineLoad<'_> {
         let Some(engine) = self.0.pool.get(model) else {
             // Not loaded: a candidate that would wait for its load, unless
             // its last load failed a moment ago.
-            return match self.0.pool.cold_start(model)? {
+            let Some(cold) = self.0.pool.cold_start(model) else {
+                // It became ready in between (or is not a pool model).
+                return self.0.pool.get(model).map(|e| snapshot(&e));
+            };
+            return match cold {
                 Ok(cold) => Some(LoadSnapshot {
                     healthy: true,
                     cold_start: Some(cold),
@@ -48,20 +52,25 @@ impl LiveLoad for EngineLoad<'_> {
                 Err(_) => Some(LoadSnapshot::default()), // unhealthy
             };
         };
-        let s = engine.stats();
-        Some(LoadSnapshot {
-            healthy: true,
-            cold_start: None,
-            waiting: s.waiting,
-            running: s.running,
-            kv_blocks_free: s.kv_blocks_free,
-            block_size: s.block_size,
-            prefill_tok_s: s.prefill_tokens_per_s,
-            decode_tok_s: s.decode_tokens_per_s,
-        })
+        Some(snapshot(&engine))
     }
     fn max_waiting(&self) -> usize {
         self.0.limits.max_waiting
+    }
+}
+
+/// A loaded engine's live numbers.
+fn snapshot(engine: &switchyard_engine::Engine) -> LoadSnapshot {
+    let s = engine.stats();
+    LoadSnapshot {
+        healthy: true,
+        cold_start: None,
+        waiting: s.waiting,
+        running: s.running,
+        kv_blocks_free: s.kv_blocks_free,
+        block_size: s.block_size,
+        prefill_tok_s: s.prefill_tokens_per_s,
+        decode_tok_s: s.decode_tokens_per_s,
     }
 }
 

@@ -13,8 +13,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -22,7 +21,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::stream;
+use futures_util::{stream, StreamExt};
 use serde_json::{json, Value};
 use switchyard_engine::{
     Engine, Event, FinishReason, TokenLogprob, ToolCall, ToolCallFormat, Usage,
@@ -301,14 +300,53 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|rej| {
-        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(state.limits.body_limit)
-        } else {
-            ApiError::invalid(format!("Could not read the request body: {rej}"))
+/// The request body, at most `max_body_bytes`. A larger one is read on
+/// (up to 8× the limit, for at most 5 s) and thrown away before the 413 goes
+/// out, so that the client is listening when it comes (nginx's lingering
+/// close): answering mid-upload and closing makes the connection reset under
+/// a client that is still sending.
+async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    let limit = state.limits.body_limit;
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut total = 0usize;
+    let mut drain_until = None;
+    loop {
+        let next = match drain_until {
+            None => stream.next().await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+        };
+        match next {
+            None => break,
+            Some(Err(e)) if total <= limit => {
+                return Err(ApiError::invalid(format!(
+                    "Could not read the request body: {e}"
+                )))
+            }
+            Some(Err(_)) => break,
+            Some(Ok(chunk)) => {
+                total += chunk.len();
+                if total <= limit {
+                    buf.extend_from_slice(&chunk);
+                } else {
+                    buf = bytes::BytesMut::new();
+                    drain_until.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + Duration::from_secs(5)
+                    });
+                    if total > limit.saturating_mul(8) {
+                        break;
+                    }
+                }
+            }
         }
-    })
+    }
+    if total > limit {
+        return Err(ApiError::too_large(limit));
+    }
+    Ok(buf.freeze())
 }
 
 /// Count a failed request and answer it.
@@ -317,11 +355,9 @@ fn fail(state: &AppState, model: &str, e: ApiError) -> Response {
     e.into_response()
 }
 
-async fn chat_completions(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let validated = body_bytes(&state, body)
+async fn chat_completions(State(state): State<Arc<AppState>>, body: Body) -> Response {
+    let validated = read_body(&state, body)
+        .await
         .and_then(|b| openai::parse_body_raw::<ChatRequest>(&b, openai::CHAT_FIELDS))
         .and_then(|(req, raw)| ValidatedRequest::chat(req).map(|v| v.with_raw(raw)));
     match validated {
@@ -330,11 +366,9 @@ async fn chat_completions(
     }
 }
 
-async fn completions(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let validated = body_bytes(&state, body)
+async fn completions(State(state): State<Arc<AppState>>, body: Body) -> Response {
+    let validated = read_body(&state, body)
+        .await
         .and_then(|b| openai::parse_body_raw::<CompletionRequest>(&b, openai::COMPLETION_FIELDS))
         .and_then(|(req, raw)| ValidatedRequest::completion(req).map(|v| v.with_raw(raw)));
     match validated {

@@ -40,6 +40,7 @@ pub use weights::loader::{LoadedModel, ModelSource};
 /// test kit (`crates/testkit`); not part of the API.
 #[doc(hidden)]
 pub mod internals {
+    pub use crate::engine::sampling::Sampler;
     pub use crate::kv::host::SeqView;
     pub use crate::model::KvStore;
     pub use crate::text::tokenizer::gpt2_byte_to_unicode;

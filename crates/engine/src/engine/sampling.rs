@@ -182,53 +182,127 @@ impl Sampler {
         Sampled { token, logprob }
     }
 
+    /// Temperature, then top-k, min-p and top-p (vLLM's order; see
+    /// [`candidates`]), then a draw. Nothing is sorted unless a rule needs an order: top-k selects
+    /// its k (then sorts those), min-p is a threshold, and top-p sorts only
+    /// a growing prefix until it holds the nucleus — a 262k vocabulary is
+    /// never sorted whole.
     fn draw(&mut self, l: &mut [f32], p: &SamplingParams) -> u32 {
-        let inv_t = 1.0 / p.temperature;
-        // Candidates sorted by logit, truncated by top-k.
-        let mut idx: Vec<usize> = if p.top_k > 0 && p.top_k < l.len() {
-            top_k_indices(l, p.top_k)
-        } else {
-            let mut all: Vec<usize> = (0..l.len()).collect();
-            all.sort_unstable_by(|&a, &b| l[b].total_cmp(&l[a]));
-            all
-        };
-        let max = l[idx[0]];
-        let mut probs: Vec<f32> = idx.iter().map(|&i| ((l[i] - max) * inv_t).exp()).collect();
-        let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|x| *x /= sum);
-        // min-p: drop tokens below min_p × the best probability.
-        if p.min_p > 0.0 {
-            let floor = p.min_p * probs[0];
-            let keep = probs.iter().take_while(|&&x| x >= floor).count().max(1);
-            idx.truncate(keep);
-            probs.truncate(keep);
+        if p.top_k == 0 && p.top_p >= 1.0 {
+            return self.draw_all(l, p);
         }
-        // top-p: the smallest prefix whose mass reaches top_p.
-        if p.top_p < 1.0 {
-            let mut acc = 0.0;
-            let mut keep = probs.len();
-            for (i, &x) in probs.iter().enumerate() {
-                acc += x;
-                if acc >= p.top_p {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            idx.truncate(keep);
-            probs.truncate(keep);
-        }
-        let total: f32 = probs.iter().sum();
+        let (idx, w) = candidates(l, p);
+        let total: f32 = w.iter().sum();
         let mut r = self.rng.random::<f32>() * total;
-        for (i, &x) in probs.iter().enumerate() {
+        for (j, &x) in w.iter().enumerate() {
             r -= x;
             if r <= 0.0 {
-                return idx[i] as u32;
+                return idx[j] as u32;
             }
         }
         // Rounding left a little mass: the last candidate that has any (never
         // one a grammar masked to probability 0).
-        let last = probs.iter().rposition(|&x| x > 0.0).unwrap_or(0);
+        let last = w.iter().rposition(|&x| x > 0.0).unwrap_or(0);
         idx[last] as u32
+    }
+}
+
+impl Sampler {
+    /// Temperature (and min-p) alone: one pass for the weights, one for the
+    /// draw, in vocabulary order; no candidate list.
+    fn draw_all(&mut self, l: &mut [f32], p: &SamplingParams) -> u32 {
+        let inv_t = 1.0 / p.temperature;
+        let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut total = 0.0f32;
+        for x in l.iter_mut() {
+            let w = ((*x - max) * inv_t).exp();
+            *x = if w >= p.min_p { w } else { 0.0 };
+            total += *x;
+        }
+        let mut r = self.rng.random::<f32>() * total;
+        for (i, &w) in l.iter().enumerate() {
+            r -= w;
+            if r <= 0.0 && w > 0.0 {
+                return i as u32;
+            }
+        }
+        // Rounding left a little mass: the last token that has any.
+        l.iter().rposition(|&w| w > 0.0).unwrap_or(0) as u32
+    }
+}
+
+/// The tokens a draw chooses from and their unnormalised probabilities.
+fn candidates(l: &[f32], p: &SamplingParams) -> (Vec<usize>, Vec<f32>) {
+    let inv_t = 1.0 / p.temperature;
+    // Candidates: top-k's, best first, or every token in vocabulary order.
+    let (mut idx, sorted) = if p.top_k > 0 && p.top_k < l.len() {
+        (top_k_indices(l, p.top_k), true)
+    } else {
+        ((0..l.len()).collect::<Vec<usize>>(), false)
+    };
+    let max = idx.iter().map(|&i| l[i]).fold(f32::NEG_INFINITY, f32::max);
+    // Unnormalised probabilities (the best candidate's is 1).
+    let mut w: Vec<f32> = idx.iter().map(|&i| ((l[i] - max) * inv_t).exp()).collect();
+    // min-p: drop tokens below min_p × the best probability.
+    if p.min_p > 0.0 {
+        let floor = p.min_p;
+        let mut keep = 0;
+        for j in 0..idx.len() {
+            if w[j] >= floor {
+                idx[keep] = idx[j];
+                w[keep] = w[j];
+                keep += 1;
+            }
+        }
+        idx.truncate(keep.max(1));
+        w.truncate(keep.max(1));
+    }
+    // top-p: the smallest best-first prefix whose mass reaches top_p.
+    if p.top_p < 1.0 {
+        if !sorted {
+            sort_prefix_holding(&mut idx, &mut w, p.top_p);
+        }
+        let total: f32 = w.iter().sum();
+        let target = p.top_p * total;
+        let mut acc = 0.0;
+        let mut keep = w.len();
+        for (j, &x) in w.iter().enumerate() {
+            acc += x;
+            if acc >= target {
+                keep = j + 1;
+                break;
+            }
+        }
+        idx.truncate(keep);
+        w.truncate(keep);
+    }
+    (idx, w)
+}
+
+/// Reorder `idx`/`w` so that a best-first prefix holding at least `share` of
+/// the total weight comes first, sorted; the rest stays unsorted behind it.
+/// Partial selection with a growing prefix: a nucleus is usually tens of
+/// tokens, so this costs a few passes over the vocabulary instead of a sort.
+fn sort_prefix_holding(idx: &mut [usize], w: &mut [f32], share: f32) {
+    let total: f32 = w.iter().sum();
+    let target = share * total;
+    let mut pairs: Vec<(f32, usize)> = w.iter().copied().zip(idx.iter().copied()).collect();
+    let n = pairs.len();
+    let mut k = 64.min(n);
+    loop {
+        if k < n {
+            pairs.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+        }
+        pairs[..k].sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+        let mass: f32 = pairs[..k].iter().map(|x| x.0).sum();
+        if mass >= target || k == n {
+            break;
+        }
+        k = (k * 8).min(n);
+    }
+    for (j, (x, i)) in pairs.into_iter().enumerate() {
+        w[j] = x;
+        idx[j] = i;
     }
 }
 
@@ -294,6 +368,105 @@ fn top_k_indices(l: &[f32], k: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temperature_and_min_p_draw_in_proportion() {
+        let l = [0.0f32, 2f32.ln(), 4f32.ln()];
+        let freq = |p: &SamplingParams| {
+            let mut s = Sampler::new(Some(3));
+            let mut n = [0usize; 3];
+            for _ in 0..20_000 {
+                n[s.sample(&l, p, &[], 0, None).token as usize] += 1;
+            }
+            n.map(|c| c as f64 / 20_000.0)
+        };
+        let f = freq(&SamplingParams::default());
+        for (got, want) in f.iter().zip([1.0 / 7.0, 2.0 / 7.0, 4.0 / 7.0]) {
+            assert!((got - want).abs() < 0.02, "{f:?}");
+        }
+        // min_p 0.4: the token at a quarter of the best probability goes.
+        let f = freq(&SamplingParams {
+            min_p: 0.4,
+            ..SamplingParams::default()
+        });
+        assert_eq!(f[0], 0.0);
+        assert!(
+            (f[1] - 1.0 / 3.0).abs() < 0.02 && (f[2] - 2.0 / 3.0).abs() < 0.02,
+            "{f:?}"
+        );
+    }
+
+    /// The candidate set as the rules define it, by sorting everything.
+    fn reference_candidates(l: &[f32], p: &SamplingParams) -> Vec<(usize, f32)> {
+        let mut all: Vec<usize> = (0..l.len()).collect();
+        all.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
+        if p.top_k > 0 {
+            all.truncate(p.top_k);
+        }
+        let max = l[all[0]];
+        let mut c: Vec<(usize, f32)> = all
+            .iter()
+            .map(|&i| (i, ((l[i] - max) * (1.0 / p.temperature)).exp()))
+            .collect();
+        if p.min_p > 0.0 {
+            c.retain(|x| x.1 >= p.min_p);
+        }
+        if p.top_p < 1.0 {
+            let total: f32 = c.iter().map(|x| x.1).sum();
+            let mut acc = 0.0;
+            let keep = c
+                .iter()
+                .position(|x| {
+                    acc += x.1;
+                    acc >= p.top_p * total
+                })
+                .map_or(c.len(), |j| j + 1);
+            c.truncate(keep);
+        }
+        c.sort_by_key(|x| x.0);
+        c
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Partial selection keeps exactly the tokens (and weights) a full
+        /// sort would, for any mix of top-k, min-p and top-p.
+        #[test]
+        fn candidates_match_a_full_sort(
+            // Distinct logits, so that "the k best" has one answer.
+            seed in 0u64..1_000_000,
+            n in 1usize..3000,
+            top_k in proptest::prop_oneof![proptest::strategy::Just(0usize), 1usize..50],
+            top_p in proptest::prop_oneof![proptest::strategy::Just(1.0f32), 0.05f32..0.99],
+            min_p in proptest::prop_oneof![proptest::strategy::Just(0.0f32), 0.001f32..0.5],
+            temperature in 0.2f32..2.0,
+        ) {
+            use rand::{Rng, SeedableRng};
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let mut l: Vec<f32> = (0..n).map(|i| i as f32 * 1e-3).collect();
+            for x in l.iter_mut() {
+                *x += rng.random::<f32>() * 12.0;
+            }
+            let p = SamplingParams { top_k, top_p, min_p, temperature, ..SamplingParams::default() };
+            let (idx, w) = candidates(&l, &p);
+            let mut got: Vec<(usize, f32)> = idx.into_iter().zip(w).collect();
+            got.sort_by_key(|x| x.0);
+            // Summation order may move the top-p boundary by a rounding
+            // error: the result lies between the nuclei of top_p ∓ 1e-5.
+            let nudged = |f: f32| SamplingParams { top_p: if top_p < 1.0 { (top_p * f).min(0.999_999) } else { 1.0 }, ..p.clone() };
+            let lo = reference_candidates(&l, &nudged(1.0 - 1e-5));
+            let hi = reference_candidates(&l, &nudged(1.0 + 1e-5));
+            let got_ids: std::collections::BTreeSet<usize> = got.iter().map(|x| x.0).collect();
+            let hi_w: std::collections::BTreeMap<usize, f32> = hi.iter().copied().collect();
+            proptest::prop_assert!(lo.iter().all(|x| got_ids.contains(&x.0)), "dropped a token");
+            for (i, w) in &got {
+                let r = hi_w.get(i).copied();
+                proptest::prop_assert!(r.is_some(), "kept token {} the rules drop", i);
+                let r = r.unwrap_or_default();
+                proptest::prop_assert!((w - r).abs() <= 1e-6 * r.max(1e-30), "{} vs {}", w, r);
+            }
+        }
+    }
 
     #[test]
     fn greedy_and_bias() {

@@ -8,8 +8,6 @@ use serde::Deserialize;
 use switchyard_engine::{EngineConfig, KvBackend, ModelSource};
 use switchyard_router::{Objective, Policy, RoutingProfile};
 
-use crate::pool::KeepAlive;
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Catalog {
@@ -211,9 +209,7 @@ impl Default for PoolSection {
 
 fn de_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     let v = serde_json::Value::deserialize(d)?;
-    crate::pool::parse_bytes(&v)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
+    parse_bytes(&v).map(Some).map_err(serde::de::Error::custom)
 }
 
 /// Where a catalog model runs.
@@ -351,5 +347,109 @@ impl Catalog {
 
     pub fn resolve(&self, entry: &ModelEntry) -> anyhow::Result<PathBuf> {
         Ok(ModelSource::parse(&entry.source)?.resolve(&self.base_dir)?)
+    }
+}
+
+/// How long an idle model stays loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepAlive {
+    Forever,
+    For(Duration),
+}
+
+impl KeepAlive {
+    /// Ollama's forms: seconds as a number (negative: forever), or a string
+    /// `"-1"`, `"0"`, `"30s"`, `"5m"`, `"1h"`, `"500ms"`.
+    pub fn parse(v: &serde_json::Value) -> Result<KeepAlive, String> {
+        let from_secs = |s: f64| {
+            if s < 0.0 {
+                Ok(KeepAlive::Forever)
+            } else if s.is_finite() && s < 1e9 {
+                Ok(KeepAlive::For(Duration::from_secs_f64(s)))
+            } else {
+                Err(format!("{s} seconds is out of range"))
+            }
+        };
+        match v {
+            serde_json::Value::Number(n) => from_secs(n.as_f64().unwrap_or(f64::NAN)),
+            serde_json::Value::String(s) => {
+                let s = s.trim();
+                let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+                    Some(i) => s.split_at(i),
+                    None => (s, "s"),
+                };
+                let n: f64 = num
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("`{s}` is not a duration like 30s, 5m, 1h or -1"))?;
+                let scale = match unit {
+                    "ms" => 1e-3,
+                    "s" => 1.0,
+                    "m" => 60.0,
+                    "h" => 3600.0,
+                    other => return Err(format!("unknown unit `{other}` (ms, s, m, h)")),
+                };
+                from_secs(n * scale)
+            }
+            _ => Err("a number of seconds or a duration string like \"5m\"".into()),
+        }
+    }
+
+    pub fn expired(self, idle: Duration) -> bool {
+        match self {
+            KeepAlive::Forever => false,
+            KeepAlive::For(d) => idle >= d,
+        }
+    }
+
+    pub fn as_json(self) -> serde_json::Value {
+        match self {
+            KeepAlive::Forever => serde_json::json!(-1),
+            KeepAlive::For(d) => serde_json::json!(d.as_secs_f64()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KeepAlive {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        KeepAlive::parse(&v).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A byte count written as a number or with a unit (`"2GiB"`, `"512MB"`).
+pub fn parse_bytes(v: &serde_json::Value) -> Result<u64, String> {
+    match v {
+        serde_json::Value::Number(n) => {
+            n.as_u64().ok_or_else(|| format!("{n} is not a byte count"))
+        }
+        serde_json::Value::String(s) => {
+            let s = s.trim();
+            let i = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+            let (num, unit) = s.split_at(i);
+            let n: f64 = num
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{s}` is not a size like 2GiB or 512MB"))?;
+            let scale = match unit.trim().to_ascii_lowercase().as_str() {
+                "" | "b" => 1.0,
+                "kb" => 1e3,
+                "mb" => 1e6,
+                "gb" => 1e9,
+                "kib" => 1024.0,
+                "mib" => 1024.0 * 1024.0,
+                "gib" => 1024.0 * 1024.0 * 1024.0,
+                other => {
+                    return Err(format!(
+                        "unknown unit `{other}` (B, KB, MB, GB, KiB, MiB, GiB)"
+                    ))
+                }
+            };
+            if n < 0.0 || !n.is_finite() {
+                return Err(format!("`{s}` is not a size"));
+            }
+            Ok((n * scale) as u64)
+        }
+        _ => Err("a number of bytes or a size string like \"2GiB\"".into()),
     }
 }

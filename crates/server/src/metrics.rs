@@ -10,8 +10,6 @@ use std::sync::Mutex;
 
 use switchyard_engine::Engine;
 
-use crate::pool::{ModelState, ModelStatus};
-
 /// A per-engine gauge or counter: name, type, help, how to read it from stats.
 type Gauge = (
     &'static str,
@@ -75,6 +73,13 @@ struct Inner {
     /// load_failed, evicted, unloaded, slept.
     model_events: BTreeMap<(String, String), u64>,
     load_seconds: BTreeMap<String, Histogram>,
+}
+
+/// The model pool's gauges at scrape time: every state name, and each
+/// model's (id, current state, bytes held).
+pub struct PoolGauges {
+    pub states: &'static [&'static str],
+    pub models: Vec<(String, &'static str, u64)>,
 }
 
 #[derive(Default)]
@@ -146,7 +151,7 @@ impl Metrics {
     pub fn render<'a>(
         &self,
         engines: impl Iterator<Item = &'a Engine>,
-        pool: &[ModelStatus],
+        pool: &PoolGauges,
     ) -> String {
         let mut out = String::new();
         let Ok(m) = self.inner.lock() else { return out };
@@ -167,23 +172,20 @@ impl Metrics {
             );
         }
         out.push_str("# HELP switchyard_model_state 1 for each model's current pool state.\n# TYPE switchyard_model_state gauge\n");
-        for st in pool {
-            for state in ModelState::ALL {
-                let v = u8::from(st.state == state);
+        for (id, current, _) in &pool.models {
+            for state in pool.states {
+                let v = u8::from(current == state);
                 let _ = writeln!(
                     out,
-                    "switchyard_model_state{{model=\"{}\",state=\"{}\"}} {v}",
-                    st.id,
-                    state.as_str()
+                    "switchyard_model_state{{model=\"{id}\",state=\"{state}\"}} {v}"
                 );
             }
         }
         out.push_str("# HELP switchyard_model_memory_bytes Memory a model holds (weights and KV pool).\n# TYPE switchyard_model_memory_bytes gauge\n");
-        for st in pool {
+        for (id, _, bytes) in &pool.models {
             let _ = writeln!(
                 out,
-                "switchyard_model_memory_bytes{{model=\"{}\"}} {}",
-                st.id, st.memory_bytes
+                "switchyard_model_memory_bytes{{model=\"{id}\"}} {bytes}"
             );
         }
         out.push_str("# HELP switchyard_requests_total Requests by model and final status.\n# TYPE switchyard_requests_total counter\n");

@@ -315,10 +315,10 @@ pub fn parse_body_raw<T: serde::de::DeserializeOwned>(
 
 /// Ollama's `keep_alive`: seconds, or a duration like `"5m"`; `-1` keeps
 /// the model loaded, `0` unloads it after this request.
-pub fn keep_alive(v: Option<&Value>) -> Result<Option<crate::pool::KeepAlive>, ApiError> {
+pub fn keep_alive(v: Option<&Value>) -> Result<Option<crate::config::KeepAlive>, ApiError> {
     v.filter(|v| !v.is_null())
         .map(|v| {
-            crate::pool::KeepAlive::parse(v).map_err(|e| {
+            crate::config::KeepAlive::parse(v).map_err(|e| {
                 ApiError::invalid_param("keep_alive", format!("Invalid 'keep_alive': {e}."))
             })
         })

@@ -24,117 +24,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use switchyard_engine::{Engine, LoadedModel};
 use switchyard_router::ColdStart;
 use tokio::sync::Notify;
 
+pub use crate::config::{parse_bytes, KeepAlive};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-
-/// How long an idle model stays loaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeepAlive {
-    Forever,
-    For(Duration),
-}
-
-impl KeepAlive {
-    /// Ollama's forms: seconds as a number (negative: forever), or a string
-    /// `"-1"`, `"0"`, `"30s"`, `"5m"`, `"1h"`, `"500ms"`.
-    pub fn parse(v: &serde_json::Value) -> Result<KeepAlive, String> {
-        let from_secs = |s: f64| {
-            if s < 0.0 {
-                Ok(KeepAlive::Forever)
-            } else if s.is_finite() && s < 1e9 {
-                Ok(KeepAlive::For(Duration::from_secs_f64(s)))
-            } else {
-                Err(format!("{s} seconds is out of range"))
-            }
-        };
-        match v {
-            serde_json::Value::Number(n) => from_secs(n.as_f64().unwrap_or(f64::NAN)),
-            serde_json::Value::String(s) => {
-                let s = s.trim();
-                let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
-                    Some(i) => s.split_at(i),
-                    None => (s, "s"),
-                };
-                let n: f64 = num
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("`{s}` is not a duration like 30s, 5m, 1h or -1"))?;
-                let scale = match unit {
-                    "ms" => 1e-3,
-                    "s" => 1.0,
-                    "m" => 60.0,
-                    "h" => 3600.0,
-                    other => return Err(format!("unknown unit `{other}` (ms, s, m, h)")),
-                };
-                from_secs(n * scale)
-            }
-            _ => Err("a number of seconds or a duration string like \"5m\"".into()),
-        }
-    }
-
-    fn expired(self, idle: Duration) -> bool {
-        match self {
-            KeepAlive::Forever => false,
-            KeepAlive::For(d) => idle >= d,
-        }
-    }
-
-    pub fn as_json(self) -> serde_json::Value {
-        match self {
-            KeepAlive::Forever => serde_json::json!(-1),
-            KeepAlive::For(d) => serde_json::json!(d.as_secs_f64()),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for KeepAlive {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = serde_json::Value::deserialize(d)?;
-        KeepAlive::parse(&v).map_err(serde::de::Error::custom)
-    }
-}
-
-/// A byte count written as a number or with a unit (`"2GiB"`, `"512MB"`).
-pub fn parse_bytes(v: &serde_json::Value) -> Result<u64, String> {
-    match v {
-        serde_json::Value::Number(n) => {
-            n.as_u64().ok_or_else(|| format!("{n} is not a byte count"))
-        }
-        serde_json::Value::String(s) => {
-            let s = s.trim();
-            let i = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
-            let (num, unit) = s.split_at(i);
-            let n: f64 = num
-                .trim()
-                .parse()
-                .map_err(|_| format!("`{s}` is not a size like 2GiB or 512MB"))?;
-            let scale = match unit.trim().to_ascii_lowercase().as_str() {
-                "" | "b" => 1.0,
-                "kb" => 1e3,
-                "mb" => 1e6,
-                "gb" => 1e9,
-                "kib" => 1024.0,
-                "mib" => 1024.0 * 1024.0,
-                "gib" => 1024.0 * 1024.0 * 1024.0,
-                other => {
-                    return Err(format!(
-                        "unknown unit `{other}` (B, KB, MB, GB, KiB, MiB, GiB)"
-                    ))
-                }
-            };
-            if n < 0.0 || !n.is_finite() {
-                return Err(format!("`{s}` is not a size"));
-            }
-            Ok((n * scale) as u64)
-        }
-        _ => Err("a number of bytes or a size string like \"2GiB\"".into()),
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ModelState {
@@ -147,13 +43,8 @@ pub enum ModelState {
 }
 
 impl ModelState {
-    pub const ALL: [ModelState; 6] = [
-        ModelState::Unloaded,
-        ModelState::Loading,
-        ModelState::Ready,
-        ModelState::Sleeping,
-        ModelState::Draining,
-        ModelState::Failed,
+    pub const NAMES: [&'static str; 6] = [
+        "unloaded", "loading", "ready", "sleeping", "draining", "failed",
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -374,7 +265,7 @@ impl Pool {
         let engine = slot.engine.clone()?;
         slot.leases += 1;
         slot.last_used = Some(Instant::now());
-        slot.last_used_unix = Some(crate::state::now_secs());
+        slot.last_used_unix = Some(unix_now());
         // Like Ollama: each request's keep_alive (else the model's) governs
         // how long the model stays after it.
         slot.keep_alive = keep_alive.unwrap_or(slot.entry.keep_alive);
@@ -581,7 +472,7 @@ impl Pool {
                     }
                     slot.failed_at = None;
                     slot.last_used = Some(Instant::now());
-                    slot.last_used_unix = Some(crate::state::now_secs());
+                    slot.last_used_unix = Some(unix_now());
                     self.0.metrics.model_loaded(id, took.as_secs_f64(), woke);
                     tracing::info!(model = id, seconds = took.as_secs_f64(), woke, "ready");
                 }
@@ -622,7 +513,7 @@ impl Pool {
         };
         slot.leases = slot.leases.saturating_sub(1);
         slot.last_used = Some(Instant::now());
-        slot.last_used_unix = Some(crate::state::now_secs());
+        slot.last_used_unix = Some(unix_now());
         let leave = slot.leases == 0
             && (slot.state == ModelState::Draining
                 || (slot.state == ModelState::Ready
@@ -811,6 +702,18 @@ impl Pool {
             .collect()
     }
 
+    /// What `/metrics` shows of the pool.
+    pub fn gauges(&self) -> crate::metrics::PoolGauges {
+        crate::metrics::PoolGauges {
+            states: &ModelState::NAMES,
+            models: self
+                .statuses()
+                .into_iter()
+                .map(|s| (s.id, s.state.as_str(), s.memory_bytes))
+                .collect(),
+        }
+    }
+
     /// The memory budget, and the bytes held now.
     pub fn memory(&self) -> (Option<u64>, u64) {
         let inner = self.lock();
@@ -885,6 +788,12 @@ const UNKNOWN_SIZE_LOAD_MS: f64 = 60_000.0;
 
 /// Load throughput assumed before any load was measured on this machine.
 const ASSUMED_LOAD_BYTES_PER_S: f64 = 200e6;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// What an unloaded slot held (its engine, or its slept weights); dropping
 /// it stops the engine and frees the weights, which can take a moment:

@@ -295,7 +295,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let engines = state.pool.ready();
     let body = state.metrics.render(
         engines.iter().map(|(_, e)| e.as_ref()),
-        &state.pool.statuses(),
+        &state.pool.gauges(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

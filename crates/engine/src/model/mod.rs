@@ -84,10 +84,13 @@ pub struct Model {
 }
 
 impl Model {
-    /// Load from a GGUF file (quantized weights stay quantized).
+    /// Load from a GGUF file (quantized weights stay quantized). With the
+    /// file's bytes `mapped` (memory-mapped), tensors are copied straight
+    /// from the mapping instead of read into a buffer first.
     pub fn load<R: std::io::Read + std::io::Seek>(
         content: &gguf_file::Content,
         reader: &mut R,
+        mapped: Option<&[u8]>,
         device: &Device,
     ) -> Result<Self> {
         let config = ModelConfig::from_gguf(content)?;
@@ -101,6 +104,7 @@ impl Model {
             &mut crate::weights::GgufWeights {
                 content,
                 reader,
+                mapped,
                 device,
                 progress: crate::weights::LoadProgress::new(total),
             },

@@ -288,7 +288,11 @@ impl LoadedModel {
         let started = Instant::now();
         let (mut file, content) = crate::weights::gguf::open(path)?;
         let tokenizer = Tokenizer::from_gguf(&content)?;
-        let model = Model::load(&content, &mut file, device)?;
+        // SAFETY: the mapping is read during this load only (tensors are
+        // copied out of it), and a GGUF being served is not rewritten in
+        // place; if mapping fails, the tensors are read instead.
+        let mapped = unsafe { memmap2::Mmap::map(file.get_ref()) }.ok();
+        let model = Model::load(&content, &mut file, mapped.as_deref(), device)?;
         let template_src = GgufMetadata::new(&content)
             .string("tokenizer.chat_template")
             .map(str::to_string);

@@ -201,6 +201,8 @@ pub fn gguf_tensor_bytes(info: &gguf_file::TensorInfo) -> u64 {
 pub struct GgufWeights<'a, R> {
     pub content: &'a gguf_file::Content,
     pub reader: &'a mut R,
+    /// The whole file, memory-mapped (tensors copied from it directly).
+    pub mapped: Option<&'a [u8]>,
     pub device: &'a Device,
     pub progress: LoadProgress,
 }
@@ -209,6 +211,23 @@ impl<R: std::io::Read + std::io::Seek> GgufWeights<'_, R> {
     fn qtensor(&mut self, name: &str) -> Result<candle_core::quantized::QTensor> {
         if let Some(info) = self.content.tensor_infos.get(name) {
             self.progress.advance(gguf_tensor_bytes(info));
+            if let Some(file) = self.mapped {
+                let start = self.content.tensor_data_offset + info.offset;
+                let end = start + gguf_tensor_bytes(info);
+                let bytes = usize::try_from(start)
+                    .ok()
+                    .zip(usize::try_from(end).ok())
+                    .and_then(|(a, b)| file.get(a..b))
+                    .ok_or_else(|| {
+                        EngineError::Load(format!("tensor `{name}` lies past the end of the file"))
+                    })?;
+                let storage = QStorage::from_data(
+                    std::borrow::Cow::Borrowed(bytes),
+                    self.device,
+                    info.ggml_dtype,
+                )?;
+                return Ok(QTensor::new(storage, info.shape.clone())?);
+            }
         }
         self.content
             .tensor(self.reader, name, self.device)

@@ -28,7 +28,15 @@ def pool_server(tmp_path_factory):
         pytest.skip("SWITCHYARD_BIN is not set: run tests/e2e/run")
     d = tmp_path_factory.mktemp("pool")
     (d / "corrupt.gguf").write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)
-    (d / "models.toml").write_text(f"""
+    models = [  # id, source, extra settings
+        ("a", SMOL_FILE, "preload = false"),
+        ("b", SMOL_FILE, "preload = true\npin = true"),
+        ("c", SMOL_FILE, "preload = false"),
+        ("brief", SMOL_FILE, "preload = false\nkeep_alive = 1"),
+        ("broken", "corrupt.gguf", "preload = false"),
+        ("broken-too", "corrupt.gguf", "preload = false"),
+    ]
+    catalog = """
 [engine]
 kv_cache_mb = 16
 max_num_batched_tokens = 128
@@ -39,57 +47,17 @@ load_timeout_s = 60
 
 [router]
 audit_db = "audit.db"
-
+"""
+    for model_id, source, extra in models:
+        catalog += f"""
 [[models]]
-id = "a"
-source = "{SMOL_FILE}"
-preload = false
-
+id = "{model_id}"
+source = "{source}"
+{extra}
 [models.routing]
 performance = {{ prefill_tok_s = 150.0, decode_tok_s = 50.0, source = "test" }}
-
-[[models]]
-id = "b"
-source = "{SMOL_FILE}"
-preload = true
-pin = true
-
-[models.routing]
-performance = {{ prefill_tok_s = 150.0, decode_tok_s = 50.0, source = "test" }}
-
-[[models]]
-id = "c"
-source = "{SMOL_FILE}"
-preload = false
-
-[models.routing]
-performance = {{ prefill_tok_s = 150.0, decode_tok_s = 50.0, source = "test" }}
-
-[[models]]
-id = "brief"
-source = "{SMOL_FILE}"
-preload = false
-keep_alive = 1
-
-[models.routing]
-performance = {{ prefill_tok_s = 150.0, decode_tok_s = 50.0, source = "test" }}
-
-[[models]]
-id = "broken"
-source = "corrupt.gguf"
-preload = false
-
-[models.routing]
-performance = {{ prefill_tok_s = 150.0, decode_tok_s = 50.0, source = "test" }}
-
-[[models]]
-id = "broken-too"
-source = "corrupt.gguf"
-preload = false
-
-[models.routing]
-performance = {{ prefill_tok_s = 150.0, decode_tok_s = 50.0, source = "test" }}
-""")
+"""
+    (d / "models.toml").write_text(catalog)
     port = free_port()
     log = open(d / "server.log", "w")
     proc = subprocess.Popen([binary, "serve", "--config", str(d / "models.toml"), "--addr", f"127.0.0.1:{port}"],

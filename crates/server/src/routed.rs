@@ -130,6 +130,31 @@ pub enum Served {
     Remote(Box<Reply>),
 }
 
+/// The routing context of the candidate that serves: its summary for the
+/// response and the outcome so far (the fallbacks before it).
+fn served_ctx(
+    state: &Arc<AppState>,
+    id: &str,
+    decision: &Decision,
+    model: &str,
+    profile: switchyard_router::ModelProfile,
+    fallbacks: Vec<(String, String)>,
+    started: Instant,
+) -> RouteCtx {
+    RouteCtx::new(
+        state.clone(),
+        id.to_string(),
+        summary(id, decision, model, &fallbacks),
+        Outcome {
+            served_model: Some(model.to_string()),
+            fallbacks,
+            ..Default::default()
+        },
+        started,
+        profile,
+    )
+}
+
 /// The request's text length in bytes (messages or prompts).
 fn prompt_bytes(v: &ValidatedRequest) -> usize {
     match &v.input {
@@ -242,18 +267,8 @@ pub async fn route_chat(
                         fallbacks.push((model.clone(), "no catalog profile".into()));
                         continue;
                     };
-                    let route = RouteCtx::new(
-                        state.clone(),
-                        id.clone(),
-                        summary(&id, &decision, model, &fallbacks),
-                        Outcome {
-                            served_model: Some(model.clone()),
-                            fallbacks,
-                            ..Default::default()
-                        },
-                        started,
-                        profile,
-                    );
+                    let route =
+                        served_ctx(state, &id, &decision, model, profile, fallbacks, started);
                     return Ok(Served::Remote(Box::new(Reply {
                         remote,
                         response,
@@ -332,17 +347,8 @@ pub async fn route_chat(
                     continue;
                 };
                 let mut job = job;
-                job.route = Some(RouteCtx::new(
-                    state.clone(),
-                    id.clone(),
-                    summary(&id, &decision, model, &fallbacks),
-                    Outcome {
-                        served_model: Some(model.clone()),
-                        fallbacks,
-                        ..Default::default()
-                    },
-                    started,
-                    profile,
+                job.route = Some(served_ctx(
+                    state, &id, &decision, model, profile, fallbacks, started,
                 ));
                 return Ok(Served::Local(
                     Box::new(job),

@@ -187,7 +187,8 @@ impl Default for RouterSection {
 #[serde(deny_unknown_fields, default)]
 pub struct PoolSection {
     /// Memory for every model's weights and KV pool together: bytes, or a
-    /// size like `"2GiB"`. Unset: no limit (every model may be resident).
+    /// size like `"2GiB"`. Unset: on a GPU, its memory under
+    /// `gpu_memory_utilization`; on the CPU, no limit.
     #[serde(deserialize_with = "de_bytes")]
     pub memory_budget: Option<u64>,
     /// How long a request waits for its model to load before 503 + Retry-After.

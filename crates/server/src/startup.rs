@@ -151,7 +151,7 @@ pub fn app_state(catalog: Arc<Catalog>) -> anyhow::Result<AppState> {
             catalog: catalog.clone(),
             router: Some(router.clone()),
         }),
-        catalog.pool.memory_budget,
+        pool_budget(&catalog),
         Duration::from_secs_f64(catalog.pool.load_timeout_s),
         metrics.clone(),
     );
@@ -188,6 +188,17 @@ pub fn app_state(catalog: Arc<Catalog>) -> anyhow::Result<AppState> {
         lifecycle: Lifecycle::default(),
         preloaded: Default::default(),
     })
+}
+
+/// The pool's memory budget: `[pool] memory_budget`, else on a GPU the
+/// device's memory under `gpu_memory_utilization` (vLLM's rule), else none.
+fn pool_budget(catalog: &Catalog) -> Option<u64> {
+    if let Some(b) = catalog.pool.memory_budget {
+        return Some(b);
+    }
+    let dev = switchyard_engine::parse_device(&catalog.engine.device_spec()).ok()?;
+    let (_, total) = switchyard_engine::memory_info(&dev)?;
+    Some((total as f64 * catalog.engine.gpu_memory_utilization) as u64)
 }
 
 /// Loads catalog models for the pool: sizes them from their files and the

@@ -113,6 +113,8 @@ struct Slot {
     load_bytes_per_s: Option<f64>,
     error: Option<String>,
     failed_at: Option<Instant>,
+    /// Failed loads in a row: each doubles the wait before the next try.
+    failures: u32,
     keep_alive: KeepAlive,
 }
 
@@ -144,7 +146,9 @@ struct Shared {
     loader: Arc<dyn ModelLoader>,
     budget: Option<u64>,
     load_timeout: Duration,
-    /// A failed load is not retried by requests within this long.
+    /// A failed load is not retried by requests within this long (doubled
+    /// for each further failure in a row, up to 16×): a broken file must not
+    /// evict healthy models every time it is tried.
     retry_failed_after: Duration,
     metrics: Arc<Metrics>,
 }
@@ -212,6 +216,7 @@ impl Pool {
                     load_bytes_per_s: None,
                     error: None,
                     failed_at: None,
+                    failures: 0,
                 };
                 (slot.entry.id.clone(), slot)
             })
@@ -225,6 +230,12 @@ impl Pool {
             retry_failed_after: Duration::from_secs(30),
             metrics,
         }))
+    }
+
+    /// How long after a failed load requests wait before trying again.
+    fn retry_wait(&self, slot: &Slot) -> Duration {
+        let doublings = slot.failures.saturating_sub(1).min(4);
+        self.0.retry_failed_after * (1u32 << doublings)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -304,7 +315,7 @@ impl Pool {
                         if started_here
                             || slot
                                 .failed_at
-                                .is_some_and(|t| t.elapsed() < self.0.retry_failed_after) =>
+                                .is_some_and(|t| t.elapsed() < self.retry_wait(slot)) =>
                     {
                         return Err(ApiError::model_load_failed(
                             id,
@@ -471,6 +482,7 @@ impl Pool {
                             Some(slot.weights_bytes as f64 / took.as_secs_f64());
                     }
                     slot.failed_at = None;
+                    slot.failures = 0;
                     slot.last_used = Some(Instant::now());
                     slot.last_used_unix = Some(unix_now());
                     self.0.metrics.model_loaded(id, took.as_secs_f64(), woke);
@@ -480,6 +492,7 @@ impl Pool {
                     slot.state = ModelState::Failed;
                     slot.error = Some(format!("{e:#}"));
                     slot.failed_at = Some(Instant::now());
+                    slot.failures = slot.failures.saturating_add(1);
                     slot.weights_bytes = 0;
                     slot.kv_bytes = 0;
                     self.0.metrics.model_event(id, "load_failed");
@@ -733,7 +746,7 @@ impl Pool {
             ModelState::Failed
                 if slot
                     .failed_at
-                    .is_some_and(|t| t.elapsed() < self.0.retry_failed_after) =>
+                    .is_some_and(|t| t.elapsed() < self.retry_wait(slot)) =>
             {
                 return Some(Err(slot.error.clone().unwrap_or_default()));
             }

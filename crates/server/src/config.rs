@@ -374,16 +374,9 @@ impl KeepAlive {
         match v {
             serde_json::Value::Number(n) => from_secs(n.as_f64().unwrap_or(f64::NAN)),
             serde_json::Value::String(s) => {
-                let s = s.trim();
-                let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
-                    Some(i) => s.split_at(i),
-                    None => (s, "s"),
-                };
-                let n: f64 = num
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("`{s}` is not a duration like 30s, 5m, 1h or -1"))?;
-                let scale = match unit {
+                let (n, unit) = number_and_unit(s)
+                    .ok_or_else(|| format!("`{s}` is not a duration like 30s, 5m, 1h or -1"))?;
+                let scale = match if unit.is_empty() { "s" } else { unit } {
                     "ms" => 1e-3,
                     "s" => 1.0,
                     "m" => 60.0,
@@ -425,14 +418,9 @@ pub fn parse_bytes(v: &serde_json::Value) -> Result<u64, String> {
             n.as_u64().ok_or_else(|| format!("{n} is not a byte count"))
         }
         serde_json::Value::String(s) => {
-            let s = s.trim();
-            let i = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
-            let (num, unit) = s.split_at(i);
-            let n: f64 = num
-                .trim()
-                .parse()
-                .map_err(|_| format!("`{s}` is not a size like 2GiB or 512MB"))?;
-            let scale = match unit.trim().to_ascii_lowercase().as_str() {
+            let (n, unit) = number_and_unit(s)
+                .ok_or_else(|| format!("`{s}` is not a size like 2GiB or 512MB"))?;
+            let scale = match unit.to_ascii_lowercase().as_str() {
                 "" | "b" => 1.0,
                 "kb" => 1e3,
                 "mb" => 1e6,
@@ -453,4 +441,11 @@ pub fn parse_bytes(v: &serde_json::Value) -> Result<u64, String> {
         }
         _ => Err("a number of bytes or a size string like \"2GiB\"".into()),
     }
+}
+
+/// `"1.5 GiB"` → `(1.5, "GiB")`; the unit is empty when there is none.
+fn number_and_unit(s: &str) -> Option<(f64, &str)> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+    Some((num.trim().parse().ok()?, unit.trim()))
 }

@@ -129,6 +129,16 @@ impl Slot {
         }
     }
 
+    /// A load (or a sleep) failed: the slot holds nothing and says why.
+    fn fail(&mut self, why: String) {
+        self.state = ModelState::Failed;
+        self.error = Some(why);
+        self.failed_at = Some(Instant::now());
+        self.failures = self.failures.saturating_add(1);
+        self.weights_bytes = 0;
+        self.kv_bytes = 0;
+    }
+
     fn evictable(&self) -> bool {
         matches!(self.state, ModelState::Ready | ModelState::Sleeping)
             && !self.entry.pin
@@ -349,9 +359,7 @@ impl Pool {
             Err(e) => {
                 // Cannot even size it (a missing file): that is a load failure.
                 let slot = inner.slots.get_mut(id).ok_or(Refusal::UnknownModel)?;
-                slot.state = ModelState::Failed;
-                slot.error = Some(format!("{e:#}"));
-                slot.failed_at = Some(Instant::now());
+                slot.fail(format!("{e:#}"));
                 self.0.changed.notify_waiters();
                 return Ok(());
             }
@@ -385,9 +393,7 @@ impl Pool {
             });
         if let Err(e) = spawned {
             if let Some(slot) = inner.slots.get_mut(id) {
-                slot.state = ModelState::Failed;
-                slot.error = Some(format!("cannot start a loader thread: {e}"));
-                slot.failed_at = Some(Instant::now());
+                slot.fail(format!("cannot start a loader thread: {e}"));
             }
             self.0.changed.notify_waiters();
         }
@@ -489,12 +495,7 @@ impl Pool {
                     tracing::info!(model = id, seconds = took.as_secs_f64(), woke, "ready");
                 }
                 Err(e) => {
-                    slot.state = ModelState::Failed;
-                    slot.error = Some(format!("{e:#}"));
-                    slot.failed_at = Some(Instant::now());
-                    slot.failures = slot.failures.saturating_add(1);
-                    slot.weights_bytes = 0;
-                    slot.kv_bytes = 0;
+                    slot.fail(format!("{e:#}"));
                     self.0.metrics.model_event(id, "load_failed");
                     tracing::error!(model = id, "load failed: {e:#}");
                 }
@@ -664,9 +665,7 @@ impl Pool {
                                 pool.0.metrics.model_event(&sleeper, "slept");
                             }
                             Err(e) => {
-                                slot.state = ModelState::Failed;
-                                slot.error = Some(format!("sleeping: {e}"));
-                                slot.failed_at = Some(Instant::now());
+                                slot.fail(format!("sleeping: {e}"));
                             }
                         }
                     }

@@ -14,6 +14,7 @@ pub(crate) mod device;
 pub(crate) mod engine;
 pub(crate) mod error;
 pub(crate) mod family;
+pub(crate) mod host_memory;
 pub(crate) mod kv;
 pub(crate) mod model;
 pub(crate) mod sched;

@@ -99,28 +99,19 @@ impl KvCache {
             ValueStorage::Separate => layout.num_layers,
             ValueStorage::KeyPrefix(_) => 0,
         };
-        // A zeroed allocation is committed lazily, page by page as blocks are
-        // first used, so the process would grow for as long as the LRU free
-        // queue reaches new blocks. Touching every page now (through
-        // `black_box`, so the write cannot be folded away) makes the pool's
-        // memory what it is: reserved at start-up.
-        let committed = || {
-            let mut buf = vec![0.0f32; n];
-            for x in buf.iter_mut().step_by(1024) {
-                *x = std::hint::black_box(0.0);
-            }
-            buf
-        };
-        // Layers commit in parallel: page faults are most of a cold start's
-        // engine start-up (0.9 s for a 512 MiB pool on one core).
-        use rayon::prelude::*;
+        // The pool is a zeroed allocation, committed by the kernel as blocks
+        // are first written (backed by huge pages where THP allows). It used
+        // to be touched page by page here so that its memory was reserved at
+        // start-up, but zeroing 512 MiB was most of a cold start's engine
+        // start-up, paid by the request that triggered the load. The pool
+        // counts its full size against the memory budget either way, so
+        // committing on first use changes when the process grows, not how
+        // far.
+        let zeroed = || crate::host_memory::zeroed_with_huge_pages(n);
         KvCache {
             layout,
-            k: (0..layout.num_layers)
-                .into_par_iter()
-                .map(|_| committed())
-                .collect(),
-            v: (0..v_layers).into_par_iter().map(|_| committed()).collect(),
+            k: (0..layout.num_layers).map(|_| zeroed()).collect(),
+            v: (0..v_layers).map(|_| zeroed()).collect(),
         }
     }
 

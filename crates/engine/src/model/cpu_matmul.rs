@@ -10,6 +10,8 @@
 use half::f16;
 use rayon::prelude::*;
 
+use crate::host_memory::vec_with_huge_pages;
+
 use crate::error::{EngineError, Result};
 
 /// Values per quantization block (Q4_1 and the Q8_1 activations).
@@ -49,9 +51,9 @@ impl Q4_1Matrix {
         let mut m = Q4_1Matrix {
             rows,
             cols,
-            nibbles: Vec::with_capacity(blocks * BLOCK / 2),
-            scales: Vec::with_capacity(blocks),
-            mins: Vec::with_capacity(blocks),
+            nibbles: vec_with_huge_pages(blocks * BLOCK / 2),
+            scales: vec_with_huge_pages(blocks),
+            mins: vec_with_huge_pages(blocks),
         };
         for block in data.chunks_exact(Q4_1_BLOCK_BYTES) {
             m.scales

@@ -119,7 +119,7 @@ impl Model {
         let lm_head = if w.has("output.weight") {
             w.matmul("output.weight")?
         } else {
-            w.matmul("token_embd.weight")? // tied embeddings
+            embed.tied_lm_head(w, "token_embd.weight")?
         };
         let (mut inv_freq, scale) = config
             .rope_scaling

@@ -287,12 +287,21 @@ impl LoadedModel {
     pub fn from_gguf(path: &Path, device: &Device) -> Result<Self> {
         let started = Instant::now();
         let (mut file, content) = crate::weights::gguf::open(path)?;
-        let tokenizer = Tokenizer::from_gguf(&content)?;
         // SAFETY: the mapping is read during this load only (tensors are
         // copied out of it), and a GGUF being served is not rewritten in
         // place; if mapping fails, the tensors are read instead.
         let mapped = unsafe { memmap2::Mmap::map(file.get_ref()) }.ok();
-        let model = Model::load(&content, &mut file, mapped.as_deref(), device)?;
+        // The tokenizer (vocabulary maps, merge ranks: a third of a small
+        // model's load) builds on a second core while the weights load.
+        let (tokenizer, model) = std::thread::scope(|s| {
+            let tokenizer = s.spawn(|| Tokenizer::from_gguf(&content));
+            let model = Model::load(&content, &mut file, mapped.as_deref(), device);
+            let tokenizer = tokenizer.join().unwrap_or_else(|_| {
+                Err(EngineError::Load("the tokenizer's builder panicked".into()))
+            });
+            (tokenizer, model)
+        });
+        let (tokenizer, model) = (tokenizer?, model?);
         let template_src = GgufMetadata::new(&content)
             .string("tokenizer.chat_template")
             .map(str::to_string);

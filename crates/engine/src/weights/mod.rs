@@ -123,31 +123,47 @@ pub trait WeightSource {
 /// A token-embedding table. Quantized, it stays as the file has it (Gemma
 /// 3's 262144 × 640 table is 178 MB as Q8_0 and would be 671 MB as f32) and
 /// only the rows a step looks up are dequantized, as llama.cpp's `get_rows`.
+/// A model with tied embeddings runs its LM head on the same quantized
+/// table (one copy in memory, one copy at load).
 pub enum Embedding {
     Dense(Tensor),
     Quantized {
-        bytes: Vec<u8>,
-        dtype: GgmlDType,
+        table: Arc<QTensor>,
         rows: usize,
         cols: usize,
     },
 }
 
 impl Embedding {
-    pub fn quantized(bytes: Vec<u8>, dtype: GgmlDType, rows: usize, cols: usize) -> Result<Self> {
-        if !cols.is_multiple_of(dtype.block_size()) || bytes.len() != rows * row_bytes(dtype, cols)
-        {
+    /// A quantized `[rows, cols]` table (a block type, not f32/f16/bf16).
+    pub fn quantized(table: QTensor) -> Result<Self> {
+        let (rows, cols) = table.shape().dims2()?;
+        if !cols.is_multiple_of(table.dtype().block_size()) {
             return Err(EngineError::Load(format!(
-                "embedding table of {rows} × {cols} {dtype:?} has {} bytes",
-                bytes.len()
+                "embedding table of {rows} × {cols} {:?}: rows are not whole blocks",
+                table.dtype()
             )));
         }
         Ok(Embedding::Quantized {
-            bytes,
-            dtype,
+            table: Arc::new(table),
             rows,
             cols,
         })
+    }
+
+    /// The LM head of a model whose output matrix is its embedding table,
+    /// sharing the table where candle's kernels can run it as it is (our
+    /// Q4_1 kernel and the Q5_0 rewrite take their own layouts; those and
+    /// dense tables load the matrix again through `w`).
+    pub fn tied_lm_head(&self, w: &mut dyn WeightSource, name: &str) -> Result<Linear> {
+        match self {
+            Embedding::Quantized { table, .. }
+                if !matches!(table.dtype(), GgmlDType::Q4_1 | GgmlDType::Q5_0) =>
+            {
+                Ok(QMatMul::from_arc(table.clone())?.into())
+            }
+            _ => w.matmul(name),
+        }
     }
 
     /// The activations' dtype.
@@ -162,13 +178,10 @@ impl Embedding {
     pub fn lookup(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
         match self {
             Embedding::Dense(t) => Ok(t.index_select(&Tensor::new(ids, device)?, 0)?),
-            Embedding::Quantized {
-                bytes,
-                dtype,
-                rows,
-                cols,
-            } => {
-                let per_row = row_bytes(*dtype, *cols);
+            Embedding::Quantized { table, rows, cols } => {
+                let dtype = table.dtype();
+                let bytes = table.data()?;
+                let per_row = row_bytes(dtype, *cols);
                 let mut out = Vec::with_capacity(ids.len() * cols);
                 for &id in ids {
                     let r = id as usize;
@@ -178,8 +191,7 @@ impl Embedding {
                         )));
                     }
                     let row = std::borrow::Cow::Borrowed(&bytes[r * per_row..(r + 1) * per_row]);
-                    let q =
-                        QTensor::new(QStorage::from_data(row, &Device::Cpu, *dtype)?, (*cols,))?;
+                    let q = QTensor::new(QStorage::from_data(row, &Device::Cpu, dtype)?, (*cols,))?;
                     out.extend(q.dequantize(&Device::Cpu)?.to_vec1::<f32>()?);
                 }
                 Ok(Tensor::from_vec(out, (ids.len(), *cols), device)?)
@@ -207,27 +219,37 @@ pub struct GgufWeights<'a, R> {
     pub progress: LoadProgress,
 }
 
-impl<R: std::io::Read + std::io::Seek> GgufWeights<'_, R> {
+impl<'a, R: std::io::Read + std::io::Seek> GgufWeights<'a, R> {
+    /// A tensor's bytes inside the mapped file (None without a mapping or
+    /// for a name the file lacks).
+    fn mapped_bytes(&self, name: &str) -> Result<Option<(&'a [u8], &'a gguf_file::TensorInfo)>> {
+        let (Some(file), Some(info)) = (self.mapped, self.content.tensor_infos.get(name)) else {
+            return Ok(None);
+        };
+        let start = self.content.tensor_data_offset + info.offset;
+        let end = start + gguf_tensor_bytes(info);
+        let bytes = usize::try_from(start)
+            .ok()
+            .zip(usize::try_from(end).ok())
+            .and_then(|(a, b)| file.get(a..b))
+            .ok_or_else(|| {
+                EngineError::Load(format!("tensor `{name}` lies past the end of the file"))
+            })?;
+        Ok(Some((bytes, info)))
+    }
+
     fn qtensor(&mut self, name: &str) -> Result<candle_core::quantized::QTensor> {
+        if let Some((bytes, info)) = self.mapped_bytes(name)? {
+            self.progress.advance(bytes.len() as u64);
+            let storage = QStorage::from_data(
+                std::borrow::Cow::Borrowed(bytes),
+                self.device,
+                info.ggml_dtype,
+            )?;
+            return Ok(QTensor::new(storage, info.shape.clone())?);
+        }
         if let Some(info) = self.content.tensor_infos.get(name) {
             self.progress.advance(gguf_tensor_bytes(info));
-            if let Some(file) = self.mapped {
-                let start = self.content.tensor_data_offset + info.offset;
-                let end = start + gguf_tensor_bytes(info);
-                let bytes = usize::try_from(start)
-                    .ok()
-                    .zip(usize::try_from(end).ok())
-                    .and_then(|(a, b)| file.get(a..b))
-                    .ok_or_else(|| {
-                        EngineError::Load(format!("tensor `{name}` lies past the end of the file"))
-                    })?;
-                let storage = QStorage::from_data(
-                    std::borrow::Cow::Borrowed(bytes),
-                    self.device,
-                    info.ggml_dtype,
-                )?;
-                return Ok(QTensor::new(storage, info.shape.clone())?);
-            }
         }
         self.content
             .tensor(self.reader, name, self.device)
@@ -246,18 +268,29 @@ impl<R: std::io::Read + std::io::Seek> WeightSource for GgufWeights<'_, R> {
         Ok(self.qtensor(name)?.dequantize(self.device)?)
     }
     fn matmul(&mut self, name: &str) -> Result<Linear> {
+        // Q4_1 on the CPU is laid out for our kernel straight from the
+        // mapping, without a first copy into candle's buffer.
+        if let Some((bytes, info)) = self.mapped_bytes(name)? {
+            let dims = info.shape.dims();
+            let cols = dims.last().copied().unwrap_or(0);
+            if info.ggml_dtype == GgmlDType::Q4_1 && self.device.is_cpu() && cols % 32 == 0 {
+                self.progress.advance(bytes.len() as u64);
+                let rows = info.shape.elem_count() / cols.max(1);
+                return Ok(Linear::Q4_1(Arc::new(Q4_1Matrix::from_gguf_bytes(
+                    bytes, rows, cols,
+                )?)));
+            }
+        }
         let q = self.qtensor(name)?;
         linear_from_qtensor(q, self.device)
     }
     fn embedding(&mut self, name: &str) -> Result<Embedding> {
         let q = self.qtensor(name)?;
-        let dtype = q.dtype();
-        let dense = matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        let dense = matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
         if dense || !self.device.is_cpu() {
             return Ok(Embedding::Dense(q.dequantize(self.device)?));
         }
-        let (rows, cols) = q.shape().dims2()?;
-        Embedding::quantized(q.data()?.into_owned(), dtype, rows, cols)
+        Embedding::quantized(q)
     }
     fn stacked_matmuls(&mut self, name: &str, count: usize) -> Result<Vec<Linear>> {
         let stacked = self.qtensor(name)?;
@@ -456,7 +489,7 @@ mod tests {
             let table = Tensor::randn(0f32, 1.0, (8, 256), &Device::Cpu).unwrap();
             let q = QTensor::quantize(&table, dtype).unwrap();
             let dense = q.dequantize(&Device::Cpu).unwrap();
-            let e = Embedding::quantized(q.data().unwrap().into_owned(), dtype, 8, 256).unwrap();
+            let e = Embedding::quantized(q).unwrap();
             let ids = [3u32, 0, 7, 3];
             let got = e.lookup(&ids, &Device::Cpu).unwrap();
             let want = Embedding::Dense(dense).lookup(&ids, &Device::Cpu).unwrap();

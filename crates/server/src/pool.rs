@@ -68,6 +68,15 @@ pub trait ModelLoader: Send + Sync + 'static {
     fn load(&self, id: &str) -> anyhow::Result<Engine>;
     /// Start an engine on weights kept from a sleep.
     fn wake(&self, id: &str, model: LoadedModel) -> anyhow::Result<Engine>;
+    /// What a sleeping model keeps of its stopped engine's weights. On the
+    /// CPU they are host memory already and stay (waking skips the file and
+    /// the re-layouts). On a GPU the device copy is dropped to free the
+    /// device (vLLM's sleep frees device weights too); the file stays in the
+    /// host's page cache and waking reloads from it.
+    fn keep_asleep(&self, id: &str, model: LoadedModel) -> Option<LoadedModel> {
+        let _ = id;
+        Some(model)
+    }
 }
 
 /// Per-model settings from the catalog.
@@ -86,7 +95,8 @@ pub struct ModelStatus {
     pub state: ModelState,
     pub pinned: bool,
     pub preload: bool,
-    /// Bytes held now (weights and KV pool; weights only while sleeping).
+    /// Bytes held now (weights and KV pool; asleep, the weights kept in host
+    /// memory: none on a GPU).
     pub memory_bytes: u64,
     pub in_flight: usize,
     /// Seconds since the Unix epoch of the last request's end or start.
@@ -124,7 +134,8 @@ impl Slot {
             ModelState::Loading | ModelState::Ready | ModelState::Draining => {
                 self.weights_bytes + self.kv_bytes
             }
-            ModelState::Sleeping => self.weights_bytes,
+            ModelState::Sleeping if self.asleep.is_some() => self.weights_bytes,
+            ModelState::Sleeping => 0,
             ModelState::Unloaded | ModelState::Failed => 0,
         }
     }
@@ -477,9 +488,17 @@ impl Pool {
 
     fn finish_load(&self, id: &str, result: anyhow::Result<Engine>, took: Duration, woke: bool) {
         let mut inner = self.lock();
+        let mut evicted = Vec::new();
         if let Some(slot) = inner.slots.get_mut(id) {
             match result {
                 Ok(engine) => {
+                    if slot.weights_bytes == 0 && !woke {
+                        // Sized before its download (a hub model not yet in
+                        // the cache): its real size is known now.
+                        if let Ok((weights, _)) = self.0.loader.estimate(id) {
+                            slot.weights_bytes = weights;
+                        }
+                    }
                     slot.state = ModelState::Ready;
                     slot.engine = Some(Arc::new(engine));
                     slot.load_seconds = Some(took.as_secs_f64());
@@ -501,6 +520,21 @@ impl Pool {
                 }
             }
         }
+        // A model larger than its estimate pushes the others out now, least
+        // recently used first, as its load would have.
+        if inner
+            .slots
+            .get(id)
+            .is_some_and(|s| s.state == ModelState::Ready)
+        {
+            match self.make_room(&mut inner, id, 0) {
+                Ok(out) => evicted = out,
+                Err(Refusal::NoRoom(why)) => {
+                    tracing::warn!(model = id, "over the memory budget after loading: {why}")
+                }
+                Err(Refusal::UnknownModel) => {}
+            }
+        }
         // Preloaded models build their grammar compiler's token trie now;
         // models loaded on demand do it on their first structured-output
         // request instead of competing with the request that loaded them.
@@ -511,6 +545,7 @@ impl Pool {
             .and_then(|s| s.engine.clone());
         drop(inner);
         self.0.changed.notify_waiters();
+        release(evicted);
         if let Some(engine) = warm {
             if let Err(e) = engine.compile_grammar(&switchyard_engine::GrammarSpec::JsonObject) {
                 tracing::warn!(model = id, "grammar compiler: {e}");
@@ -661,7 +696,7 @@ impl Pool {
                         match stopped {
                             Ok(model) => {
                                 slot.state = ModelState::Sleeping;
-                                slot.asleep = Some(model);
+                                slot.asleep = pool.0.loader.keep_asleep(&sleeper, model);
                                 pool.0.metrics.model_event(&sleeper, "slept");
                             }
                             Err(e) => {
@@ -749,7 +784,8 @@ impl Pool {
             {
                 return Some(Err(slot.error.clone().unwrap_or_default()));
             }
-            ModelState::Sleeping => {
+            // Asleep with its weights kept: waking skips the file.
+            ModelState::Sleeping if slot.asleep.is_some() => {
                 if let Some(s) = slot.load_seconds {
                     return Some(Ok(ColdStart {
                         predicted_ms: 1000.0 * s,
@@ -863,6 +899,110 @@ mod tests {
         }
         assert!(KeepAlive::For(Duration::from_secs(1)).expired(Duration::from_secs(1)));
         assert!(!KeepAlive::Forever.expired(Duration::MAX));
+    }
+
+    /// A loader over one small random checkpoint: `late` models cannot be
+    /// sized before their first load (a hub file not downloaded yet).
+    struct FakeLoader {
+        dir: std::path::PathBuf,
+        sizes: BTreeMap<&'static str, u64>,
+        late: &'static [&'static str],
+        loaded: Mutex<Vec<String>>,
+        /// Behave as a GPU loader: a sleeping model keeps no weights.
+        on_gpu: bool,
+    }
+
+    const KV: u64 = 10;
+
+    impl ModelLoader for FakeLoader {
+        fn estimate(&self, id: &str) -> anyhow::Result<(u64, u64)> {
+            let known =
+                !self.late.contains(&id) || self.loaded.lock().unwrap().iter().any(|m| m == id);
+            Ok((if known { self.sizes[id] } else { 0 }, KV))
+        }
+        fn load(&self, id: &str) -> anyhow::Result<Engine> {
+            let model = LoadedModel::load(&self.dir, &switchyard_engine::Device::Cpu)?;
+            self.loaded.lock().unwrap().push(id.to_string());
+            self.wake(id, model)
+        }
+        fn wake(&self, id: &str, model: LoadedModel) -> anyhow::Result<Engine> {
+            let cfg = switchyard_engine::EngineConfig {
+                kv_cache_bytes: 1 << 20,
+                ..Default::default()
+            };
+            Ok(Engine::start(id, model, cfg)?)
+        }
+        fn keep_asleep(&self, _: &str, model: LoadedModel) -> Option<LoadedModel> {
+            (!self.on_gpu).then_some(model)
+        }
+    }
+
+    fn fake_pool(on_gpu: bool, late: &'static [&'static str]) -> (Pool, Arc<FakeLoader>) {
+        let dir = std::env::temp_dir().join(format!(
+            "switchyard-pool-{}-{on_gpu}-{}",
+            std::process::id(),
+            late.len()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        switchyard_testkit::write_random_checkpoint(&dir, "llama", false).unwrap();
+        let loader = Arc::new(FakeLoader {
+            dir,
+            sizes: BTreeMap::from([("small", 40), ("hub", 60)]),
+            late,
+            loaded: Mutex::new(Vec::new()),
+            on_gpu,
+        });
+        let entry = |id: &str| PoolEntry {
+            id: id.to_string(),
+            pin: false,
+            preload: false,
+            keep_alive: KeepAlive::Forever,
+        };
+        let pool = Pool::new(
+            vec![entry("small"), entry("hub")],
+            loader.clone(),
+            Some(100),
+            Duration::from_secs(60),
+            Arc::new(Metrics::default()),
+        );
+        (pool, loader)
+    }
+
+    /// Asleep on the CPU a model keeps its weights (counted, and waking does
+    /// not load again); asleep on a GPU it holds nothing and waking loads.
+    #[tokio::test]
+    async fn sleep_keeps_host_weights_and_frees_device_weights() {
+        for on_gpu in [false, true] {
+            let (pool, loader) = fake_pool(on_gpu, &[]);
+            drop(pool.acquire("small", None).await.unwrap());
+            pool.sleep("small").await.unwrap();
+            assert_eq!(pool.status("small").unwrap().state, ModelState::Sleeping);
+            let held = if on_gpu { 0 } else { 40 };
+            assert_eq!(pool.memory().1, held, "on_gpu {on_gpu}");
+            drop(pool.acquire("small", None).await.unwrap());
+            assert_eq!(pool.memory().1, 50);
+            let loads = loader.loaded.lock().unwrap().len();
+            assert_eq!(loads, if on_gpu { 2 } else { 1 }, "on_gpu {on_gpu}");
+            let _ = std::fs::remove_dir_all(&loader.dir);
+        }
+    }
+
+    /// A model sized 0 before its download is sized again once loaded, and
+    /// if that puts the pool over its budget the least recently used idle
+    /// model leaves.
+    #[tokio::test]
+    async fn a_model_larger_than_its_estimate_evicts_after_loading() {
+        let (pool, loader) = fake_pool(false, &["hub"]);
+        drop(pool.acquire("small", None).await.unwrap());
+        assert_eq!(pool.memory(), (Some(100), 50));
+        // Estimated at 0 + 10, the hub model loads without evicting...
+        drop(pool.acquire("hub", None).await.unwrap());
+        // ...then counts its real 60 + 10, and `small` (50) makes way.
+        let state = |id| pool.status(id).unwrap().state;
+        assert_eq!(state("hub"), ModelState::Ready);
+        assert_eq!(state("small"), ModelState::Unloaded);
+        assert_eq!(pool.memory(), (Some(100), 70));
+        let _ = std::fs::remove_dir_all(&loader.dir);
     }
 
     #[test]

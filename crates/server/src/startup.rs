@@ -250,6 +250,17 @@ impl ModelLoader for CatalogLoader {
         Engine::start(id, model, entry.engine_config(&self.catalog.engine))
             .map_err(|e| anyhow::anyhow!("model `{id}`: {e}"))
     }
+
+    fn keep_asleep(&self, id: &str, model: LoadedModel) -> Option<LoadedModel> {
+        if model.device().is_cpu() {
+            return Some(model);
+        }
+        tracing::info!(
+            model = id,
+            "asleep: device weights freed, the file stays in the page cache"
+        );
+        None
+    }
 }
 
 /// Load catalog entries onto the catalog's device and start their engines.

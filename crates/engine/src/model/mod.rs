@@ -160,6 +160,10 @@ impl Model {
         })
     }
 
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }

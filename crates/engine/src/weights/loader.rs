@@ -189,6 +189,11 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
+    /// Where the weights live.
+    pub fn device(&self) -> &Device {
+        self.model.device()
+    }
+
     /// A GGUF file, or a Hugging Face model folder (safetensors).
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         if path.is_dir() {

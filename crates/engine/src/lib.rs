@@ -17,6 +17,7 @@ pub(crate) mod family;
 pub(crate) mod host_memory;
 pub(crate) mod kv;
 pub(crate) mod model;
+pub(crate) mod parallel;
 pub(crate) mod sched;
 pub(crate) mod text;
 pub(crate) mod weights;
@@ -43,6 +44,7 @@ pub use weights::loader::{LoadedModel, ModelSource};
 pub mod internals {
     pub use crate::engine::sampling::Sampler;
     pub use crate::kv::host::SeqView;
+    pub use crate::model::cpu_matmul::QuantMatrix;
     pub use crate::model::KvStore;
     pub use crate::text::tokenizer::gpt2_byte_to_unicode;
     pub use crate::weights::hf_tensor_name;

@@ -16,8 +16,6 @@
 //! `window` positions (Gemma's sliding-window layers), with optional tanh
 //! soft-capping of the scores.
 
-use rayon::prelude::*;
-
 use crate::sched::block_pool::BlockId;
 
 #[derive(Debug, Clone, Copy)]
@@ -175,9 +173,10 @@ impl KvCache {
             ValueStorage::Separate => &self.v[layer],
             ValueStorage::KeyPrefix(_) => kl,
         };
-        out.par_chunks_mut(vd).enumerate().for_each_init(
-            Vec::new,
-            |scores: &mut Vec<f32>, (idx, o)| {
+        crate::parallel::for_row_runs(&mut out, vd, |first, run| {
+            let mut scores = Vec::new();
+            for (i, o) in run.chunks_mut(vd).enumerate() {
+                let idx = first + i;
                 let (t, h) = (idx / p.num_heads, idx % p.num_heads);
                 let (si, pos) = owner[t];
                 let table = seqs[si].block_table;
@@ -205,32 +204,106 @@ impl KvCache {
                     let base = self.slot(table, j) * kvh * hd + kv_off;
                     axpy(w * inv, &vl[base..base + vd], o);
                 }
-            },
-        );
+            }
+        });
         out
     }
 }
 
+/// `a · b`, with AVX2+FMA where the CPU has them (checked once; std caches
+/// the answer).
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent accumulators let the compiler vectorise the loop.
-    let mut acc = [0.0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
-        }
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just checked.
+        return unsafe { dot_avx2(a, b) };
     }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
-    }
-    s
+    dot_portable(a, b)
 }
 
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent accumulators let the compiler vectorise the loop.
+    let mut acc = [0.0f32; 8];
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let tail = a.len() / 8 * 8;
+    acc.iter().sum::<f32>() + dot_tail(&a[tail..], &b[tail.min(b.len())..])
+}
+
+fn dot_tail(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    // SAFETY: every load reads 8 floats below `n`.
+    while i + 16 <= n {
+        s0 = _mm256_fmadd_ps(
+            _mm256_loadu_ps(a.as_ptr().add(i)),
+            _mm256_loadu_ps(b.as_ptr().add(i)),
+            s0,
+        );
+        s1 = _mm256_fmadd_ps(
+            _mm256_loadu_ps(a.as_ptr().add(i + 8)),
+            _mm256_loadu_ps(b.as_ptr().add(i + 8)),
+            s1,
+        );
+        i += 16;
+    }
+    if i + 8 <= n {
+        s0 = _mm256_fmadd_ps(
+            _mm256_loadu_ps(a.as_ptr().add(i)),
+            _mm256_loadu_ps(b.as_ptr().add(i)),
+            s0,
+        );
+        i += 8;
+    }
+    let s = _mm256_add_ps(s0, s1);
+    let half = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    let one = _mm_add_ss(quad, _mm_movehdup_ps(quad));
+    _mm_cvtss_f32(one) + dot_tail(&a[i..n], &b[i..n])
+}
+
+/// `y += alpha · x`, with AVX2+FMA where the CPU has them.
 #[inline]
 fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just checked.
+        return unsafe { axpy_avx2(alpha, x, y) };
+    }
     for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += alpha * xi;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_avx2(alpha: f32, x: &[f32], y: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = x.len().min(y.len());
+    let a = _mm256_set1_ps(alpha);
+    let mut i = 0;
+    // SAFETY: every access covers 8 floats below `n`.
+    while i + 8 <= n {
+        let yv = _mm256_loadu_ps(y.as_ptr().add(i));
+        _mm256_storeu_ps(
+            y.as_mut_ptr().add(i),
+            _mm256_fmadd_ps(a, _mm256_loadu_ps(x.as_ptr().add(i)), yv),
+        );
+        i += 8;
+    }
+    for (yi, xi) in y[i..n].iter_mut().zip(&x[i..n]) {
         *yi += alpha * xi;
     }
 }

@@ -3,11 +3,10 @@
 //! mapped here to llama.cpp's). The forward pass only sees [`WeightSource`]
 //! and [`Linear`].
 //!
-//! On the CPU, quant types candle runs in scalar code get a fast path at load:
-//! Q4_1 goes to our kernel ([`crate::model::cpu_matmul`]); Q5_0 is rewritten as Q8_0
-//! without loss (`d·(q−16)` with `q−16` in `[−16, 15]` is a Q8_0 block with the
-//! same scale, and candle dots Q5_0 against Q8_0 activations anyway), which
-//! candle runs with AVX2.
+//! On the CPU every quantized GGUF matrix our kernels know (Q4_0, Q4_1,
+//! Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) is laid out for
+//! [`crate::model::cpu_matmul`] at load, straight from the file mapping;
+//! other types and other devices keep candle's `QMatMul`.
 
 pub(crate) mod gguf;
 pub(crate) mod loader;
@@ -19,14 +18,14 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use crate::error::{EngineError, Result};
 use crate::family::Arch;
-use crate::model::cpu_matmul::Q4_1Matrix;
+use crate::model::cpu_matmul::QuantMatrix;
 
-/// A weight matrix for `x @ Wᵀ`: candle's (dense, or quantized with candle's
-/// kernels) or our CPU Q4_1 kernel.
+/// A weight matrix for `x @ Wᵀ`: candle's (dense, on a GPU, or a quant type
+/// our CPU kernels lack) or ours (quantized, on the CPU).
 #[derive(Clone)]
 pub enum Linear {
     Candle(QMatMul),
-    Q4_1(Arc<Q4_1Matrix>),
+    Cpu(Arc<QuantMatrix>),
 }
 
 impl Linear {
@@ -34,11 +33,15 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Linear::Candle(m) => m.forward(x),
-            Linear::Q4_1(w) => {
+            Linear::Cpu(w) => {
                 let mut dims = x.dims().to_vec();
                 let cols = dims.pop().unwrap_or(0);
                 if cols != w.cols() {
-                    candle_core::bail!("Q4_1 matmul: input width {cols}, weights {}", w.cols());
+                    candle_core::bail!(
+                        "{:?} matmul: input width {cols}, weights {}",
+                        w.dtype(),
+                        w.cols()
+                    );
                 }
                 let tokens = x.elem_count() / cols.max(1);
                 let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
@@ -55,47 +58,27 @@ impl From<QMatMul> for Linear {
     }
 }
 
-/// A GGUF matrix as the forward pass will run it (see the module docs).
-fn linear_from_qtensor(q: QTensor, device: &Device) -> Result<Linear> {
-    let cols = q.shape().dims().last().copied().unwrap_or(0);
-    if !device.is_cpu() || !cols.is_multiple_of(32) {
-        return Ok(QMatMul::from_qtensor(q)?.into());
-    }
-    match q.dtype() {
-        GgmlDType::Q4_1 => {
-            let rows = q.shape().elem_count() / cols;
-            Ok(Linear::Q4_1(Arc::new(Q4_1Matrix::from_gguf_bytes(
-                &q.data()?,
-                rows,
-                cols,
-            )?)))
-        }
-        GgmlDType::Q5_0 => {
-            let q8 = q5_0_as_q8_0(&q.data()?);
-            let storage =
-                QStorage::from_data(std::borrow::Cow::Owned(q8), device, GgmlDType::Q8_0)?;
-            Ok(QMatMul::from_qtensor(QTensor::new(storage, q.shape().clone())?)?.into())
-        }
-        _ => Ok(QMatMul::from_qtensor(q)?.into()),
-    }
+/// Whether a GGUF matrix of this type and width runs on our CPU kernels.
+fn ours(dtype: GgmlDType, cols: usize, device: &Device) -> bool {
+    device.is_cpu() && QuantMatrix::supports(dtype) && cols.is_multiple_of(dtype.block_size())
 }
 
-/// GGUF Q5_0 blocks (f16 `d`, 32 high bits, 16 bytes of low nibbles) as Q8_0
-/// blocks (f16 `d`, 32 × i8) holding the same values.
-fn q5_0_as_q8_0(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() / 22 * 34);
-    for block in data.chunks_exact(22) {
-        out.extend_from_slice(&block[..2]);
-        let high = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
-        let low = &block[6..];
-        let value = |j: usize, nibble: u8| {
-            let q = nibble | ((((high >> j) & 1) as u8) << 4);
-            (q as i8 - 16) as u8
-        };
-        out.extend((0..16).map(|j| value(j, low[j] & 0x0F)));
-        out.extend((0..16).map(|j| value(j + 16, low[j] >> 4)));
+/// A GGUF matrix as the forward pass will run it (see the module docs).
+fn linear_from_bytes(
+    dtype: GgmlDType,
+    bytes: &[u8],
+    shape: candle_core::Shape,
+    device: &Device,
+) -> Result<Linear> {
+    let cols = shape.dims().last().copied().unwrap_or(0);
+    if ours(dtype, cols, device) {
+        let rows = shape.elem_count() / cols;
+        return Ok(Linear::Cpu(Arc::new(QuantMatrix::from_gguf(
+            dtype, bytes, rows, cols,
+        )?)));
     }
-    out
+    let storage = QStorage::from_data(std::borrow::Cow::Borrowed(bytes), device, dtype)?;
+    Ok(QMatMul::from_qtensor(QTensor::new(storage, shape)?)?.into())
 }
 
 pub trait WeightSource {
@@ -120,49 +103,24 @@ pub trait WeightSource {
     }
 }
 
-/// A token-embedding table. Quantized, it stays as the file has it (Gemma
-/// 3's 262144 × 640 table is 178 MB as Q8_0 and would be 671 MB as f32) and
-/// only the rows a step looks up are dequantized, as llama.cpp's `get_rows`.
-/// A model with tied embeddings runs its LM head on the same quantized
-/// table (one copy in memory, one copy at load).
+/// A token-embedding table. Quantized (on the CPU, in a type our kernels
+/// know), it stays quantized (Gemma 3's 262144 × 640 table is 178 MB as
+/// Q8_0 and would be 671 MB as f32) and only the rows a step looks up are
+/// dequantized, as llama.cpp's `get_rows`. A model with tied embeddings runs
+/// its LM head on the same table (one copy in memory, one copy at load).
 pub enum Embedding {
     Dense(Tensor),
-    Quantized {
-        table: Arc<QTensor>,
-        rows: usize,
-        cols: usize,
-    },
+    Quantized(Arc<QuantMatrix>),
 }
 
 impl Embedding {
-    /// A quantized `[rows, cols]` table (a block type, not f32/f16/bf16).
-    pub fn quantized(table: QTensor) -> Result<Self> {
-        let (rows, cols) = table.shape().dims2()?;
-        if !cols.is_multiple_of(table.dtype().block_size()) {
-            return Err(EngineError::Load(format!(
-                "embedding table of {rows} × {cols} {:?}: rows are not whole blocks",
-                table.dtype()
-            )));
-        }
-        Ok(Embedding::Quantized {
-            table: Arc::new(table),
-            rows,
-            cols,
-        })
-    }
-
-    /// The LM head of a model whose output matrix is its embedding table,
-    /// sharing the table where candle's kernels can run it as it is (our
-    /// Q4_1 kernel and the Q5_0 rewrite take their own layouts; those and
-    /// dense tables load the matrix again through `w`).
+    /// The LM head of a model whose output matrix is its embedding table:
+    /// the same quantized table, or for a dense one the matrix loaded again
+    /// through `w`.
     pub fn tied_lm_head(&self, w: &mut dyn WeightSource, name: &str) -> Result<Linear> {
         match self {
-            Embedding::Quantized { table, .. }
-                if !matches!(table.dtype(), GgmlDType::Q4_1 | GgmlDType::Q5_0) =>
-            {
-                Ok(QMatMul::from_arc(table.clone())?.into())
-            }
-            _ => w.matmul(name),
+            Embedding::Quantized(table) => Ok(Linear::Cpu(table.clone())),
+            Embedding::Dense(_) => w.matmul(name),
         }
     }
 
@@ -170,7 +128,7 @@ impl Embedding {
     pub fn dtype(&self) -> DType {
         match self {
             Embedding::Dense(t) => t.dtype(),
-            Embedding::Quantized { .. } => DType::F32,
+            Embedding::Quantized(_) => DType::F32,
         }
     }
 
@@ -178,30 +136,21 @@ impl Embedding {
     pub fn lookup(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
         match self {
             Embedding::Dense(t) => Ok(t.index_select(&Tensor::new(ids, device)?, 0)?),
-            Embedding::Quantized { table, rows, cols } => {
-                let dtype = table.dtype();
-                let bytes = table.data()?;
-                let per_row = row_bytes(dtype, *cols);
+            Embedding::Quantized(table) => {
+                let (rows, cols) = (table.rows(), table.cols());
                 let mut out = Vec::with_capacity(ids.len() * cols);
                 for &id in ids {
-                    let r = id as usize;
-                    if r >= *rows {
+                    if id as usize >= rows {
                         return Err(EngineError::InvalidRequest(format!(
                             "token id {id} is outside the embedding table ({rows} rows)"
                         )));
                     }
-                    let row = std::borrow::Cow::Borrowed(&bytes[r * per_row..(r + 1) * per_row]);
-                    let q = QTensor::new(QStorage::from_data(row, &Device::Cpu, dtype)?, (*cols,))?;
-                    out.extend(q.dequantize(&Device::Cpu)?.to_vec1::<f32>()?);
+                    table.dequantize_row(id as usize, &mut out);
                 }
-                Ok(Tensor::from_vec(out, (ids.len(), *cols), device)?)
+                Ok(Tensor::from_vec(out, (ids.len(), cols), device)?)
             }
         }
     }
-}
-
-fn row_bytes(dtype: GgmlDType, cols: usize) -> usize {
-    cols / dtype.block_size() * dtype.type_size()
 }
 
 /// Bytes a GGUF tensor occupies on disk.
@@ -268,47 +217,72 @@ impl<R: std::io::Read + std::io::Seek> WeightSource for GgufWeights<'_, R> {
         Ok(self.qtensor(name)?.dequantize(self.device)?)
     }
     fn matmul(&mut self, name: &str) -> Result<Linear> {
-        // Q4_1 on the CPU is laid out for our kernel straight from the
-        // mapping, without a first copy into candle's buffer.
+        // Laid out (or uploaded) straight from the mapping, without a first
+        // copy into candle's buffer.
         if let Some((bytes, info)) = self.mapped_bytes(name)? {
-            let dims = info.shape.dims();
-            let cols = dims.last().copied().unwrap_or(0);
-            if info.ggml_dtype == GgmlDType::Q4_1 && self.device.is_cpu() && cols % 32 == 0 {
-                self.progress.advance(bytes.len() as u64);
-                let rows = info.shape.elem_count() / cols.max(1);
-                return Ok(Linear::Q4_1(Arc::new(Q4_1Matrix::from_gguf_bytes(
-                    bytes, rows, cols,
-                )?)));
+            self.progress.advance(bytes.len() as u64);
+            return linear_from_bytes(info.ggml_dtype, bytes, info.shape.clone(), self.device);
+        }
+        let q = self.qtensor(name)?;
+        let cols = q.shape().dims().last().copied().unwrap_or(0);
+        if ours(q.dtype(), cols, self.device) {
+            return linear_from_bytes(q.dtype(), &q.data()?, q.shape().clone(), self.device);
+        }
+        Ok(QMatMul::from_qtensor(q)?.into())
+    }
+    fn embedding(&mut self, name: &str) -> Result<Embedding> {
+        let table = |dtype, bytes: &[u8], rows, cols| -> Result<Embedding> {
+            Ok(Embedding::Quantized(Arc::new(QuantMatrix::from_gguf(
+                dtype, bytes, rows, cols,
+            )?)))
+        };
+        if let Some((bytes, info)) = self.mapped_bytes(name)? {
+            if let &[rows, cols] = info.shape.dims() {
+                if ours(info.ggml_dtype, cols, self.device) {
+                    self.progress.advance(bytes.len() as u64);
+                    return table(info.ggml_dtype, bytes, rows, cols);
+                }
             }
         }
         let q = self.qtensor(name)?;
-        linear_from_qtensor(q, self.device)
-    }
-    fn embedding(&mut self, name: &str) -> Result<Embedding> {
-        let q = self.qtensor(name)?;
-        let dense = matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-        if dense || !self.device.is_cpu() {
-            return Ok(Embedding::Dense(q.dequantize(self.device)?));
+        match *q.shape().dims() {
+            [rows, cols] if ours(q.dtype(), cols, self.device) => {
+                table(q.dtype(), &q.data()?, rows, cols)
+            }
+            _ => Ok(Embedding::Dense(q.dequantize(self.device)?)),
         }
-        Embedding::quantized(q)
     }
     fn stacked_matmuls(&mut self, name: &str, count: usize) -> Result<Vec<Linear>> {
-        let stacked = self.qtensor(name)?;
-        let (n, rows, cols) = stacked.shape().dims3()?;
+        let (owned, dtype, dims);
+        let data: &[u8] = match self.mapped_bytes(name)? {
+            Some((bytes, info)) => {
+                self.progress.advance(bytes.len() as u64);
+                (dtype, dims) = (info.ggml_dtype, info.shape.dims().to_vec());
+                bytes
+            }
+            None => {
+                let q = self.qtensor(name)?;
+                (dtype, dims) = (q.dtype(), q.shape().dims().to_vec());
+                owned = q.data()?.into_owned();
+                &owned
+            }
+        };
+        let &[n, rows, cols] = dims.as_slice() else {
+            return Err(EngineError::Load(format!(
+                "`{name}` has shape {dims:?}, expected [experts, rows, cols]"
+            )));
+        };
         if n != count {
             return Err(EngineError::Load(format!(
                 "`{name}` stacks {n} matrices, expected {count}"
             )));
         }
-        let dtype = stacked.dtype();
-        let data = stacked.data()?;
         // Quantized blocks never straddle rows, so each matrix is a contiguous byte range.
         let per = data.len() / n;
         (0..n)
             .map(|e| {
-                let bytes = std::borrow::Cow::Borrowed(&data[e * per..(e + 1) * per]);
-                let storage = QStorage::from_data(bytes, self.device, dtype)?;
-                linear_from_qtensor(QTensor::new(storage, (rows, cols))?, self.device)
+                let bytes = &data[e * per..(e + 1) * per];
+                linear_from_bytes(dtype, bytes, (rows, cols).into(), self.device)
             })
             .collect()
     }
@@ -489,7 +463,8 @@ mod tests {
             let table = Tensor::randn(0f32, 1.0, (8, 256), &Device::Cpu).unwrap();
             let q = QTensor::quantize(&table, dtype).unwrap();
             let dense = q.dequantize(&Device::Cpu).unwrap();
-            let e = Embedding::quantized(q).unwrap();
+            let ours = QuantMatrix::from_gguf(dtype, &q.data().unwrap(), 8, 256).unwrap();
+            let e = Embedding::Quantized(Arc::new(ours));
             let ids = [3u32, 0, 7, 3];
             let got = e.lookup(&ids, &Device::Cpu).unwrap();
             let want = Embedding::Dense(dense).lookup(&ids, &Device::Cpu).unwrap();
@@ -499,35 +474,21 @@ mod tests {
         }
     }
 
-    /// The Q5_0 → Q8_0 rewrite keeps every value, and candle's matmul on it
-    /// equals candle's Q5_0 matmul.
+    /// On the CPU the known quant types run on our kernels; others (and
+    /// every type on other devices) on candle's.
     #[test]
-    fn q5_0_rewritten_as_q8_0_is_lossless() {
-        let (rows, cols) = (48, 640);
-        let w: Vec<f32> = (0..rows * cols)
-            .map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.4)
-            .collect();
-        let w = Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap();
-        let q5 = QTensor::quantize(&w, GgmlDType::Q5_0).unwrap();
-        let q8 = match linear_from_qtensor(q5, &Device::Cpu).unwrap() {
-            Linear::Candle(QMatMul::QTensor(q)) => q,
-            _ => panic!("Q5_0 should become a candle Q8_0 matrix"),
-        };
-        assert_eq!(q8.dtype(), GgmlDType::Q8_0);
-        let q5 = QTensor::quantize(&w, GgmlDType::Q5_0).unwrap();
-        let (a, b) = (
-            q5.dequantize(&Device::Cpu).unwrap(),
-            q8.dequantize(&Device::Cpu).unwrap(),
-        );
-        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
-        let x: Vec<f32> = (0..3 * cols)
-            .map(|i| ((i * 31 % 97) as f32 - 48.0) / 40.0)
-            .collect();
-        let x = Tensor::from_vec(x, (3, cols), &Device::Cpu).unwrap();
-        let want = QMatMul::from_qtensor(q5).unwrap().forward(&x).unwrap();
-        let got = QMatMul::QTensor(q8).forward(&x).unwrap();
-        let diff = (want - got).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
+    fn cpu_matrices_of_known_types_are_ours() {
+        let w = Tensor::randn(0f32, 1.0, (4, 256), &Device::Cpu).unwrap();
+        for (dtype, want_ours) in [
+            (GgmlDType::Q4K, true),
+            (GgmlDType::Q5_0, true),
+            (GgmlDType::Q3K, false),
+        ] {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let linear =
+                linear_from_bytes(dtype, &q.data().unwrap(), (4, 256).into(), &Device::Cpu)
+                    .unwrap();
+            assert_eq!(matches!(linear, Linear::Cpu(_)), want_ours, "{dtype:?}");
+        }
     }
 }

@@ -1,0 +1,277 @@
+//! GGUF blocks → our three layouts, at load. Every conversion keeps the
+//! values exactly: a weight is `scale · q + min` with `q` the file's integer,
+//! `scale` and `min` computed in f32 as ggml's own dequantization computes
+//! them (`d · sc` and `−dmin · m` for K-quants), so `dequantize_row` equals
+//! candle's dequantization bit for bit (tested).
+//!
+//! Block formats: ggml's `ggml-common.h` (`block_q4_0` … `block_q6_K`).
+
+use half::f16;
+
+use super::{Kind, Layout, BLOCK};
+use crate::error::{EngineError, Result};
+use crate::host_memory::vec_with_huge_pages;
+
+/// Values per K-quant super-block.
+const QK_K: usize = 256;
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// Pack 32 values (each `< 16`) into our nibble order: value `j` in the low
+/// nibble of byte `j`, value `j + 16` in the high one.
+fn pack_nibbles(values: &[u8; 32], out: &mut Vec<u8>) {
+    out.extend((0..16).map(|j| values[j] | (values[j + 16] << 4)));
+}
+
+/// Checks the byte count and returns the number of `block_bytes` blocks.
+fn whole_blocks(
+    name: &str,
+    data: &[u8],
+    rows: usize,
+    cols: usize,
+    per_block: usize,
+    block_bytes: usize,
+) -> Result<usize> {
+    let blocks = rows * cols / per_block;
+    if !cols.is_multiple_of(per_block) || data.len() != blocks * block_bytes {
+        return Err(EngineError::Load(format!(
+            "{name} tensor {rows}x{cols}: {} bytes do not form whole blocks",
+            data.len()
+        )));
+    }
+    Ok(blocks)
+}
+
+struct U4Builder {
+    packed: Vec<u8>,
+    scales: Vec<f32>,
+    mins: Vec<f32>,
+}
+
+impl U4Builder {
+    fn new(sub_blocks: usize) -> Self {
+        U4Builder {
+            packed: vec_with_huge_pages(sub_blocks * BLOCK / 2),
+            scales: vec_with_huge_pages(sub_blocks),
+            mins: vec_with_huge_pages(sub_blocks),
+        }
+    }
+    fn push(&mut self, values: &[u8; 32], scale: f32, min: f32) {
+        pack_nibbles(values, &mut self.packed);
+        self.scales.push(scale);
+        self.mins.push(min);
+    }
+    fn done(self) -> Layout {
+        Layout {
+            kind: Kind::U4,
+            quants: self.packed,
+            scales: self.scales,
+            mins: self.mins,
+        }
+    }
+}
+
+struct U8Builder {
+    quants: Vec<u8>,
+    scales: Vec<f32>,
+    mins: Vec<f32>,
+}
+
+impl U8Builder {
+    fn new(sub_blocks: usize) -> Self {
+        U8Builder {
+            quants: vec_with_huge_pages(sub_blocks * BLOCK),
+            scales: vec_with_huge_pages(sub_blocks),
+            mins: vec_with_huge_pages(sub_blocks),
+        }
+    }
+    fn push(&mut self, values: &[u8; 32], scale: f32, min: f32) {
+        self.quants.extend_from_slice(values);
+        self.scales.push(scale);
+        self.mins.push(min);
+    }
+    fn done(self) -> Layout {
+        Layout {
+            kind: Kind::U8,
+            quants: self.quants,
+            scales: self.scales,
+            mins: self.mins,
+        }
+    }
+}
+
+/// `block_q4_0`: f16 `d`, 16 bytes; value `d · (q − 8)`.
+pub(super) fn q4_0(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
+    let blocks = whole_blocks("Q4_0", data, rows, cols, BLOCK, 18)?;
+    let mut out = U4Builder::new(blocks);
+    for b in data.chunks_exact(18) {
+        let d = f16_at(b, 0);
+        // The file's nibble order is ours; only the offset moves into `min`.
+        out.packed.extend_from_slice(&b[2..18]);
+        out.scales.push(d);
+        out.mins.push(-8.0 * d);
+    }
+    Ok(out.done())
+}
+
+/// `block_q4_1`: f16 `d`, f16 `m`, 16 bytes; value `d · q + m`.
+pub(super) fn q4_1(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
+    let blocks = whole_blocks("Q4_1", data, rows, cols, BLOCK, 20)?;
+    let mut out = U4Builder::new(blocks);
+    for b in data.chunks_exact(20) {
+        out.packed.extend_from_slice(&b[4..20]);
+        out.scales.push(f16_at(b, 0));
+        out.mins.push(f16_at(b, 2));
+    }
+    Ok(out.done())
+}
+
+/// `block_q5_0`: f16 `d`, 32 high bits, 16 bytes of low nibbles; value
+/// `d · (q − 16)`, kept as the signed byte `q − 16`.
+pub(super) fn q5_0(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
+    let blocks = whole_blocks("Q5_0", data, rows, cols, BLOCK, 22)?;
+    let mut quants = vec_with_huge_pages(blocks * BLOCK);
+    let mut scales = vec_with_huge_pages(blocks);
+    for b in data.chunks_exact(22) {
+        scales.push(f16_at(b, 0));
+        let high = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        let low = &b[6..22];
+        let value =
+            |j: usize, nibble: u8| ((nibble | ((((high >> j) & 1) as u8) << 4)) as i8 - 16) as u8;
+        quants.extend((0..16).map(|j| value(j, low[j] & 0x0F)));
+        quants.extend((0..16).map(|j| value(j + 16, low[j] >> 4)));
+    }
+    Ok(Layout {
+        kind: Kind::I8x32,
+        quants,
+        scales,
+        mins: Vec::new(),
+    })
+}
+
+/// `block_q5_1`: f16 `d`, f16 `m`, 32 high bits, 16 bytes; value `d · q + m`.
+pub(super) fn q5_1(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
+    let blocks = whole_blocks("Q5_1", data, rows, cols, BLOCK, 24)?;
+    let mut out = U8Builder::new(blocks);
+    for b in data.chunks_exact(24) {
+        let high = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        let low = &b[8..24];
+        let mut q = [0u8; 32];
+        for j in 0..16 {
+            q[j] = (low[j] & 0x0F) | ((((high >> j) & 1) as u8) << 4);
+            q[j + 16] = (low[j] >> 4) | ((((high >> (j + 16)) & 1) as u8) << 4);
+        }
+        out.push(&q, f16_at(b, 0), f16_at(b, 2));
+    }
+    Ok(out.done())
+}
+
+/// `block_q8_0`: f16 `d`, 32 signed bytes; value `d · q`.
+pub(super) fn q8_0(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
+    let blocks = whole_blocks("Q8_0", data, rows, cols, BLOCK, 34)?;
+    let mut quants = vec_with_huge_pages(blocks * BLOCK);
+    let mut scales = vec_with_huge_pages(blocks);
+    for b in data.chunks_exact(34) {
+        scales.push(f16_at(b, 0));
+        quants.extend_from_slice(&b[2..34]);
+    }
+    Ok(Layout {
+        kind: Kind::I8x32,
+        quants,
+        scales,
+        mins: Vec::new(),
+    })
+}
+
+/// The 6-bit scale and min of sub-block `j` of a Q4_K/Q5_K super-block
+/// (ggml's `get_scale_min_k4`).
+fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        (
+            (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
+    }
+}
+
+/// `block_q4_K`: f16 `d`, f16 `dmin`, 12 bytes of packed 6-bit scales and
+/// mins, 128 bytes; sub-block `j` (32 values) is `d·sc_j · q − dmin·m_j`.
+pub(super) fn q4_k(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
+    let blocks = whole_blocks("Q4_K", data, rows, cols, QK_K, 144)?;
+    let mut out = U4Builder::new(blocks * 8);
+    for b in data.chunks_exact(144) {
+        let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+        let (scales, qs) = (&b[4..16], &b[16..144]);
+        for chunk in 0..4 {
+            let q = &qs[32 * chunk..32 * chunk + 32];
+            for (half, shift) in [(0, 0), (1, 4)] {
+                let j = 2 * chunk + half;
+                let (sc, m) = scale_min_k4(j, scales);
+                let values: [u8; 32] = std::array::from_fn(|l| (q[l] >> shift) & 0x0F);
+                out.push(&values, d * sc as f32, -(dmin * m as f32));
+            }
+        }
+    }
+    Ok(out.done())
+}
+
+/// `block_q5_K`: f16 `d`, f16 `dmin`, 12 bytes of scales, 32 bytes of high
+/// bits, 128 bytes of low nibbles; sub-block `j` is `d·sc_j · q − dmin·m_j`.
+pub(super) fn q5_k(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
+    let blocks = whole_blocks("Q5_K", data, rows, cols, QK_K, 176)?;
+    let mut out = U8Builder::new(blocks * 8);
+    for b in data.chunks_exact(176) {
+        let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+        let (scales, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
+        for chunk in 0..4 {
+            let ql = &qs[32 * chunk..32 * chunk + 32];
+            for (half, shift) in [(0, 0), (1, 4)] {
+                let j = 2 * chunk + half;
+                let bit = 1u8 << j;
+                let (sc, m) = scale_min_k4(j, scales);
+                let values: [u8; 32] = std::array::from_fn(|l| {
+                    ((ql[l] >> shift) & 0x0F) | if qh[l] & bit != 0 { 16 } else { 0 }
+                });
+                out.push(&values, d * sc as f32, -(dmin * m as f32));
+            }
+        }
+    }
+    Ok(out.done())
+}
+
+/// `block_q6_K`: 128 bytes of low nibbles, 64 bytes of high 2-bit pairs,
+/// 16 signed 8-bit scales, f16 `d`; each 16 values are `d·sc · (q − 32)`,
+/// kept as the signed byte `q − 32` with scale `d·sc`.
+pub(super) fn q6_k(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
+    let blocks = whole_blocks("Q6_K", data, rows, cols, QK_K, 210)?;
+    let mut quants: Vec<u8> = vec_with_huge_pages(blocks * QK_K);
+    let mut scales: Vec<f32> = vec_with_huge_pages(blocks * 16);
+    for b in data.chunks_exact(210) {
+        let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+        let d = f16_at(b, 208);
+        let mut values = [0i8; QK_K];
+        for half in 0..2 {
+            let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
+            let y = &mut values[128 * half..128 * half + 128];
+            for l in 0..32 {
+                let q = |low: u8, shift: u32| (low | (((qh[l] >> shift) & 3) << 4)) as i8 - 32;
+                y[l] = q(ql[l] & 0x0F, 0);
+                y[l + 32] = q(ql[l + 32] & 0x0F, 2);
+                y[l + 64] = q(ql[l] >> 4, 4);
+                y[l + 96] = q(ql[l + 32] >> 4, 6);
+            }
+        }
+        quants.extend(values.iter().map(|&v| v as u8));
+        scales.extend(sc.iter().map(|&s| d * (s as i8) as f32));
+    }
+    Ok(Layout {
+        kind: Kind::I8x16,
+        quants,
+        scales,
+        mins: Vec::new(),
+    })
+}

@@ -1,0 +1,58 @@
+//! One thread pool for a whole CPU step.
+//!
+//! Every parallel region of a CPU forward pass — our quantized matmuls, the
+//! paged attention, and candle's own element-wise ops — runs on candle's
+//! barrier pool (`candle_core::utils::barrier_pool`): workers that spin
+//! between regions (parking only after a pause), with the calling thread
+//! taking part, as llama.cpp's ggml thread pool does between graph nodes.
+//! A step issues a few hundred short regions; on rayon's pool (which the
+//! engine thread entered from outside) each one was a futex wake-up and a
+//! sleep, and the two pools handed the same cores back and forth.
+
+/// Call `f(first_row, rows)` on disjoint runs of `row_len`-element rows of
+/// `out`, in parallel; every row is handed out exactly once.
+pub(crate) fn for_row_runs<T: Send>(
+    out: &mut [T],
+    row_len: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    if row_len == 0 || out.is_empty() {
+        return;
+    }
+    let rows = out.len() / row_len;
+    let base = SharedPtr(out.as_mut_ptr());
+    candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
+        let base = &base;
+        // SAFETY: the pool's cursor hands out disjoint ranges of `0..rows`,
+        // so these slices of `out` (borrowed mutably for this whole call)
+        // never overlap, and all of them end before the call returns.
+        let run = unsafe {
+            std::slice::from_raw_parts_mut(base.0.add(range.start * row_len), range.len() * row_len)
+        };
+        f(range.start, run);
+    });
+}
+
+struct SharedPtr<T>(*mut T);
+// SAFETY: used only to hand disjoint sub-slices of one `&mut [T]` to the
+// pool's threads (see `for_row_runs`).
+unsafe impl<T: Send> Sync for SharedPtr<T> {}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_row_is_visited_once() {
+        for (rows, row_len) in [(1, 3), (7, 1), (1000, 5), (0, 4)] {
+            let mut out = vec![0u32; rows * row_len];
+            super::for_row_runs(&mut out, row_len, |first, run| {
+                for (i, row) in run.chunks_mut(row_len).enumerate() {
+                    row.iter_mut().for_each(|v| *v += (first + i) as u32 + 1);
+                }
+            });
+            let want: Vec<u32> = (0..rows)
+                .flat_map(|r| vec![r as u32 + 1; row_len])
+                .collect();
+            assert_eq!(out, want);
+        }
+    }
+}

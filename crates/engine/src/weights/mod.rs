@@ -3,10 +3,11 @@
 //! mapped here to llama.cpp's). The forward pass only sees [`WeightSource`]
 //! and [`Linear`].
 //!
-//! On the CPU every quantized GGUF matrix our kernels know (Q4_0, Q4_1,
-//! Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) is laid out for
-//! [`crate::model::cpu_matmul`] at load, straight from the file mapping;
-//! other types and other devices keep candle's `QMatMul`.
+//! On the CPU the 32-value block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) are
+//! laid out for [`crate::model::cpu_matmul`] at load, straight from the file
+//! mapping; K-quants run on candle's kernels (faster here, see `ours`),
+//! though quantized embedding tables of any of these types stay in our
+//! layout; other types and other devices keep candle's `QMatMul`.
 
 pub(crate) mod gguf;
 pub(crate) mod loader;
@@ -59,7 +60,22 @@ impl From<QMatMul> for Linear {
 }
 
 /// Whether a GGUF matrix of this type and width runs on our CPU kernels.
+/// K-quant matrices stay on candle's kernels, which keep their super-block
+/// scales as integers (one float operation per 256 values, AVX-512 where the
+/// CPU has it) and measured 1.1–3× faster than ours at every batch size
+/// (`benches/README.md`); ours still hold K-quant embedding tables.
 fn ours(dtype: GgmlDType, cols: usize, device: &Device) -> bool {
+    use GgmlDType::*;
+    let candle_is_faster = matches!(dtype, Q4K | Q5K | Q6K);
+    device.is_cpu()
+        && QuantMatrix::supports(dtype)
+        && !candle_is_faster
+        && cols.is_multiple_of(dtype.block_size())
+}
+
+/// A quantized embedding table kept in our layout (any type our kernels
+/// know, on the CPU).
+fn ours_as_table(dtype: GgmlDType, cols: usize, device: &Device) -> bool {
     device.is_cpu() && QuantMatrix::supports(dtype) && cols.is_multiple_of(dtype.block_size())
 }
 
@@ -115,12 +131,14 @@ pub enum Embedding {
 
 impl Embedding {
     /// The LM head of a model whose output matrix is its embedding table:
-    /// the same quantized table, or for a dense one the matrix loaded again
-    /// through `w`.
+    /// the same quantized table where our kernels run its type, else the
+    /// matrix loaded again through `w` (dense, or a K-quant for candle).
     pub fn tied_lm_head(&self, w: &mut dyn WeightSource, name: &str) -> Result<Linear> {
         match self {
-            Embedding::Quantized(table) => Ok(Linear::Cpu(table.clone())),
-            Embedding::Dense(_) => w.matmul(name),
+            Embedding::Quantized(table) if ours(table.dtype(), table.cols(), w.device()) => {
+                Ok(Linear::Cpu(table.clone()))
+            }
+            _ => w.matmul(name),
         }
     }
 
@@ -238,7 +256,7 @@ impl<R: std::io::Read + std::io::Seek> WeightSource for GgufWeights<'_, R> {
         };
         if let Some((bytes, info)) = self.mapped_bytes(name)? {
             if let &[rows, cols] = info.shape.dims() {
-                if ours(info.ggml_dtype, cols, self.device) {
+                if ours_as_table(info.ggml_dtype, cols, self.device) {
                     self.progress.advance(bytes.len() as u64);
                     return table(info.ggml_dtype, bytes, rows, cols);
                 }
@@ -246,7 +264,7 @@ impl<R: std::io::Read + std::io::Seek> WeightSource for GgufWeights<'_, R> {
         }
         let q = self.qtensor(name)?;
         match *q.shape().dims() {
-            [rows, cols] if ours(q.dtype(), cols, self.device) => {
+            [rows, cols] if ours_as_table(q.dtype(), cols, self.device) => {
                 table(q.dtype(), &q.data()?, rows, cols)
             }
             _ => Ok(Embedding::Dense(q.dequantize(self.device)?)),
@@ -474,14 +492,17 @@ mod tests {
         }
     }
 
-    /// On the CPU the known quant types run on our kernels; others (and
-    /// every type on other devices) on candle's.
+    /// On the CPU the 32-block quant types run on our kernels; K-quants
+    /// (faster on candle's), unknown types and every type on other devices
+    /// on candle's.
     #[test]
     fn cpu_matrices_of_known_types_are_ours() {
         let w = Tensor::randn(0f32, 1.0, (4, 256), &Device::Cpu).unwrap();
         for (dtype, want_ours) in [
-            (GgmlDType::Q4K, true),
+            (GgmlDType::Q4_1, true),
             (GgmlDType::Q5_0, true),
+            (GgmlDType::Q8_0, true),
+            (GgmlDType::Q4K, false),
             (GgmlDType::Q3K, false),
         ] {
             let q = QTensor::quantize(&w, dtype).unwrap();

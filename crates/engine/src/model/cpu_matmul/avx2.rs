@@ -152,6 +152,44 @@ unsafe fn tile<K: Tiled, const RM: usize, const RN: usize>(
     std::array::from_fn(|m| std::array::from_fn(|n| hsum(acc[m][n]) + mins[m][n]))
 }
 
+/// The decode tile (four rows, one token) with its accumulators named, so
+/// that they stay in registers (the generic [`tile`]'s arrays spilled to the
+/// stack here, a store and a load on every accumulation's dependency chain).
+#[inline(always)]
+unsafe fn tile_4x1<K: Tiled>(rows: &[WeightRow; 4], act: &ActRow, blocks: usize) -> [f32; 4] {
+    let (mut a0, mut a1, mut a2, mut a3) = (
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+    );
+    let mut mins = [0f32; 4];
+    for b in 0..blocks {
+        let a = _mm256_loadu_si256(act.quants.as_ptr().add(b * BLOCK) as *const __m256i);
+        let da = _mm256_set1_ps(*act.scales.get_unchecked(b));
+        macro_rules! row {
+            ($m:literal, $acc:ident) => {{
+                let w = K::weights(rows[$m], b);
+                let p = _mm256_cvtepi32_ps(K::product(w, a));
+                $acc = _mm256_fmadd_ps(_mm256_mul_ps(K::scales(rows[$m], b), da), p, $acc);
+                if K::HAS_MIN {
+                    mins[$m] += *rows[$m].mins.get_unchecked(b) * *act.sums.get_unchecked(b);
+                }
+            }};
+        }
+        row!(0, a0);
+        row!(1, a1);
+        row!(2, a2);
+        row!(3, a3);
+    }
+    [
+        hsum(a0) + mins[0],
+        hsum(a1) + mins[1],
+        hsum(a2) + mins[2],
+        hsum(a3) + mins[3],
+    ]
+}
+
 /// Rows `first..first + count` (`row(i)` gives row `first + i`; `out` holds
 /// `count × tokens` results, row major) against every token, tile by tile.
 ///
@@ -182,8 +220,11 @@ pub(super) unsafe fn rows_times_tokens<'a, K: Tiled>(
     if tokens < 4 {
         // Decode-sized batches: four rows at a time, each token in turn.
         while r + 4 <= count {
-            for t in 0..tokens {
-                run!(4, 1, r, t);
+            let w: [WeightRow; 4] = std::array::from_fn(|m| row(r + m));
+            for (t, act) in acts.iter().enumerate() {
+                for (m, v) in tile_4x1::<K>(&w, act, blocks).into_iter().enumerate() {
+                    out[(r + m) * tokens + t] = v;
+                }
             }
             r += 4;
         }

@@ -16,15 +16,21 @@ pub(super) trait Tiled {
     /// `(unsigned operand, sign source)` of block `b`.
     unsafe fn weights(row: WeightRow, b: usize) -> (__m256i, __m256i);
     /// 32 products summed to 8 i32 lanes (lane `k`: values `4k..4k+4`).
-    unsafe fn product(w: (__m256i, __m256i), a: __m256i) -> __m256i;
+    unsafe fn product<const VNNI: bool>(w: (__m256i, __m256i), a: __m256i) -> __m256i;
     /// The weight scale of each lane.
     unsafe fn scales(row: WeightRow, b: usize) -> __m256;
 }
 
+/// Unsigned × signed bytes, 32 pairs summed to 8 i32 lanes: one VNNI
+/// `vpdpbusd` where the CPU has it, else `maddubs` + `madd` (no saturation:
+/// |pair| ≤ 2·128·127 < 2¹⁵, activations being in ±127).
 #[inline(always)]
-unsafe fn madd(w: __m256i, a: __m256i) -> __m256i {
-    // No saturation: |pair| ≤ 2·128·127 < 2¹⁵ (activations are in ±127).
-    _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1))
+unsafe fn madd<const VNNI: bool>(w: __m256i, a: __m256i) -> __m256i {
+    if VNNI {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a)
+    } else {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1))
+    }
 }
 
 /// Unsigned 4-bit values, 16 bytes per block.
@@ -41,8 +47,8 @@ impl Tiled for U4 {
         (w, w)
     }
     #[inline(always)]
-    unsafe fn product(w: (__m256i, __m256i), a: __m256i) -> __m256i {
-        madd(w.0, a)
+    unsafe fn product<const VNNI: bool>(w: (__m256i, __m256i), a: __m256i) -> __m256i {
+        madd::<VNNI>(w.0, a)
     }
     #[inline(always)]
     unsafe fn scales(row: WeightRow, b: usize) -> __m256 {
@@ -60,8 +66,8 @@ impl Tiled for U8 {
         (w, w)
     }
     #[inline(always)]
-    unsafe fn product(w: (__m256i, __m256i), a: __m256i) -> __m256i {
-        madd(w.0, a)
+    unsafe fn product<const VNNI: bool>(w: (__m256i, __m256i), a: __m256i) -> __m256i {
+        madd::<VNNI>(w.0, a)
     }
     #[inline(always)]
     unsafe fn scales(row: WeightRow, b: usize) -> __m256 {
@@ -79,9 +85,9 @@ impl Tiled for I8x32 {
         (_mm256_sign_epi8(w, w), w)
     }
     #[inline(always)]
-    unsafe fn product(w: (__m256i, __m256i), a: __m256i) -> __m256i {
+    unsafe fn product<const VNNI: bool>(w: (__m256i, __m256i), a: __m256i) -> __m256i {
         // Signed × signed as |w| · (a·sign(w)).
-        madd(w.0, _mm256_sign_epi8(a, w.1))
+        madd::<VNNI>(w.0, _mm256_sign_epi8(a, w.1))
     }
     #[inline(always)]
     unsafe fn scales(row: WeightRow, b: usize) -> __m256 {
@@ -98,8 +104,8 @@ impl Tiled for I8x16 {
         I8x32::weights(row, b)
     }
     #[inline(always)]
-    unsafe fn product(w: (__m256i, __m256i), a: __m256i) -> __m256i {
-        I8x32::product(w, a)
+    unsafe fn product<const VNNI: bool>(w: (__m256i, __m256i), a: __m256i) -> __m256i {
+        I8x32::product::<VNNI>(w, a)
     }
     #[inline(always)]
     unsafe fn scales(row: WeightRow, b: usize) -> __m256 {
@@ -124,7 +130,7 @@ unsafe fn hsum(acc: __m256) -> f32 {
 /// The CPU has AVX2 and FMA; every row and activation holds `blocks`
 /// blocks (checked by the caller).
 #[inline(always)]
-unsafe fn tile<K: Tiled, const RM: usize, const RN: usize>(
+unsafe fn tile<K: Tiled, const VNNI: bool, const RM: usize, const RN: usize>(
     rows: &[WeightRow; RM],
     acts: &[ActRow; RN],
     blocks: usize,
@@ -140,7 +146,7 @@ unsafe fn tile<K: Tiled, const RM: usize, const RN: usize>(
             let w = K::weights(rows[m], b);
             let ws = K::scales(rows[m], b);
             for n in 0..RN {
-                let p = _mm256_cvtepi32_ps(K::product(w, a[n]));
+                let p = _mm256_cvtepi32_ps(K::product::<VNNI>(w, a[n]));
                 let s = _mm256_mul_ps(ws, _mm256_set1_ps(da[n]));
                 acc[m][n] = _mm256_fmadd_ps(s, p, acc[m][n]);
                 if K::HAS_MIN {
@@ -156,7 +162,11 @@ unsafe fn tile<K: Tiled, const RM: usize, const RN: usize>(
 /// that they stay in registers (the generic [`tile`]'s arrays spilled to the
 /// stack here, a store and a load on every accumulation's dependency chain).
 #[inline(always)]
-unsafe fn tile_4x1<K: Tiled>(rows: &[WeightRow; 4], act: &ActRow, blocks: usize) -> [f32; 4] {
+unsafe fn tile_4x1<K: Tiled, const VNNI: bool>(
+    rows: &[WeightRow; 4],
+    act: &ActRow,
+    blocks: usize,
+) -> [f32; 4] {
     let (mut a0, mut a1, mut a2, mut a3) = (
         _mm256_setzero_ps(),
         _mm256_setzero_ps(),
@@ -170,7 +180,7 @@ unsafe fn tile_4x1<K: Tiled>(rows: &[WeightRow; 4], act: &ActRow, blocks: usize)
         macro_rules! row {
             ($m:literal, $acc:ident) => {{
                 let w = K::weights(rows[$m], b);
-                let p = _mm256_cvtepi32_ps(K::product(w, a));
+                let p = _mm256_cvtepi32_ps(K::product::<VNNI>(w, a));
                 $acc = _mm256_fmadd_ps(_mm256_mul_ps(K::scales(rows[$m], b), da), p, $acc);
                 if K::HAS_MIN {
                     mins[$m] += *rows[$m].mins.get_unchecked(b) * *act.sums.get_unchecked(b);
@@ -203,12 +213,38 @@ pub(super) unsafe fn rows_times_tokens<'a, K: Tiled>(
     blocks: usize,
     out: &mut [f32],
 ) {
+    rows_times_tokens_with::<K, false>(row, count, acts, blocks, out)
+}
+
+/// [`rows_times_tokens`] with AVX-512 VNNI's `vpdpbusd` on 256-bit vectors.
+///
+/// # Safety
+/// As [`tile`], and the CPU has AVX-512 VNNI and VL.
+#[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+pub(super) unsafe fn rows_times_tokens_vnni<'a, K: Tiled>(
+    row: impl Fn(usize) -> WeightRow<'a>,
+    count: usize,
+    acts: &[ActRow],
+    blocks: usize,
+    out: &mut [f32],
+) {
+    rows_times_tokens_with::<K, true>(row, count, acts, blocks, out)
+}
+
+#[inline(always)]
+unsafe fn rows_times_tokens_with<'a, K: Tiled, const VNNI: bool>(
+    row: impl Fn(usize) -> WeightRow<'a>,
+    count: usize,
+    acts: &[ActRow],
+    blocks: usize,
+    out: &mut [f32],
+) {
     let tokens = acts.len();
     macro_rules! run {
         ($rm:literal, $rn:literal, $r:expr, $t:expr) => {{
             let w: [WeightRow; $rm] = std::array::from_fn(|m| row($r + m));
             let a: [ActRow; $rn] = std::array::from_fn(|n| acts[$t + n]);
-            let res = tile::<K, $rm, $rn>(&w, &a, blocks);
+            let res = tile::<K, VNNI, $rm, $rn>(&w, &a, blocks);
             for m in 0..$rm {
                 for n in 0..$rn {
                     out[($r + m) * tokens + $t + n] = res[m][n];
@@ -222,7 +258,7 @@ pub(super) unsafe fn rows_times_tokens<'a, K: Tiled>(
         while r + 4 <= count {
             let w: [WeightRow; 4] = std::array::from_fn(|m| row(r + m));
             for (t, act) in acts.iter().enumerate() {
-                for (m, v) in tile_4x1::<K>(&w, act, blocks).into_iter().enumerate() {
+                for (m, v) in tile_4x1::<K, VNNI>(&w, act, blocks).into_iter().enumerate() {
                     out[(r + m) * tokens + t] = v;
                 }
             }
@@ -247,4 +283,49 @@ pub(super) unsafe fn rows_times_tokens<'a, K: Tiled>(
             run!(1, 1, r, t);
         }
     }
+}
+
+/// [`super::quantize_block`] on 32 values at once, with the same results:
+/// the same `amax`, `x · (1/d)` products and half-away-from-zero rounding
+/// (truncate, then step away from zero where the dropped part is ≥ ½).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `xs` and `qs` hold at least 32 values.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn quantize_block(xs: &[f32], qs: &mut [i8]) -> (f32, i32) {
+    debug_assert!(xs.len() >= BLOCK && qs.len() >= BLOCK);
+    let sign = _mm256_set1_ps(-0.0);
+    let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(xs.as_ptr().add(8 * i)));
+    let abs = |x: __m256| _mm256_andnot_ps(sign, x);
+    let m = _mm256_max_ps(
+        _mm256_max_ps(abs(v[0]), abs(v[1])),
+        _mm256_max_ps(abs(v[2]), abs(v[3])),
+    );
+    let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+    let d = amax / 127.0;
+    let inv = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+    let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
+    let q: [__m256i; 4] = std::array::from_fn(|i| {
+        let y = _mm256_mul_ps(v[i], inv);
+        let t = _mm256_round_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+        let away = _mm256_cmp_ps(abs(_mm256_sub_ps(y, t)), half, _CMP_GE_OQ);
+        let step = _mm256_and_ps(away, _mm256_or_ps(_mm256_and_ps(y, sign), one));
+        _mm256_cvtps_epi32(_mm256_add_ps(t, step))
+    });
+    let total = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    let t4 = _mm_add_epi32(
+        _mm256_castsi256_si128(total),
+        _mm256_extracti128_si256(total, 1),
+    );
+    let t2 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0b00_00_11_10));
+    let sum = _mm_cvtsi128_si32(_mm_add_epi32(t2, _mm_shuffle_epi32(t2, 0b00_00_00_01)));
+    // i32 → i16 → i8 packs work per 128-bit lane; one permute restores order.
+    let words01 = _mm256_packs_epi32(q[0], q[1]);
+    let words23 = _mm256_packs_epi32(q[2], q[3]);
+    let bytes = _mm256_packs_epi16(words01, words23);
+    let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, ordered);
+    (d, sum)
 }

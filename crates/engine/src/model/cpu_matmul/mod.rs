@@ -15,8 +15,9 @@
 //!
 //! K-quants' two-level scales are multiplied out at load (exactly, in f32),
 //! which costs memory (Q4_K 4.5 → 6 bits per weight, Q6_K 6.6 → 10) and buys
-//! one kernel shape for all of them. AVX2 is chosen at run time (a portable
-//! binary, no `-C target-cpu`); elsewhere a scalar loop does the same
+//! one kernel shape for all of them. AVX2 (with AVX-512 VNNI's byte dot product
+//! where present) is chosen at run time (a portable binary, no
+//! `-C target-cpu`); elsewhere a scalar loop does the same
 //! arithmetic. Rows of the output are split across the step's thread pool
 //! ([`crate::parallel`]), and every
 //! weight row is read once per batch, not once per token.
@@ -240,9 +241,14 @@ impl QuantMatrix {
 }
 
 impl Q8Rows {
-    /// Per 32 values: `d = amax / 127`, `q = round(x / d)`, `d` kept as
-    /// f16 (candle's `BlockQ8_1::from_float`); the sum `d · Σq` is exact.
+    /// Per 32 values: `d = amax / 127`, `q = round(x / d)` (half away from
+    /// zero), `d` kept as f16 (candle's `BlockQ8_1::from_float`); the sum
+    /// `d · Σq` is exact.
     fn quantize(x: &[f32], tokens: usize, cols: usize) -> Self {
+        Self::quantize_with(x, tokens, cols, Kernel::detect())
+    }
+
+    fn quantize_with(x: &[f32], tokens: usize, cols: usize, kernel: Kernel) -> Self {
         let blocks = tokens * cols / BLOCK;
         let mut r = Q8Rows {
             quants: vec![0; tokens * cols],
@@ -250,14 +256,13 @@ impl Q8Rows {
             sums: Vec::with_capacity(blocks),
         };
         for (xs, qs) in x.chunks_exact(BLOCK).zip(r.quants.chunks_exact_mut(BLOCK)) {
-            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, &v) in qs.iter_mut().zip(xs) {
-                *q = (v * inv).round() as i8;
-                sum += *q as i32;
-            }
+            let (d, sum) = match kernel {
+                Kernel::Scalar => quantize_block(xs, qs),
+                // SAFETY: `detect` chose AVX2 only where the CPU has it; both
+                // blocks hold 32 values.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 | Kernel::Avx512Vnni => unsafe { avx2::quantize_block(xs, qs) },
+            };
             let d = f16::from_f32(d).to_f32();
             r.scales.push(d);
             r.sums.push(sum as f32 * d);
@@ -266,12 +271,28 @@ impl Q8Rows {
     }
 }
 
+/// One block: returns `d` (before f16 rounding) and `Σq`.
+fn quantize_block(xs: &[f32], qs: &mut [i8]) -> (f32, i32) {
+    let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, &v) in qs.iter_mut().zip(xs) {
+        *q = (v * inv).round() as i8;
+        sum += *q as i32;
+    }
+    (d, sum)
+}
+
 /// The implementation, picked from the CPU's features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kernel {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// AVX2 with AVX-512 VNNI's byte dot product on 256-bit vectors.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
 }
 
 impl Kernel {
@@ -279,6 +300,9 @@ impl Kernel {
         // std caches the CPUID answer; this is a load and a branch per call.
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+                return Kernel::Avx512Vnni;
+            }
             return Kernel::Avx2;
         }
         Kernel::Scalar
@@ -308,6 +332,17 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe {
                 use avx2::{rows_times_tokens as run, I8x16, I8x32, U4, U8};
+                match kind {
+                    Kind::U4 => run::<U4>(row, count, acts, blocks, out),
+                    Kind::U8 => run::<U8>(row, count, acts, blocks, out),
+                    Kind::I8x32 => run::<I8x32>(row, count, acts, blocks, out),
+                    Kind::I8x16 => run::<I8x16>(row, count, acts, blocks, out),
+                }
+            },
+            // SAFETY: as above, and `detect` saw AVX-512 VNNI and VL.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => unsafe {
+                use avx2::{rows_times_tokens_vnni as run, I8x16, I8x32, U4, U8};
                 match kind {
                     Kind::U4 => run::<U4>(row, count, acts, blocks, out),
                     Kind::U8 => run::<U8>(row, count, acts, blocks, out),
@@ -402,8 +437,14 @@ mod tests {
     /// The kernels this CPU can run.
     fn kernels() -> Vec<Kernel> {
         let mut k = vec![Kernel::Scalar];
-        if Kernel::detect() != Kernel::Scalar {
-            k.push(Kernel::detect());
+        #[cfg(target_arch = "x86_64")]
+        {
+            if Kernel::detect() != Kernel::Scalar {
+                k.push(Kernel::Avx2);
+            }
+            if Kernel::detect() == Kernel::Avx512Vnni {
+                k.push(Kernel::Avx512Vnni);
+            }
         }
         k
     }
@@ -590,6 +631,30 @@ mod tests {
             x[cols - 1] = outlier;
             let w = random(rows * cols, seed, 0.5);
             assert_matches_reference(TYPES[type_index], w, x, rows, cols, tokens);
+        }
+    }
+
+    proptest::proptest! {
+        /// The SIMD activation quantizer equals the scalar one, ties (`x / d`
+        /// exactly half-way) rounded away from zero included.
+        #[test]
+        fn activation_quantizers_agree(seed in 0u64..10_000, ties in proptest::prelude::any::<bool>()) {
+            let mut x = random(4 * BLOCK, seed, 3.0);
+            if ties {
+                // amax 127 makes d = 1: every k + 0.5 is a tie.
+                x[0] = 127.0;
+                for (i, v) in x.iter_mut().enumerate().skip(1).take(40) {
+                    *v = (i as f32 - 20.0) + 0.5;
+                }
+            }
+            x[3 * BLOCK..].iter_mut().for_each(|v| *v = 0.0);
+            let want = Q8Rows::quantize_with(&x, 1, 4 * BLOCK, Kernel::Scalar);
+            for kernel in kernels() {
+                let got = Q8Rows::quantize_with(&x, 1, 4 * BLOCK, kernel);
+                proptest::prop_assert_eq!(&got.quants, &want.quants);
+                proptest::prop_assert_eq!(&got.scales, &want.scales);
+                proptest::prop_assert_eq!(&got.sums, &want.sums);
+            }
         }
     }
 

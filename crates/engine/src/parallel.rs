@@ -33,6 +33,38 @@ pub(crate) fn for_row_runs<T: Send>(
     });
 }
 
+/// Call `f` on disjoint ranges covering `0..n`, in parallel.
+pub(crate) fn for_ranges(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    candle_core::utils::barrier_pool().execute_chunked(n, f);
+}
+
+/// An output buffer that the tasks of one parallel call write at indices
+/// they own (for outputs whose owned parts are not contiguous, such as a
+/// token-major matmul output split by weight rows).
+pub(crate) struct SharedOut<'a, T> {
+    base: SharedPtr<T>,
+    len: usize,
+    _borrow: std::marker::PhantomData<&'a mut [T]>,
+}
+
+impl<'a, T: Send> SharedOut<'a, T> {
+    pub(crate) fn new(out: &'a mut [T]) -> Self {
+        SharedOut {
+            base: SharedPtr(out.as_mut_ptr()),
+            len: out.len(),
+            _borrow: std::marker::PhantomData,
+        }
+    }
+
+    /// # Safety
+    /// No other task writes or reads index `i` during the parallel call.
+    #[inline(always)]
+    pub(crate) unsafe fn write(&self, i: usize, value: T) {
+        debug_assert!(i < self.len);
+        *self.base.0.add(i) = value;
+    }
+}
+
 struct SharedPtr<T>(*mut T);
 // SAFETY: used only to hand disjoint sub-slices of one `&mut [T]` to the
 // pool's threads (see `for_row_runs`).

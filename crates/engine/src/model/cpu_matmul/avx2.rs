@@ -200,8 +200,9 @@ unsafe fn tile_4x1<K: Tiled, const VNNI: bool>(
     ]
 }
 
-/// Rows `first..first + count` (`row(i)` gives row `first + i`; `out` holds
-/// `count × tokens` results, row major) against every token, tile by tile.
+/// Rows `first..first + count` (`row(i)` gives row `first + i`) against
+/// every token, tile by tile; `put(i, t, v)` takes row `i`'s result for
+/// token `t`.
 ///
 /// # Safety
 /// As [`tile`].
@@ -211,9 +212,9 @@ pub(super) unsafe fn rows_times_tokens<'a, K: Tiled>(
     count: usize,
     acts: &[ActRow],
     blocks: usize,
-    out: &mut [f32],
+    put: impl FnMut(usize, usize, f32),
 ) {
-    rows_times_tokens_with::<K, false>(row, count, acts, blocks, out)
+    rows_times_tokens_with::<K, false>(row, count, acts, blocks, put)
 }
 
 /// [`rows_times_tokens`] with AVX-512 VNNI's `vpdpbusd` on 256-bit vectors.
@@ -226,9 +227,9 @@ pub(super) unsafe fn rows_times_tokens_vnni<'a, K: Tiled>(
     count: usize,
     acts: &[ActRow],
     blocks: usize,
-    out: &mut [f32],
+    put: impl FnMut(usize, usize, f32),
 ) {
-    rows_times_tokens_with::<K, true>(row, count, acts, blocks, out)
+    rows_times_tokens_with::<K, true>(row, count, acts, blocks, put)
 }
 
 #[inline(always)]
@@ -237,7 +238,7 @@ unsafe fn rows_times_tokens_with<'a, K: Tiled, const VNNI: bool>(
     count: usize,
     acts: &[ActRow],
     blocks: usize,
-    out: &mut [f32],
+    mut put: impl FnMut(usize, usize, f32),
 ) {
     let tokens = acts.len();
     macro_rules! run {
@@ -247,7 +248,7 @@ unsafe fn rows_times_tokens_with<'a, K: Tiled, const VNNI: bool>(
             let res = tile::<K, VNNI, $rm, $rn>(&w, &a, blocks);
             for m in 0..$rm {
                 for n in 0..$rn {
-                    out[($r + m) * tokens + $t + n] = res[m][n];
+                    put($r + m, $t + n, res[m][n]);
                 }
             }
         }};
@@ -259,7 +260,7 @@ unsafe fn rows_times_tokens_with<'a, K: Tiled, const VNNI: bool>(
             let w: [WeightRow; 4] = std::array::from_fn(|m| row(r + m));
             for (t, act) in acts.iter().enumerate() {
                 for (m, v) in tile_4x1::<K, VNNI>(&w, act, blocks).into_iter().enumerate() {
-                    out[(r + m) * tokens + t] = v;
+                    put(r + m, t, v);
                 }
             }
             r += 4;

@@ -1,6 +1,8 @@
 //! CPU matmul for GGUF's quantized matrices (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-//! Q4_K, Q5_K, Q6_K): every quantized matmul of a CPU forward pass runs here
-//! (candle's own quantized kernels only for the types we lack).
+//! Q4_K, Q5_K, Q6_K). The forward pass runs the 32-value block types here;
+//! K-quant matrices stay on candle's kernels, which measured faster (see
+//! `weights::ours`), and use this module's layouts for their embedding
+//! tables (exact row lookups).
 //!
 //! Follows llama.cpp's `ggml_vec_dot_*_q8_*` family: activations are
 //! quantized per 32 values to 8 bits (`d = amax / 127`, `q = round(x / d)`,
@@ -15,12 +17,13 @@
 //!
 //! K-quants' two-level scales are multiplied out at load (exactly, in f32),
 //! which costs memory (Q4_K 4.5 → 6 bits per weight, Q6_K 6.6 → 10) and buys
-//! one kernel shape for all of them. AVX2 (with AVX-512 VNNI's byte dot product
-//! where present) is chosen at run time (a portable binary, no
-//! `-C target-cpu`); elsewhere a scalar loop does the same
-//! arithmetic. Rows of the output are split across the step's thread pool
-//! ([`crate::parallel`]), and every
-//! weight row is read once per batch, not once per token.
+//! one kernel shape for all of them. The AVX2 kernels ([`avx2`]) are
+//! register-tiled (four rows × one token at decode, two rows × four tokens
+//! in prefill), use AVX-512 VNNI's byte dot product where the CPU has it and
+//! are chosen at run time (a portable binary, no `-C target-cpu`); elsewhere
+//! a scalar loop does the same integer sums. Rows of the output are split
+//! across the step's thread pool ([`crate::parallel`]), and every weight row
+//! is read once per batch, not once per token.
 
 mod convert;
 
@@ -213,29 +216,19 @@ impl QuantMatrix {
                 sums: &act.sums[t * blocks..(t + 1) * blocks],
             })
             .collect();
-        // Output computed row-major by weight row (each task owns whole rows),
-        // then transposed to token-major.
-        let mut by_row = vec![0f32; self.rows * tokens];
-        crate::parallel::for_row_runs(&mut by_row, tokens, |first, out| {
-            let row = |i: usize| self.row(first + i);
-            kernel.rows_times_tokens(
-                self.layout.kind,
-                row,
-                out.len() / tokens,
-                &acts,
-                blocks,
-                out,
-            );
-        });
-        if tokens == 1 {
-            return by_row;
-        }
+        // Each task owns a run of weight rows and writes their results
+        // straight into the token-major output.
         let mut out = vec![0f32; tokens * self.rows];
-        for (r, row) in by_row.chunks_exact(tokens).enumerate() {
-            for (t, &v) in row.iter().enumerate() {
-                out[t * self.rows + r] = v;
-            }
-        }
+        let rows = self.rows;
+        let sink = crate::parallel::SharedOut::new(&mut out);
+        crate::parallel::for_ranges(rows, |range| {
+            let first = range.start;
+            let row = |i: usize| self.row(first + i);
+            // SAFETY: runs of rows are disjoint, so no two tasks write one
+            // index, and `i < range.len()`, `t < tokens` stay in bounds.
+            let put = |i: usize, t: usize, v: f32| unsafe { sink.write(t * rows + first + i, v) };
+            kernel.rows_times_tokens(self.layout.kind, row, range.len(), &acts, blocks, put);
+        });
         out
     }
 }
@@ -308,7 +301,7 @@ impl Kernel {
         Kernel::Scalar
     }
 
-    /// `out[i · tokens + t] = row(i) · acts[t]` for `i < count`.
+    /// `put(i, t, row(i) · acts[t])` for `i < count` and every token.
     fn rows_times_tokens<'a>(
         self,
         kind: Kind,
@@ -316,14 +309,14 @@ impl Kernel {
         count: usize,
         acts: &[ActRow],
         blocks: usize,
-        out: &mut [f32],
+        mut put: impl FnMut(usize, usize, f32),
     ) {
         match self {
             Kernel::Scalar => {
                 for i in 0..count {
                     let w = row(i);
                     for (t, a) in acts.iter().enumerate() {
-                        out[i * acts.len() + t] = dot_scalar(kind, &w, a);
+                        put(i, t, dot_scalar(kind, &w, a));
                     }
                 }
             }
@@ -333,10 +326,10 @@ impl Kernel {
             Kernel::Avx2 => unsafe {
                 use avx2::{rows_times_tokens as run, I8x16, I8x32, U4, U8};
                 match kind {
-                    Kind::U4 => run::<U4>(row, count, acts, blocks, out),
-                    Kind::U8 => run::<U8>(row, count, acts, blocks, out),
-                    Kind::I8x32 => run::<I8x32>(row, count, acts, blocks, out),
-                    Kind::I8x16 => run::<I8x16>(row, count, acts, blocks, out),
+                    Kind::U4 => run::<U4>(row, count, acts, blocks, put),
+                    Kind::U8 => run::<U8>(row, count, acts, blocks, put),
+                    Kind::I8x32 => run::<I8x32>(row, count, acts, blocks, put),
+                    Kind::I8x16 => run::<I8x16>(row, count, acts, blocks, put),
                 }
             },
             // SAFETY: as above, and `detect` saw AVX-512 VNNI and VL.
@@ -344,10 +337,10 @@ impl Kernel {
             Kernel::Avx512Vnni => unsafe {
                 use avx2::{rows_times_tokens_vnni as run, I8x16, I8x32, U4, U8};
                 match kind {
-                    Kind::U4 => run::<U4>(row, count, acts, blocks, out),
-                    Kind::U8 => run::<U8>(row, count, acts, blocks, out),
-                    Kind::I8x32 => run::<I8x32>(row, count, acts, blocks, out),
-                    Kind::I8x16 => run::<I8x16>(row, count, acts, blocks, out),
+                    Kind::U4 => run::<U4>(row, count, acts, blocks, put),
+                    Kind::U8 => run::<U8>(row, count, acts, blocks, put),
+                    Kind::I8x32 => run::<I8x32>(row, count, acts, blocks, put),
+                    Kind::I8x16 => run::<I8x16>(row, count, acts, blocks, put),
                 }
             },
         }

@@ -17,8 +17,30 @@ pub(super) trait Tiled {
     unsafe fn weights(row: WeightRow, b: usize) -> (__m256i, __m256i);
     /// 32 products summed to 8 i32 lanes (lane `k`: values `4k..4k+4`).
     unsafe fn product<const VNNI: bool>(w: (__m256i, __m256i), a: __m256i) -> __m256i;
-    /// The weight scale of each lane.
-    unsafe fn scales(row: WeightRow, b: usize) -> __m256;
+    /// The weight scale of each lane, from f16 (`HALF`) or f32 factors.
+    unsafe fn scales<const HALF: bool>(row: WeightRow, b: usize) -> __m256;
+}
+
+/// Factor `i` of `bytes` (f16 or f32, little-endian) in every lane.
+#[inline(always)]
+unsafe fn broadcast<const HALF: bool>(bytes: &[u8], i: usize) -> __m256 {
+    if HALF {
+        let bits = (bytes.as_ptr() as *const i16).add(i).read_unaligned();
+        _mm256_cvtph_ps(_mm_set1_epi16(bits))
+    } else {
+        _mm256_set1_ps((bytes.as_ptr() as *const f32).add(i).read_unaligned())
+    }
+}
+
+/// Factor `i` of `bytes` as a scalar.
+#[inline(always)]
+unsafe fn factor<const HALF: bool>(bytes: &[u8], i: usize) -> f32 {
+    if HALF {
+        let bits = (bytes.as_ptr() as *const u16).add(i).read_unaligned();
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    } else {
+        (bytes.as_ptr() as *const f32).add(i).read_unaligned()
+    }
 }
 
 /// Unsigned × signed bytes, 32 pairs summed to 8 i32 lanes: one VNNI
@@ -51,8 +73,8 @@ impl Tiled for U4 {
         madd::<VNNI>(w.0, a)
     }
     #[inline(always)]
-    unsafe fn scales(row: WeightRow, b: usize) -> __m256 {
-        _mm256_set1_ps(*row.scales.get_unchecked(b))
+    unsafe fn scales<const HALF: bool>(row: WeightRow, b: usize) -> __m256 {
+        broadcast::<HALF>(row.scales, b)
     }
 }
 
@@ -70,8 +92,8 @@ impl Tiled for U8 {
         madd::<VNNI>(w.0, a)
     }
     #[inline(always)]
-    unsafe fn scales(row: WeightRow, b: usize) -> __m256 {
-        _mm256_set1_ps(*row.scales.get_unchecked(b))
+    unsafe fn scales<const HALF: bool>(row: WeightRow, b: usize) -> __m256 {
+        broadcast::<HALF>(row.scales, b)
     }
 }
 
@@ -90,8 +112,8 @@ impl Tiled for I8x32 {
         madd::<VNNI>(w.0, _mm256_sign_epi8(a, w.1))
     }
     #[inline(always)]
-    unsafe fn scales(row: WeightRow, b: usize) -> __m256 {
-        _mm256_set1_ps(*row.scales.get_unchecked(b))
+    unsafe fn scales<const HALF: bool>(row: WeightRow, b: usize) -> __m256 {
+        broadcast::<HALF>(row.scales, b)
     }
 }
 
@@ -108,10 +130,10 @@ impl Tiled for I8x16 {
         I8x32::product::<VNNI>(w, a)
     }
     #[inline(always)]
-    unsafe fn scales(row: WeightRow, b: usize) -> __m256 {
+    unsafe fn scales<const HALF: bool>(row: WeightRow, b: usize) -> __m256 {
         _mm256_set_m128(
-            _mm_set1_ps(*row.scales.get_unchecked(2 * b + 1)),
-            _mm_set1_ps(*row.scales.get_unchecked(2 * b)),
+            _mm_set1_ps(factor::<HALF>(row.scales, 2 * b + 1)),
+            _mm_set1_ps(factor::<HALF>(row.scales, 2 * b)),
         )
     }
 }
@@ -127,10 +149,10 @@ unsafe fn hsum(acc: __m256) -> f32 {
 /// `out[m][n] = row m · token n` over `blocks` activation blocks.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; every row and activation holds `blocks`
+/// The CPU has AVX2, FMA and F16C; every row and activation holds `blocks`
 /// blocks (checked by the caller).
 #[inline(always)]
-unsafe fn tile<K: Tiled, const VNNI: bool, const RM: usize, const RN: usize>(
+unsafe fn tile<K: Tiled, const VNNI: bool, const HALF: bool, const RM: usize, const RN: usize>(
     rows: &[WeightRow; RM],
     acts: &[ActRow; RN],
     blocks: usize,
@@ -144,13 +166,13 @@ unsafe fn tile<K: Tiled, const VNNI: bool, const RM: usize, const RN: usize>(
         let da: [f32; RN] = std::array::from_fn(|n| *acts[n].scales.get_unchecked(b));
         for m in 0..RM {
             let w = K::weights(rows[m], b);
-            let ws = K::scales(rows[m], b);
+            let ws = K::scales::<HALF>(rows[m], b);
             for n in 0..RN {
                 let p = _mm256_cvtepi32_ps(K::product::<VNNI>(w, a[n]));
                 let s = _mm256_mul_ps(ws, _mm256_set1_ps(da[n]));
                 acc[m][n] = _mm256_fmadd_ps(s, p, acc[m][n]);
                 if K::HAS_MIN {
-                    mins[m][n] += *rows[m].mins.get_unchecked(b) * *acts[n].sums.get_unchecked(b);
+                    mins[m][n] += factor::<HALF>(rows[m].mins, b) * *acts[n].sums.get_unchecked(b);
                 }
             }
         }
@@ -162,7 +184,7 @@ unsafe fn tile<K: Tiled, const VNNI: bool, const RM: usize, const RN: usize>(
 /// that they stay in registers (the generic [`tile`]'s arrays spilled to the
 /// stack here, a store and a load on every accumulation's dependency chain).
 #[inline(always)]
-unsafe fn tile_4x1<K: Tiled, const VNNI: bool>(
+unsafe fn tile_4x1<K: Tiled, const VNNI: bool, const HALF: bool>(
     rows: &[WeightRow; 4],
     act: &ActRow,
     blocks: usize,
@@ -181,9 +203,9 @@ unsafe fn tile_4x1<K: Tiled, const VNNI: bool>(
             ($m:literal, $acc:ident) => {{
                 let w = K::weights(rows[$m], b);
                 let p = _mm256_cvtepi32_ps(K::product::<VNNI>(w, a));
-                $acc = _mm256_fmadd_ps(_mm256_mul_ps(K::scales(rows[$m], b), da), p, $acc);
+                $acc = _mm256_fmadd_ps(_mm256_mul_ps(K::scales::<HALF>(rows[$m], b), da), p, $acc);
                 if K::HAS_MIN {
-                    mins[$m] += *rows[$m].mins.get_unchecked(b) * *act.sums.get_unchecked(b);
+                    mins[$m] += factor::<HALF>(rows[$m].mins, b) * *act.sums.get_unchecked(b);
                 }
             }};
         }
@@ -206,34 +228,34 @@ unsafe fn tile_4x1<K: Tiled, const VNNI: bool>(
 ///
 /// # Safety
 /// As [`tile`].
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn rows_times_tokens<'a, K: Tiled>(
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn rows_times_tokens<'a, K: Tiled, const HALF: bool>(
     row: impl Fn(usize) -> WeightRow<'a>,
     count: usize,
     acts: &[ActRow],
     blocks: usize,
     put: impl FnMut(usize, usize, f32),
 ) {
-    rows_times_tokens_with::<K, false>(row, count, acts, blocks, put)
+    rows_times_tokens_with::<K, false, HALF>(row, count, acts, blocks, put)
 }
 
 /// [`rows_times_tokens`] with AVX-512 VNNI's `vpdpbusd` on 256-bit vectors.
 ///
 /// # Safety
 /// As [`tile`], and the CPU has AVX-512 VNNI and VL.
-#[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
-pub(super) unsafe fn rows_times_tokens_vnni<'a, K: Tiled>(
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub(super) unsafe fn rows_times_tokens_vnni<'a, K: Tiled, const HALF: bool>(
     row: impl Fn(usize) -> WeightRow<'a>,
     count: usize,
     acts: &[ActRow],
     blocks: usize,
     put: impl FnMut(usize, usize, f32),
 ) {
-    rows_times_tokens_with::<K, true>(row, count, acts, blocks, put)
+    rows_times_tokens_with::<K, true, HALF>(row, count, acts, blocks, put)
 }
 
 #[inline(always)]
-unsafe fn rows_times_tokens_with<'a, K: Tiled, const VNNI: bool>(
+unsafe fn rows_times_tokens_with<'a, K: Tiled, const VNNI: bool, const HALF: bool>(
     row: impl Fn(usize) -> WeightRow<'a>,
     count: usize,
     acts: &[ActRow],
@@ -245,7 +267,7 @@ unsafe fn rows_times_tokens_with<'a, K: Tiled, const VNNI: bool>(
         ($rm:literal, $rn:literal, $r:expr, $t:expr) => {{
             let w: [WeightRow; $rm] = std::array::from_fn(|m| row($r + m));
             let a: [ActRow; $rn] = std::array::from_fn(|n| acts[$t + n]);
-            let res = tile::<K, VNNI, $rm, $rn>(&w, &a, blocks);
+            let res = tile::<K, VNNI, HALF, $rm, $rn>(&w, &a, blocks);
             for m in 0..$rm {
                 for n in 0..$rn {
                     put($r + m, $t + n, res[m][n]);
@@ -259,7 +281,10 @@ unsafe fn rows_times_tokens_with<'a, K: Tiled, const VNNI: bool>(
         while r + 4 <= count {
             let w: [WeightRow; 4] = std::array::from_fn(|m| row(r + m));
             for (t, act) in acts.iter().enumerate() {
-                for (m, v) in tile_4x1::<K, VNNI>(&w, act, blocks).into_iter().enumerate() {
+                for (m, v) in tile_4x1::<K, VNNI, HALF>(&w, act, blocks)
+                    .into_iter()
+                    .enumerate()
+                {
                     put(r + m, t, v);
                 }
             }

@@ -1,8 +1,9 @@
 //! GGUF blocks → our three layouts, at load. Every conversion keeps the
 //! values exactly: a weight is `scale · q + min` with `q` the file's integer,
 //! `scale` and `min` computed in f32 as ggml's own dequantization computes
-//! them (`d · sc` and `−dmin · m` for K-quants), so `dequantize_row` equals
-//! candle's dequantization bit for bit (tested).
+//! them (`d · sc` and `−dmin · m` for K-quants) and stored in the narrowest
+//! exact width ([`Layout::new`]), so `dequantize_row` equals candle's
+//! dequantization bit for bit (tested).
 //!
 //! Block formats: ggml's `ggml-common.h` (`block_q4_0` … `block_q6_K`).
 
@@ -54,8 +55,8 @@ impl U4Builder {
     fn new(sub_blocks: usize) -> Self {
         U4Builder {
             packed: vec_with_huge_pages(sub_blocks * BLOCK / 2),
-            scales: vec_with_huge_pages(sub_blocks),
-            mins: vec_with_huge_pages(sub_blocks),
+            scales: Vec::with_capacity(sub_blocks),
+            mins: Vec::with_capacity(sub_blocks),
         }
     }
     fn push(&mut self, values: &[u8; 32], scale: f32, min: f32) {
@@ -64,12 +65,7 @@ impl U4Builder {
         self.mins.push(min);
     }
     fn done(self) -> Layout {
-        Layout {
-            kind: Kind::U4,
-            quants: self.packed,
-            scales: self.scales,
-            mins: self.mins,
-        }
+        Layout::new(Kind::U4, self.packed, &self.scales, &self.mins)
     }
 }
 
@@ -83,8 +79,8 @@ impl U8Builder {
     fn new(sub_blocks: usize) -> Self {
         U8Builder {
             quants: vec_with_huge_pages(sub_blocks * BLOCK),
-            scales: vec_with_huge_pages(sub_blocks),
-            mins: vec_with_huge_pages(sub_blocks),
+            scales: Vec::with_capacity(sub_blocks),
+            mins: Vec::with_capacity(sub_blocks),
         }
     }
     fn push(&mut self, values: &[u8; 32], scale: f32, min: f32) {
@@ -93,12 +89,7 @@ impl U8Builder {
         self.mins.push(min);
     }
     fn done(self) -> Layout {
-        Layout {
-            kind: Kind::U8,
-            quants: self.quants,
-            scales: self.scales,
-            mins: self.mins,
-        }
+        Layout::new(Kind::U8, self.quants, &self.scales, &self.mins)
     }
 }
 
@@ -133,7 +124,7 @@ pub(super) fn q4_1(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
 pub(super) fn q5_0(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
     let blocks = whole_blocks("Q5_0", data, rows, cols, BLOCK, 22)?;
     let mut quants = vec_with_huge_pages(blocks * BLOCK);
-    let mut scales = vec_with_huge_pages(blocks);
+    let mut scales = Vec::with_capacity(blocks);
     for b in data.chunks_exact(22) {
         scales.push(f16_at(b, 0));
         let high = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
@@ -143,12 +134,7 @@ pub(super) fn q5_0(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
         quants.extend((0..16).map(|j| value(j, low[j] & 0x0F)));
         quants.extend((0..16).map(|j| value(j + 16, low[j] >> 4)));
     }
-    Ok(Layout {
-        kind: Kind::I8x32,
-        quants,
-        scales,
-        mins: Vec::new(),
-    })
+    Ok(Layout::new(Kind::I8x32, quants, &scales, &[]))
 }
 
 /// `block_q5_1`: f16 `d`, f16 `m`, 32 high bits, 16 bytes; value `d · q + m`.
@@ -172,17 +158,12 @@ pub(super) fn q5_1(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
 pub(super) fn q8_0(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
     let blocks = whole_blocks("Q8_0", data, rows, cols, BLOCK, 34)?;
     let mut quants = vec_with_huge_pages(blocks * BLOCK);
-    let mut scales = vec_with_huge_pages(blocks);
+    let mut scales = Vec::with_capacity(blocks);
     for b in data.chunks_exact(34) {
         scales.push(f16_at(b, 0));
         quants.extend_from_slice(&b[2..34]);
     }
-    Ok(Layout {
-        kind: Kind::I8x32,
-        quants,
-        scales,
-        mins: Vec::new(),
-    })
+    Ok(Layout::new(Kind::I8x32, quants, &scales, &[]))
 }
 
 /// The 6-bit scale and min of sub-block `j` of a Q4_K/Q5_K super-block
@@ -249,7 +230,7 @@ pub(super) fn q5_k(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
 pub(super) fn q6_k(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
     let blocks = whole_blocks("Q6_K", data, rows, cols, QK_K, 210)?;
     let mut quants: Vec<u8> = vec_with_huge_pages(blocks * QK_K);
-    let mut scales: Vec<f32> = vec_with_huge_pages(blocks * 16);
+    let mut scales: Vec<f32> = Vec::with_capacity(blocks * 16);
     for b in data.chunks_exact(210) {
         let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
         let d = f16_at(b, 208);
@@ -268,10 +249,5 @@ pub(super) fn q6_k(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
         quants.extend(values.iter().map(|&v| v as u8));
         scales.extend(sc.iter().map(|&s| d * (s as i8) as f32));
     }
-    Ok(Layout {
-        kind: Kind::I8x16,
-        quants,
-        scales,
-        mins: Vec::new(),
-    })
+    Ok(Layout::new(Kind::I8x16, quants, &scales, &[]))
 }

@@ -31,6 +31,7 @@ use candle_core::quantized::GgmlDType;
 use half::f16;
 
 use crate::error::{EngineError, Result};
+use crate::host_memory::vec_with_huge_pages;
 
 /// Values per activation block (and per weight block, but Q6_K's 16).
 const BLOCK: usize = 32;
@@ -46,12 +47,61 @@ pub struct QuantMatrix {
 
 /// The values of a matrix, row after row: `quants` (nibble pairs or bytes,
 /// signed ones stored as their bit patterns), a scale per 32 values (per 16
-/// for `I8x16`) and, for the unsigned kinds, a min per 32.
+/// for `I8x16`) and, for the unsigned kinds, a min per 32. Scales and mins
+/// (the "factors") are stored as f16 when every one of them is exactly an
+/// f16 — always for Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0, whose files hold f16 —
+/// and as f32 otherwise (K-quants' products); little-endian bytes either way.
+/// f16 factors make SmolLM2's Q4_1 rows 20 bytes per 32 weights, as in the
+/// file, instead of 24: decode reads every weight once per token.
 pub(crate) struct Layout {
     kind: Kind,
+    half: bool,
     quants: Vec<u8>,
-    scales: Vec<f32>,
-    mins: Vec<f32>,
+    scales: Vec<u8>,
+    mins: Vec<u8>,
+}
+
+impl Layout {
+    /// `scales` and `mins` (empty for the signed kinds) in the narrowest
+    /// exact width.
+    fn new(kind: Kind, quants: Vec<u8>, scales: &[f32], mins: &[f32]) -> Self {
+        let exact = |v: &f32| f16::from_f32(*v).to_f32() == *v;
+        let half = scales.iter().chain(mins).all(exact);
+        let encode = |values: &[f32]| -> Vec<u8> {
+            let width = if half { 2 } else { 4 };
+            let mut out = vec_with_huge_pages(values.len() * width);
+            for v in values {
+                if half {
+                    out.extend_from_slice(&f16::from_f32(*v).to_le_bytes());
+                } else {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            out
+        };
+        Layout {
+            kind,
+            half,
+            quants,
+            scales: encode(scales),
+            mins: encode(mins),
+        }
+    }
+}
+
+/// Factor `i` of a run of little-endian f16 (`half`) or f32 values.
+#[inline(always)]
+fn factor(bytes: &[u8], i: usize, half: bool) -> f32 {
+    if half {
+        f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32()
+    } else {
+        f32::from_le_bytes([
+            bytes[4 * i],
+            bytes[4 * i + 1],
+            bytes[4 * i + 2],
+            bytes[4 * i + 3],
+        ])
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,12 +139,12 @@ impl Kind {
     }
 }
 
-/// One weight row's slices of a [`Layout`].
+/// One weight row's slices of a [`Layout`] (factors as their bytes).
 #[derive(Clone, Copy)]
 struct WeightRow<'a> {
     quants: &'a [u8],
-    scales: &'a [f32],
-    mins: &'a [f32],
+    scales: &'a [u8],
+    mins: &'a [u8],
 }
 
 /// Activations of a batch as 8-bit blocks: value `d · q`, with
@@ -163,11 +213,12 @@ impl QuantMatrix {
         let l = &self.layout;
         let blocks = self.cols / BLOCK;
         let (q, s) = (l.kind.quant_bytes(), l.kind.scales_per_block());
+        let f = if l.half { 2 } else { 4 };
         WeightRow {
             quants: &l.quants[r * blocks * q..(r + 1) * blocks * q],
-            scales: &l.scales[r * blocks * s..(r + 1) * blocks * s],
+            scales: &l.scales[r * blocks * s * f..(r + 1) * blocks * s * f],
             mins: if l.kind.has_min() {
-                &l.mins[r * blocks..(r + 1) * blocks]
+                &l.mins[r * blocks * f..(r + 1) * blocks * f]
             } else {
                 &[]
             },
@@ -177,23 +228,26 @@ impl QuantMatrix {
     /// Row `r`'s values, as `scale · q + min` (an embedding lookup).
     pub fn dequantize_row(&self, r: usize, out: &mut Vec<f32>) {
         let w = self.row(r);
+        let half = self.layout.half;
+        let scale = |i| factor(w.scales, i, half);
+        let min = |i| factor(w.mins, i, half);
         match self.layout.kind {
             Kind::U4 => {
                 for (b, bytes) in w.quants.chunks_exact(16).enumerate() {
-                    let (s, m) = (w.scales[b], w.mins[b]);
+                    let (s, m) = (scale(b), min(b));
                     out.extend(bytes.iter().map(|&q| s * (q & 0x0F) as f32 + m));
                     out.extend(bytes.iter().map(|&q| s * (q >> 4) as f32 + m));
                 }
             }
             Kind::U8 => {
                 for (i, &q) in w.quants.iter().enumerate() {
-                    out.push(w.scales[i / BLOCK] * q as f32 + w.mins[i / BLOCK]);
+                    out.push(scale(i / BLOCK) * q as f32 + min(i / BLOCK));
                 }
             }
             Kind::I8x32 | Kind::I8x16 => {
                 let per_scale = BLOCK / self.layout.kind.scales_per_block();
                 for (i, &q) in w.quants.iter().enumerate() {
-                    out.push(w.scales[i / per_scale] * q as i8 as f32);
+                    out.push(scale(i / per_scale) * q as i8 as f32);
                 }
             }
         }
@@ -227,7 +281,8 @@ impl QuantMatrix {
             // SAFETY: runs of rows are disjoint, so no two tasks write one
             // index, and `i < range.len()`, `t < tokens` stay in bounds.
             let put = |i: usize, t: usize, v: f32| unsafe { sink.write(t * rows + first + i, v) };
-            kernel.rows_times_tokens(self.layout.kind, row, range.len(), &acts, blocks, put);
+            let layout = (self.layout.kind, self.layout.half);
+            kernel.rows_times_tokens(layout, row, range.len(), &acts, blocks, put);
         });
         out
     }
@@ -292,7 +347,10 @@ impl Kernel {
     fn detect() -> Self {
         // std caches the CPUID answer; this is a load and a branch per call.
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
             if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
                 return Kernel::Avx512Vnni;
             }
@@ -304,57 +362,58 @@ impl Kernel {
     /// `put(i, t, row(i) · acts[t])` for `i < count` and every token.
     fn rows_times_tokens<'a>(
         self,
-        kind: Kind,
+        (kind, half): (Kind, bool),
         row: impl Fn(usize) -> WeightRow<'a>,
         count: usize,
         acts: &[ActRow],
         blocks: usize,
         mut put: impl FnMut(usize, usize, f32),
     ) {
+        #[cfg(target_arch = "x86_64")]
+        macro_rules! dispatch {
+            ($run:ident) => {{
+                use avx2::{$run as run, I8x16, I8x32, U4, U8};
+                match (kind, half) {
+                    (Kind::U4, true) => run::<U4, true>(row, count, acts, blocks, put),
+                    (Kind::U4, false) => run::<U4, false>(row, count, acts, blocks, put),
+                    (Kind::U8, true) => run::<U8, true>(row, count, acts, blocks, put),
+                    (Kind::U8, false) => run::<U8, false>(row, count, acts, blocks, put),
+                    (Kind::I8x32, true) => run::<I8x32, true>(row, count, acts, blocks, put),
+                    (Kind::I8x32, false) => run::<I8x32, false>(row, count, acts, blocks, put),
+                    (Kind::I8x16, true) => run::<I8x16, true>(row, count, acts, blocks, put),
+                    (Kind::I8x16, false) => run::<I8x16, false>(row, count, acts, blocks, put),
+                }
+            }};
+        }
         match self {
             Kernel::Scalar => {
                 for i in 0..count {
                     let w = row(i);
                     for (t, a) in acts.iter().enumerate() {
-                        put(i, t, dot_scalar(kind, &w, a));
+                        put(i, t, dot_scalar(kind, half, &w, a));
                     }
                 }
             }
-            // SAFETY: `detect` chose this kernel only where the CPU has AVX2
-            // and FMA; every row and activation holds `blocks` blocks.
+            // SAFETY: `detect` chose this kernel only where the CPU has AVX2,
+            // FMA and F16C; every row and activation holds `blocks` blocks.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe {
-                use avx2::{rows_times_tokens as run, I8x16, I8x32, U4, U8};
-                match kind {
-                    Kind::U4 => run::<U4>(row, count, acts, blocks, put),
-                    Kind::U8 => run::<U8>(row, count, acts, blocks, put),
-                    Kind::I8x32 => run::<I8x32>(row, count, acts, blocks, put),
-                    Kind::I8x16 => run::<I8x16>(row, count, acts, blocks, put),
-                }
-            },
+            Kernel::Avx2 => unsafe { dispatch!(rows_times_tokens) },
             // SAFETY: as above, and `detect` saw AVX-512 VNNI and VL.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => unsafe {
-                use avx2::{rows_times_tokens_vnni as run, I8x16, I8x32, U4, U8};
-                match kind {
-                    Kind::U4 => run::<U4>(row, count, acts, blocks, put),
-                    Kind::U8 => run::<U8>(row, count, acts, blocks, put),
-                    Kind::I8x32 => run::<I8x32>(row, count, acts, blocks, put),
-                    Kind::I8x16 => run::<I8x16>(row, count, acts, blocks, put),
-                }
-            },
+            Kernel::Avx512Vnni => unsafe { dispatch!(rows_times_tokens_vnni) },
         }
     }
 }
 
 /// `Σ_blocks s_w·d_a·Σ(q_w·q_a) + m_w·sum_a`: the same integer sums as the
 /// SIMD kernels, one block at a time.
-fn dot_scalar(kind: Kind, w: &WeightRow, a: &ActRow) -> f32 {
+fn dot_scalar(kind: Kind, half: bool, w: &WeightRow, a: &ActRow) -> f32 {
+    let scale = |i| factor(w.scales, i, half);
     let mut acc = 0f32;
     for b in 0..a.scales.len() {
         let q = &a.quants[b * BLOCK..(b + 1) * BLOCK];
         let min = if kind.has_min() {
-            w.mins[b] * a.sums[b]
+            factor(w.mins, b, half) * a.sums[b]
         } else {
             0.0
         };
@@ -368,25 +427,25 @@ fn dot_scalar(kind: Kind, w: &WeightRow, a: &ActRow) -> f32 {
                     .iter()
                     .map(|&n| (n & 0x0F) as i32)
                     .chain(nib.iter().map(|&n| (n >> 4) as i32));
-                sumi(&mut values, q) as f32 * w.scales[b]
+                sumi(&mut values, q) as f32 * scale(b)
             }
             Kind::U8 => {
                 let mut values = w.quants[b * BLOCK..(b + 1) * BLOCK]
                     .iter()
                     .map(|&v| v as i32);
-                sumi(&mut values, q) as f32 * w.scales[b]
+                sumi(&mut values, q) as f32 * scale(b)
             }
             Kind::I8x32 => {
                 let mut values = w.quants[b * BLOCK..(b + 1) * BLOCK]
                     .iter()
                     .map(|&v| v as i8 as i32);
-                sumi(&mut values, q) as f32 * w.scales[b]
+                sumi(&mut values, q) as f32 * scale(b)
             }
             Kind::I8x16 => (0..2)
                 .map(|h| {
                     let range = b * BLOCK + 16 * h..b * BLOCK + 16 * h + 16;
                     let mut values = w.quants[range].iter().map(|&v| v as i8 as i32);
-                    sumi(&mut values, &q[16 * h..16 * h + 16]) as f32 * w.scales[2 * b + h]
+                    sumi(&mut values, &q[16 * h..16 * h + 16]) as f32 * scale(2 * b + h)
                 })
                 .sum(),
         };
@@ -468,6 +527,14 @@ mod tests {
                 ours.dequantize_row(r, &mut got);
             }
             assert_eq!(got, want, "{dtype:?}");
+            // The file's f16 factors stay f16 (K-quants' products rarely fit).
+            let from_f16 = !matches!(dtype, GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K);
+            if from_f16 {
+                assert!(
+                    ours.layout.half,
+                    "{dtype:?} factors should be stored as f16"
+                );
+            }
         }
     }
 

@@ -97,20 +97,24 @@ impl KvCache {
             ValueStorage::Separate => layout.num_layers,
             ValueStorage::KeyPrefix(_) => 0,
         };
-        // The pool is a zeroed allocation, committed by the kernel as blocks
-        // are first written (backed by huge pages where THP allows). It used
-        // to be touched page by page here so that its memory was reserved at
-        // start-up, but zeroing 512 MiB was most of a cold start's engine
-        // start-up, paid by the request that triggered the load. The pool
-        // counts its full size against the memory budget either way, so
-        // committing on first use changes when the process grows, not how
-        // far.
+        // The pool is a zeroed allocation in huge pages where THP allows,
+        // committed at once by every core (`commit_now`): reserved at
+        // start-up, as a serving engine's KV pool should be, so that the
+        // process does not grow while serving.
         let zeroed = || crate::host_memory::zeroed_with_huge_pages(n);
-        KvCache {
+        let cache = KvCache {
             layout,
             k: (0..layout.num_layers).map(|_| zeroed()).collect(),
             v: (0..v_layers).map(|_| zeroed()).collect(),
-        }
+        };
+        let buffers: Vec<(usize, usize)> = cache
+            .k
+            .iter()
+            .chain(&cache.v)
+            .map(|b| (b.as_ptr() as usize, std::mem::size_of_val(b.as_slice())))
+            .collect();
+        crate::host_memory::commit_now(&buffers);
+        cache
     }
 
     fn slot(&self, table: &[BlockId], pos: usize) -> usize {

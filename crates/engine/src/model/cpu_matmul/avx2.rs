@@ -291,18 +291,26 @@ unsafe fn rows_times_tokens_with<'a, K: Tiled, const VNNI: bool, const HALF: boo
             r += 4;
         }
     } else {
-        // Prefill: two rows × four tokens.
-        while r + 2 <= count {
-            let mut t = 0;
-            while t + 4 <= tokens {
-                run!(2, 4, r, t);
-                t += 4;
+        // Prefill: two rows × four tokens, over blocks of 32 tokens whose
+        // activations (32 × cols bytes) stay in L1 while this task's rows
+        // pass over them; sweeping every token per row pair streamed the
+        // whole batch's activations from L2 once per two rows.
+        const TOKEN_BLOCK: usize = 32;
+        let pairs = count / 2 * 2;
+        for t0 in (0..tokens).step_by(TOKEN_BLOCK) {
+            let t_end = (t0 + TOKEN_BLOCK).min(tokens);
+            for r in (0..pairs).step_by(2) {
+                let mut t = t0;
+                while t + 4 <= t_end {
+                    run!(2, 4, r, t);
+                    t += 4;
+                }
+                for t in t..t_end {
+                    run!(2, 1, r, t);
+                }
             }
-            for t in t..tokens {
-                run!(2, 1, r, t);
-            }
-            r += 2;
         }
+        r = pairs;
     }
     for r in r..count {
         for t in 0..tokens {

@@ -15,10 +15,18 @@ pub(super) trait Tiled {
     const HAS_MIN: bool;
     /// `(unsigned operand, sign source)` of block `b`.
     unsafe fn weights(row: WeightRow, b: usize) -> (__m256i, __m256i);
-    /// 32 products summed to 8 i32 lanes (lane `k`: values `4k..4k+4`).
-    unsafe fn product<const VNNI: bool>(w: (__m256i, __m256i), a: __m256i) -> __m256i;
-    /// The weight scale of each lane, from f16 (`HALF`) or f32 factors.
-    unsafe fn scales<const HALF: bool>(row: WeightRow, b: usize) -> __m256;
+    /// 32 products summed to 8 i32 lanes (lane `k`: values `4k..4k+4`);
+    /// by default the weights are unsigned.
+    #[inline(always)]
+    unsafe fn product<const VNNI: bool>(w: (__m256i, __m256i), a: __m256i) -> __m256i {
+        madd::<VNNI>(w.0, a)
+    }
+    /// The weight scale of each lane, from f16 (`HALF`) or f32 factors; by
+    /// default one scale per block.
+    #[inline(always)]
+    unsafe fn scales<const HALF: bool>(row: WeightRow, b: usize) -> __m256 {
+        broadcast::<HALF>(row.scales, b)
+    }
 }
 
 /// Factor `i` of `bytes` (f16 or f32, little-endian) in every lane.
@@ -68,14 +76,6 @@ impl Tiled for U4 {
         let w = _mm256_set_m128i(high, low);
         (w, w)
     }
-    #[inline(always)]
-    unsafe fn product<const VNNI: bool>(w: (__m256i, __m256i), a: __m256i) -> __m256i {
-        madd::<VNNI>(w.0, a)
-    }
-    #[inline(always)]
-    unsafe fn scales<const HALF: bool>(row: WeightRow, b: usize) -> __m256 {
-        broadcast::<HALF>(row.scales, b)
-    }
 }
 
 /// Unsigned 5-bit values, one byte each.
@@ -86,14 +86,6 @@ impl Tiled for U8 {
     unsafe fn weights(row: WeightRow, b: usize) -> (__m256i, __m256i) {
         let w = _mm256_loadu_si256(row.quants.as_ptr().add(b * BLOCK) as *const __m256i);
         (w, w)
-    }
-    #[inline(always)]
-    unsafe fn product<const VNNI: bool>(w: (__m256i, __m256i), a: __m256i) -> __m256i {
-        madd::<VNNI>(w.0, a)
-    }
-    #[inline(always)]
-    unsafe fn scales<const HALF: bool>(row: WeightRow, b: usize) -> __m256 {
-        broadcast::<HALF>(row.scales, b)
     }
 }
 
@@ -110,10 +102,6 @@ impl Tiled for I8x32 {
     unsafe fn product<const VNNI: bool>(w: (__m256i, __m256i), a: __m256i) -> __m256i {
         // Signed × signed as |w| · (a·sign(w)).
         madd::<VNNI>(w.0, _mm256_sign_epi8(a, w.1))
-    }
-    #[inline(always)]
-    unsafe fn scales<const HALF: bool>(row: WeightRow, b: usize) -> __m256 {
-        broadcast::<HALF>(row.scales, b)
     }
 }
 

@@ -39,12 +39,15 @@ pub(crate) fn zeroed_with_huge_pages(n: usize) -> Vec<f32> {
 pub(crate) fn commit_now(buffers: &[(usize, usize)]) {
     #[cfg(target_os = "linux")]
     crate::parallel::for_ranges(buffers.len(), |range| {
+        // SAFETY: a plain query.
+        let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
         for &(start, len) in &buffers[range] {
-            // madvise wants a page-aligned start; the page holding the
-            // buffer's first byte is the allocation's own.
-            let page = start & !4095;
-            // SAFETY: advice over an address range inside live allocations
-            // owned by the caller; it does not change their contents.
+            // madvise wants a page-aligned start: round down to the page
+            // holding the buffer's first byte (the kernel rounds the end up).
+            let page = start & !(page_size - 1);
+            // SAFETY: advice over the pages of live allocations owned by the
+            // caller (and the neighbours sharing their first and last page);
+            // it commits them without changing any contents.
             unsafe {
                 libc::madvise(
                     page as *mut libc::c_void,

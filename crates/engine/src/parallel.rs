@@ -21,7 +21,7 @@ pub(crate) fn for_row_runs<T: Send>(
     }
     let rows = out.len() / row_len;
     let base = SharedPtr(out.as_mut_ptr());
-    candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
+    for_ranges(rows, |range| {
         let base = &base;
         // SAFETY: the pool's cursor hands out disjoint ranges of `0..rows`,
         // so these slices of `out` (borrowed mutably for this whole call)
@@ -34,8 +34,24 @@ pub(crate) fn for_row_runs<T: Send>(
 }
 
 /// Call `f` on disjoint ranges covering `0..n`, in parallel.
+///
+/// A panic in `f` is caught inside the pool and resumed here, after every
+/// task has finished: unwinding through the pool itself would poison its
+/// lock and break every later parallel region of the process (candle's own
+/// ops included), where the engine's step loop expects to catch a panic of
+/// one step and carry on.
 pub(crate) fn for_ranges(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
-    candle_core::utils::barrier_pool().execute_chunked(n, f);
+    let panicked = std::sync::Mutex::new(None);
+    candle_core::utils::barrier_pool().execute_chunked(n, |range| {
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(range))) {
+            if let Ok(mut first) = panicked.lock() {
+                first.get_or_insert(payload);
+            }
+        }
+    });
+    if let Some(payload) = panicked.into_inner().ok().flatten() {
+        std::panic::resume_unwind(payload);
+    }
 }
 
 /// An output buffer that the tasks of one parallel call write at indices
@@ -72,6 +88,18 @@ unsafe impl<T: Send> Sync for SharedPtr<T> {}
 
 #[cfg(test)]
 mod tests {
+    /// A panicking task reaches the caller, and the pool still works.
+    #[test]
+    fn a_panic_is_resumed_and_the_pool_survives() {
+        let caught = std::panic::catch_unwind(|| {
+            super::for_ranges(64, |range| assert!(!range.contains(&40), "task panics"))
+        });
+        assert!(caught.is_err());
+        let mut out = vec![0u8; 64];
+        super::for_row_runs(&mut out, 1, |_, run| run.fill(1));
+        assert!(out.iter().all(|&v| v == 1));
+    }
+
     #[test]
     fn every_row_is_visited_once() {
         for (rows, row_len) in [(1, 3), (7, 1), (1000, 5), (0, 4)] {

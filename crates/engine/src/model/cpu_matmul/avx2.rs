@@ -307,9 +307,10 @@ unsafe fn rows_times_tokens_with<'a, K: Tiled, const VNNI: bool, const HALF: boo
     }
 }
 
-/// [`super::quantize_block`] on 32 values at once, with the same results:
-/// the same `amax`, `x · (1/d)` products and half-away-from-zero rounding
-/// (truncate, then step away from zero where the dropped part is ≥ ½).
+/// [`super::quantize_block`] on 32 values at once, with the same results for
+/// finite input: the same `amax`, `x · (1/d)` products and
+/// half-away-from-zero rounding (truncate, then step away from zero where
+/// the dropped part is ≥ ½).
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA; `xs` and `qs` hold at least 32 values.
@@ -329,8 +330,12 @@ pub(super) unsafe fn quantize_block(xs: &[f32], qs: &mut [i8]) -> (f32, i32) {
     let d = amax / 127.0;
     let inv = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
     let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
+    let (lo, hi) = (_mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
     let q: [__m256i; 4] = std::array::from_fn(|i| {
-        let y = _mm256_mul_ps(v[i], inv);
+        // Finite values already lie in ±127; the clamp keeps non-finite
+        // activations (NaN → −127) from packing to −128, which the
+        // kernels' `maddubs` bound (|a| ≤ 127) rules out.
+        let y = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v[i], inv), lo), hi);
         let t = _mm256_round_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
         let away = _mm256_cmp_ps(abs(_mm256_sub_ps(y, t)), half, _CMP_GE_OQ);
         let step = _mm256_and_ps(away, _mm256_or_ps(_mm256_and_ps(y, sign), one));

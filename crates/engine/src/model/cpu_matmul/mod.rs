@@ -359,7 +359,10 @@ impl Kernel {
         Kernel::Scalar
     }
 
-    /// `put(i, t, row(i) · acts[t])` for `i < count` and every token.
+    /// `put(i, t, row(i) · acts[t])` for `i < count` and every token. Every
+    /// row and activation must hold `blocks` blocks (the SIMD kernels read
+    /// them unchecked): rows do by construction ([`QuantMatrix::row`]),
+    /// activations are checked here.
     fn rows_times_tokens<'a>(
         self,
         (kind, half): (Kind, bool),
@@ -385,6 +388,9 @@ impl Kernel {
                 }
             }};
         }
+        assert!(acts.iter().all(|a| {
+            a.quants.len() >= blocks * BLOCK && a.scales.len() >= blocks && a.sums.len() >= blocks
+        }));
         match self {
             Kernel::Scalar => {
                 for i in 0..count {

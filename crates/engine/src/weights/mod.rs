@@ -67,10 +67,7 @@ impl From<QMatMul> for Linear {
 fn ours(dtype: GgmlDType, cols: usize, device: &Device) -> bool {
     use GgmlDType::*;
     let candle_is_faster = matches!(dtype, Q4K | Q5K | Q6K);
-    device.is_cpu()
-        && QuantMatrix::supports(dtype)
-        && !candle_is_faster
-        && cols.is_multiple_of(dtype.block_size())
+    !candle_is_faster && ours_as_table(dtype, cols, device)
 }
 
 /// A quantized embedding table kept in our layout (any type our kernels
@@ -186,41 +183,59 @@ pub struct GgufWeights<'a, R> {
     pub progress: LoadProgress,
 }
 
-impl<'a, R: std::io::Read + std::io::Seek> GgufWeights<'a, R> {
-    /// A tensor's bytes inside the mapped file (None without a mapping or
-    /// for a name the file lacks).
-    fn mapped_bytes(&self, name: &str) -> Result<Option<(&'a [u8], &'a gguf_file::TensorInfo)>> {
-        let (Some(file), Some(info)) = (self.mapped, self.content.tensor_infos.get(name)) else {
-            return Ok(None);
-        };
-        let start = self.content.tensor_data_offset + info.offset;
-        let end = start + gguf_tensor_bytes(info);
-        let bytes = usize::try_from(start)
-            .ok()
-            .zip(usize::try_from(end).ok())
-            .and_then(|(a, b)| file.get(a..b))
-            .ok_or_else(|| {
-                EngineError::Load(format!("tensor `{name}` lies past the end of the file"))
-            })?;
-        Ok(Some((bytes, info)))
-    }
+/// One GGUF tensor's blocks as the file holds them: borrowed from the
+/// mapping, or read into a buffer where the file could not be mapped.
+struct RawTensor<'a> {
+    bytes: std::borrow::Cow<'a, [u8]>,
+    dtype: GgmlDType,
+    shape: candle_core::Shape,
+}
 
-    fn qtensor(&mut self, name: &str) -> Result<candle_core::quantized::QTensor> {
-        if let Some((bytes, info)) = self.mapped_bytes(name)? {
-            self.progress.advance(bytes.len() as u64);
-            let storage = QStorage::from_data(
-                std::borrow::Cow::Borrowed(bytes),
-                self.device,
-                info.ggml_dtype,
-            )?;
-            return Ok(QTensor::new(storage, info.shape.clone())?);
-        }
-        if let Some(info) = self.content.tensor_infos.get(name) {
-            self.progress.advance(gguf_tensor_bytes(info));
-        }
-        self.content
-            .tensor(self.reader, name, self.device)
-            .map_err(|e| EngineError::Load(format!("tensor `{name}`: {e}")))
+impl RawTensor<'_> {
+    /// As a candle tensor on `device` (dense tensors, matrices for candle's
+    /// kernels).
+    fn qtensor(&self, device: &Device) -> Result<QTensor> {
+        let storage =
+            QStorage::from_data(std::borrow::Cow::Borrowed(&self.bytes), device, self.dtype)?;
+        Ok(QTensor::new(storage, self.shape.clone())?)
+    }
+}
+
+impl<'a, R: std::io::Read + std::io::Seek> GgufWeights<'a, R> {
+    /// A tensor's blocks, straight from the mapping (no copy) or read from
+    /// the file; every weight source method goes through here once.
+    fn raw(&mut self, name: &str) -> Result<RawTensor<'a>> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| EngineError::Load(format!("tensor `{name}` is missing")))?;
+        let start = self.content.tensor_data_offset + info.offset;
+        let len = gguf_tensor_bytes(info);
+        self.progress.advance(len);
+        let bytes = match self.mapped {
+            Some(file) => usize::try_from(start)
+                .ok()
+                .zip(usize::try_from(start + len).ok())
+                .and_then(|(a, b)| file.get(a..b))
+                .map(std::borrow::Cow::Borrowed)
+                .ok_or_else(|| {
+                    EngineError::Load(format!("tensor `{name}` lies past the end of the file"))
+                })?,
+            None => {
+                let mut buf = vec![0u8; len as usize];
+                self.reader
+                    .seek(std::io::SeekFrom::Start(start))
+                    .and_then(|_| self.reader.read_exact(&mut buf))
+                    .map_err(|e| EngineError::Load(format!("tensor `{name}`: {e}")))?;
+                std::borrow::Cow::Owned(buf)
+            }
+        };
+        Ok(RawTensor {
+            bytes,
+            dtype: info.ggml_dtype,
+            shape: info.shape.clone(),
+        })
     }
 }
 
@@ -232,62 +247,34 @@ impl<R: std::io::Read + std::io::Seek> WeightSource for GgufWeights<'_, R> {
         self.content.tensor_infos.contains_key(name)
     }
     fn tensor(&mut self, name: &str) -> Result<Tensor> {
-        Ok(self.qtensor(name)?.dequantize(self.device)?)
+        Ok(self
+            .raw(name)?
+            .qtensor(self.device)?
+            .dequantize(self.device)?)
     }
     fn matmul(&mut self, name: &str) -> Result<Linear> {
         // Laid out (or uploaded) straight from the mapping, without a first
         // copy into candle's buffer.
-        if let Some((bytes, info)) = self.mapped_bytes(name)? {
-            self.progress.advance(bytes.len() as u64);
-            return linear_from_bytes(info.ggml_dtype, bytes, info.shape.clone(), self.device);
-        }
-        let q = self.qtensor(name)?;
-        let cols = q.shape().dims().last().copied().unwrap_or(0);
-        if ours(q.dtype(), cols, self.device) {
-            return linear_from_bytes(q.dtype(), &q.data()?, q.shape().clone(), self.device);
-        }
-        Ok(QMatMul::from_qtensor(q)?.into())
+        let t = self.raw(name)?;
+        linear_from_bytes(t.dtype, &t.bytes, t.shape, self.device)
     }
     fn embedding(&mut self, name: &str) -> Result<Embedding> {
-        let table = |dtype, bytes: &[u8], rows, cols| -> Result<Embedding> {
-            Ok(Embedding::Quantized(Arc::new(QuantMatrix::from_gguf(
-                dtype, bytes, rows, cols,
-            )?)))
-        };
-        if let Some((bytes, info)) = self.mapped_bytes(name)? {
-            if let &[rows, cols] = info.shape.dims() {
-                if ours_as_table(info.ggml_dtype, cols, self.device) {
-                    self.progress.advance(bytes.len() as u64);
-                    return table(info.ggml_dtype, bytes, rows, cols);
-                }
-            }
-        }
-        let q = self.qtensor(name)?;
-        match *q.shape().dims() {
-            [rows, cols] if ours_as_table(q.dtype(), cols, self.device) => {
-                table(q.dtype(), &q.data()?, rows, cols)
-            }
-            _ => Ok(Embedding::Dense(q.dequantize(self.device)?)),
+        let t = self.raw(name)?;
+        match *t.shape.dims() {
+            [rows, cols] if ours_as_table(t.dtype, cols, self.device) => Ok(Embedding::Quantized(
+                Arc::new(QuantMatrix::from_gguf(t.dtype, &t.bytes, rows, cols)?),
+            )),
+            _ => Ok(Embedding::Dense(
+                t.qtensor(self.device)?.dequantize(self.device)?,
+            )),
         }
     }
     fn stacked_matmuls(&mut self, name: &str, count: usize) -> Result<Vec<Linear>> {
-        let (owned, dtype, dims);
-        let data: &[u8] = match self.mapped_bytes(name)? {
-            Some((bytes, info)) => {
-                self.progress.advance(bytes.len() as u64);
-                (dtype, dims) = (info.ggml_dtype, info.shape.dims().to_vec());
-                bytes
-            }
-            None => {
-                let q = self.qtensor(name)?;
-                (dtype, dims) = (q.dtype(), q.shape().dims().to_vec());
-                owned = q.data()?.into_owned();
-                &owned
-            }
-        };
-        let &[n, rows, cols] = dims.as_slice() else {
+        let t = self.raw(name)?;
+        let &[n, rows, cols] = t.shape.dims() else {
             return Err(EngineError::Load(format!(
-                "`{name}` has shape {dims:?}, expected [experts, rows, cols]"
+                "`{name}` has shape {:?}, expected [experts, rows, cols]",
+                t.shape.dims()
             )));
         };
         if n != count {
@@ -296,11 +283,11 @@ impl<R: std::io::Read + std::io::Seek> WeightSource for GgufWeights<'_, R> {
             )));
         }
         // Quantized blocks never straddle rows, so each matrix is a contiguous byte range.
-        let per = data.len() / n;
+        let per = t.bytes.len() / n;
         (0..n)
             .map(|e| {
-                let bytes = &data[e * per..(e + 1) * per];
-                linear_from_bytes(dtype, bytes, (rows, cols).into(), self.device)
+                let bytes = &t.bytes[e * per..(e + 1) * per];
+                linear_from_bytes(t.dtype, bytes, (rows, cols).into(), self.device)
             })
             .collect()
     }
@@ -489,6 +476,32 @@ mod tests {
             let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
             assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{dtype:?}");
             assert!(e.lookup(&[8], &Device::Cpu).is_err());
+        }
+    }
+
+    /// A file that could not be mapped is read at the same offsets: every
+    /// tensor's blocks are the mapping's, byte for byte.
+    #[test]
+    fn reading_and_mapping_give_the_same_blocks() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let (mut file, content) = gguf::open(&path).expect("scripts/fetch-models");
+        let mapped = unsafe { memmap2::Mmap::map(file.get_ref()) }.unwrap();
+        let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+        names.sort();
+        for name in names.into_iter().step_by(17) {
+            let mut from = |mapped| {
+                let mut w = GgufWeights {
+                    content: &content,
+                    reader: &mut file,
+                    mapped,
+                    device: &Device::Cpu,
+                    progress: LoadProgress::new(0),
+                };
+                w.raw(name).unwrap().bytes.into_owned()
+            };
+            let (read, map) = (from(None), from(Some(&mapped[..])));
+            assert!(!read.is_empty() && read == map, "{name}");
         }
     }
 

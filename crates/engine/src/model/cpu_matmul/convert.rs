@@ -45,62 +45,49 @@ fn whole_blocks(
     Ok(blocks)
 }
 
-struct U4Builder {
-    packed: Vec<u8>,
-    scales: Vec<f32>,
-    mins: Vec<f32>,
-}
-
-impl U4Builder {
-    fn new(sub_blocks: usize) -> Self {
-        U4Builder {
-            packed: vec_with_huge_pages(sub_blocks * BLOCK / 2),
-            scales: Vec::with_capacity(sub_blocks),
-            mins: Vec::with_capacity(sub_blocks),
-        }
-    }
-    fn push(&mut self, values: &[u8; 32], scale: f32, min: f32) {
-        pack_nibbles(values, &mut self.packed);
-        self.scales.push(scale);
-        self.mins.push(min);
-    }
-    fn done(self) -> Layout {
-        Layout::new(Kind::U4, self.packed, &self.scales, &self.mins)
-    }
-}
-
-struct U8Builder {
+/// One layout being filled block by block: quants in the layout's own
+/// form, and f32 factors that [`Layout::new`] narrows where exact.
+struct Builder {
+    kind: Kind,
     quants: Vec<u8>,
     scales: Vec<f32>,
     mins: Vec<f32>,
 }
 
-impl U8Builder {
-    fn new(sub_blocks: usize) -> Self {
-        U8Builder {
-            quants: vec_with_huge_pages(sub_blocks * BLOCK),
-            scales: Vec::with_capacity(sub_blocks),
-            mins: Vec::with_capacity(sub_blocks),
+impl Builder {
+    /// Room for `values` weights.
+    fn new(kind: Kind, values: usize) -> Self {
+        let blocks = values / BLOCK;
+        Builder {
+            kind,
+            quants: vec_with_huge_pages(blocks * kind.quant_bytes()),
+            scales: Vec::with_capacity(blocks * kind.scales_per_block()),
+            mins: Vec::with_capacity(if kind.has_min() { blocks } else { 0 }),
         }
     }
+    /// 32 unsigned values (packed as nibbles for `U4`) with their factors.
     fn push(&mut self, values: &[u8; 32], scale: f32, min: f32) {
-        self.quants.extend_from_slice(values);
+        if self.kind == Kind::U4 {
+            pack_nibbles(values, &mut self.quants);
+        } else {
+            self.quants.extend_from_slice(values);
+        }
         self.scales.push(scale);
         self.mins.push(min);
     }
     fn done(self) -> Layout {
-        Layout::new(Kind::U8, self.quants, &self.scales, &self.mins)
+        Layout::new(self.kind, self.quants, &self.scales, &self.mins)
     }
 }
 
 /// `block_q4_0`: f16 `d`, 16 bytes; value `d · (q − 8)`.
 pub(super) fn q4_0(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
     let blocks = whole_blocks("Q4_0", data, rows, cols, BLOCK, 18)?;
-    let mut out = U4Builder::new(blocks);
+    let mut out = Builder::new(Kind::U4, blocks * BLOCK);
     for b in data.chunks_exact(18) {
         let d = f16_at(b, 0);
         // The file's nibble order is ours; only the offset moves into `min`.
-        out.packed.extend_from_slice(&b[2..18]);
+        out.quants.extend_from_slice(&b[2..18]);
         out.scales.push(d);
         out.mins.push(-8.0 * d);
     }
@@ -110,9 +97,9 @@ pub(super) fn q4_0(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
 /// `block_q4_1`: f16 `d`, f16 `m`, 16 bytes; value `d · q + m`.
 pub(super) fn q4_1(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
     let blocks = whole_blocks("Q4_1", data, rows, cols, BLOCK, 20)?;
-    let mut out = U4Builder::new(blocks);
+    let mut out = Builder::new(Kind::U4, blocks * BLOCK);
     for b in data.chunks_exact(20) {
-        out.packed.extend_from_slice(&b[4..20]);
+        out.quants.extend_from_slice(&b[4..20]);
         out.scales.push(f16_at(b, 0));
         out.mins.push(f16_at(b, 2));
     }
@@ -123,24 +110,24 @@ pub(super) fn q4_1(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
 /// `d · (q − 16)`, kept as the signed byte `q − 16`.
 pub(super) fn q5_0(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
     let blocks = whole_blocks("Q5_0", data, rows, cols, BLOCK, 22)?;
-    let mut quants = vec_with_huge_pages(blocks * BLOCK);
-    let mut scales = Vec::with_capacity(blocks);
+    let mut out = Builder::new(Kind::I8x32, blocks * BLOCK);
     for b in data.chunks_exact(22) {
-        scales.push(f16_at(b, 0));
+        out.scales.push(f16_at(b, 0));
         let high = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
         let low = &b[6..22];
         let value =
             |j: usize, nibble: u8| ((nibble | ((((high >> j) & 1) as u8) << 4)) as i8 - 16) as u8;
-        quants.extend((0..16).map(|j| value(j, low[j] & 0x0F)));
-        quants.extend((0..16).map(|j| value(j + 16, low[j] >> 4)));
+        out.quants.extend((0..16).map(|j| value(j, low[j] & 0x0F)));
+        out.quants
+            .extend((0..16).map(|j| value(j + 16, low[j] >> 4)));
     }
-    Ok(Layout::new(Kind::I8x32, quants, &scales, &[]))
+    Ok(out.done())
 }
 
 /// `block_q5_1`: f16 `d`, f16 `m`, 32 high bits, 16 bytes; value `d · q + m`.
 pub(super) fn q5_1(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
     let blocks = whole_blocks("Q5_1", data, rows, cols, BLOCK, 24)?;
-    let mut out = U8Builder::new(blocks);
+    let mut out = Builder::new(Kind::U8, blocks * BLOCK);
     for b in data.chunks_exact(24) {
         let high = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
         let low = &b[8..24];
@@ -157,13 +144,12 @@ pub(super) fn q5_1(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
 /// `block_q8_0`: f16 `d`, 32 signed bytes; value `d · q`.
 pub(super) fn q8_0(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
     let blocks = whole_blocks("Q8_0", data, rows, cols, BLOCK, 34)?;
-    let mut quants = vec_with_huge_pages(blocks * BLOCK);
-    let mut scales = Vec::with_capacity(blocks);
+    let mut out = Builder::new(Kind::I8x32, blocks * BLOCK);
     for b in data.chunks_exact(34) {
-        scales.push(f16_at(b, 0));
-        quants.extend_from_slice(&b[2..34]);
+        out.scales.push(f16_at(b, 0));
+        out.quants.extend_from_slice(&b[2..34]);
     }
-    Ok(Layout::new(Kind::I8x32, quants, &scales, &[]))
+    Ok(out.done())
 }
 
 /// The 6-bit scale and min of sub-block `j` of a Q4_K/Q5_K super-block
@@ -183,7 +169,7 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
 /// mins, 128 bytes; sub-block `j` (32 values) is `d·sc_j · q − dmin·m_j`.
 pub(super) fn q4_k(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
     let blocks = whole_blocks("Q4_K", data, rows, cols, QK_K, 144)?;
-    let mut out = U4Builder::new(blocks * 8);
+    let mut out = Builder::new(Kind::U4, blocks * QK_K);
     for b in data.chunks_exact(144) {
         let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
         let (scales, qs) = (&b[4..16], &b[16..144]);
@@ -204,7 +190,7 @@ pub(super) fn q4_k(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
 /// bits, 128 bytes of low nibbles; sub-block `j` is `d·sc_j · q − dmin·m_j`.
 pub(super) fn q5_k(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
     let blocks = whole_blocks("Q5_K", data, rows, cols, QK_K, 176)?;
-    let mut out = U8Builder::new(blocks * 8);
+    let mut out = Builder::new(Kind::U8, blocks * QK_K);
     for b in data.chunks_exact(176) {
         let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
         let (scales, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
@@ -229,8 +215,7 @@ pub(super) fn q5_k(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
 /// kept as the signed byte `q − 32` with scale `d·sc`.
 pub(super) fn q6_k(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
     let blocks = whole_blocks("Q6_K", data, rows, cols, QK_K, 210)?;
-    let mut quants: Vec<u8> = vec_with_huge_pages(blocks * QK_K);
-    let mut scales: Vec<f32> = Vec::with_capacity(blocks * 16);
+    let mut out = Builder::new(Kind::I8x16, blocks * QK_K);
     for b in data.chunks_exact(210) {
         let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
         let d = f16_at(b, 208);
@@ -246,8 +231,8 @@ pub(super) fn q6_k(data: &[u8], rows: usize, cols: usize) -> Result<Layout> {
                 y[l + 96] = q(ql[l + 32] >> 4, 6);
             }
         }
-        quants.extend(values.iter().map(|&v| v as u8));
-        scales.extend(sc.iter().map(|&s| d * (s as i8) as f32));
+        out.quants.extend(values.iter().map(|&v| v as u8));
+        out.scales.extend(sc.iter().map(|&s| d * (s as i8) as f32));
     }
-    Ok(Layout::new(Kind::I8x16, quants, &scales, &[]))
+    Ok(out.done())
 }

@@ -20,10 +20,10 @@ pub(crate) fn vec_with_huge_pages<T>(capacity: usize) -> Vec<T> {
 
 /// `n` zeros, committed on first write (or by [`commit_now`]),
 /// in huge pages where the kernel allows.
-pub(crate) fn zeroed_with_huge_pages(n: usize) -> Vec<f32> {
-    // `vec![0.0; n]` of this size is a fresh zero-filled mapping (calloc)
-    // whose pages are not touched yet, so the advice still applies.
-    let mut v = vec![0.0f32; n];
+pub(crate) fn zeroed_with_huge_pages<T: Clone + Default>(n: usize) -> Vec<T> {
+    // `vec![0; n]` of a primitive this size is a fresh zero-filled mapping
+    // (calloc) whose pages are not touched yet, so the advice still applies.
+    let mut v = vec![T::default(); n];
     advise(v.as_mut_ptr() as usize, std::mem::size_of_val(v.as_slice()));
     v
 }
@@ -96,7 +96,7 @@ mod tests {
         assert!(v.is_empty() && v.capacity() >= 5 << 20);
         v.extend((0..5 << 20).map(|i| i as u8));
         assert!(v.iter().enumerate().all(|(i, &b)| b == i as u8));
-        let z = zeroed_with_huge_pages(3 << 20);
+        let z = zeroed_with_huge_pages::<f32>(3 << 20);
         assert!(z.len() == 3 << 20 && z.iter().all(|&x| x == 0.0));
         assert!(vec_with_huge_pages::<f32>(0).is_empty());
     }

@@ -79,6 +79,19 @@ impl<'a, T: Send> SharedOut<'a, T> {
         debug_assert!(i < self.len);
         *self.base.0.add(i) = value;
     }
+
+    /// `values` at indices `start..start + values.len()`.
+    ///
+    /// # Safety
+    /// As [`SharedOut::write`], for each of those indices.
+    #[inline(always)]
+    pub(crate) unsafe fn write_run(&self, start: usize, values: &[T])
+    where
+        T: Copy,
+    {
+        debug_assert!(start + values.len() <= self.len);
+        std::ptr::copy_nonoverlapping(values.as_ptr(), self.base.0.add(start), values.len());
+    }
 }
 
 struct SharedPtr<T>(*mut T);

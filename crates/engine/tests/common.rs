@@ -65,6 +65,39 @@ pub fn prefill_logits(loaded: &LoadedModel, tokens: &[u32]) -> Vec<f32> {
         .remove(0)
 }
 
+/// The model's weights dequantized into an f32 GGUF in the temp directory
+/// (the caller removes it): a model loaded from it runs plain f32 matmuls,
+/// the exact result that every quantized path approximates.
+pub fn dequantized_copy(file: &str) -> PathBuf {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    let mut source = std::fs::File::open(model_path(file)).unwrap();
+    let content = gguf_file::Content::read(&mut source).unwrap();
+    let tensors: Vec<(String, QTensor)> = content
+        .tensor_infos
+        .keys()
+        .map(|name| {
+            let t = content
+                .tensor(&mut source, name, &candle_core::Device::Cpu)
+                .unwrap();
+            let f32 = t.dequantize(&candle_core::Device::Cpu).unwrap();
+            (
+                name.clone(),
+                QTensor::quantize(&f32, GgmlDType::F32).unwrap(),
+            )
+        })
+        .collect();
+    let out = std::env::temp_dir().join(format!("switchyard-f32-{}-{file}", std::process::id()));
+    let md: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut f = std::fs::File::create(&out).unwrap();
+    gguf_file::write(&mut f, &md, &ts).unwrap();
+    out
+}
+
 /// Largest elementwise |a - b|.
 #[allow(dead_code)] // not every test binary uses it
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

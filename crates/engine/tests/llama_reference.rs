@@ -12,7 +12,7 @@
 
 mod common;
 
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use common::*;
@@ -35,39 +35,11 @@ fn reference() -> ModelWeights {
 /// The same weights dequantized into an f32 GGUF: candle-transformers then
 /// runs plain f32 matmuls (the exact result the quantized paths approximate).
 fn exact_reference() -> ModelWeights {
-    let path = model_path(SMOLLM2);
+    let path = dequantized_copy(SMOLLM2);
     let mut file = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
-    let tensors: Vec<(String, QTensor)> = content
-        .tensor_infos
-        .keys()
-        .map(|name| {
-            let t = content.tensor(&mut file, name, &Device::Cpu).unwrap();
-            let f32 = t.dequantize(&Device::Cpu).unwrap();
-            (
-                name.clone(),
-                QTensor::quantize(&f32, GgmlDType::F32).unwrap(),
-            )
-        })
-        .collect();
-    let out = std::env::temp_dir().join(format!(
-        "switchyard-smollm2-f32-{}.gguf",
-        std::process::id()
-    ));
-    {
-        let md: Vec<(&str, &gguf_file::Value)> = content
-            .metadata
-            .iter()
-            .map(|(k, v)| (k.as_str(), v))
-            .collect();
-        let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let mut f = std::fs::File::create(&out).unwrap();
-        gguf_file::write(&mut f, &md, &ts).unwrap();
-    }
-    let mut file = std::fs::File::open(&out).unwrap();
-    let content = gguf_file::Content::read(&mut file).unwrap();
     let model = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
-    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(&path);
     model
 }
 

@@ -157,10 +157,25 @@ fn gemma3_greedy_matches_llama_cpp() {
 }
 
 /// Prefill logits of llama.cpp's top-10 tokens, including a prompt longer than
-/// the 512-token sliding window, agree with ours within quantization noise.
+/// the 512-token sliding window, agree with ours within quantization noise:
+/// within 1.0 of llama.cpp's (a wrong layer or mask moves them by many
+/// units), and within 0.75 of the exact logits (our own forward pass on
+/// the weights dequantized to f32), no further from them than llama.cpp's
+/// summed over the prompts (measured 1.77 against 2.43; per prompt ours is
+/// the closer on five of six, the 794-token one 0.26 against 0.13). Both quantize
+/// activations to 8 bits, llama.cpp per 256 values for K-quant layers and
+/// ours per 32, so the two part by up to the sum of their errors: measured
+/// 0.92 on one prompt, where ours is 0.29 from exact and llama.cpp 0.71
+/// (it was under 0.75 when candle ran our K-quant layers as llama.cpp does).
 #[test]
 fn gemma3_prefill_logits_match_llama_cpp() {
     let loaded = load(GEMMA3);
+    let exact_path = dequantized_copy(GEMMA3);
+    let exact =
+        switchyard_engine::LoadedModel::from_gguf(&exact_path, &switchyard_engine::Device::Cpu)
+            .expect("f32 copy loads");
+    let _ = std::fs::remove_file(&exact_path);
+    let (mut ours_total, mut theirs_total) = (0f32, 0f32);
     for case in fixture("gemma3_greedy.json")["cases"].as_array().unwrap() {
         let tokens: Vec<u32> = case["prompt_ids"]
             .as_array()
@@ -178,15 +193,30 @@ fn gemma3_prefill_logits_match_llama_cpp() {
             );
             max_diff = max_diff.max((ours[id] - logit).abs());
         }
+        let exact_logits = prefill_logits(&exact, &tokens);
+        let (mut ours_off, mut theirs_off) = (0f32, 0f32);
+        for pair in top {
+            let id = pair[0].as_u64().unwrap() as usize;
+            ours_off = ours_off.max((ours[id] - exact_logits[id]).abs());
+            theirs_off =
+                theirs_off.max((pair[1].as_f64().unwrap() as f32 - exact_logits[id]).abs());
+        }
         println!(
-            "{} prompt tokens: max |diff| over llama.cpp's top 10: {max_diff:.3}",
+            "{} prompt tokens: max |diff| over llama.cpp's top 10: {max_diff:.3}; from exact: ours {ours_off:.3}, llama.cpp {theirs_off:.3}",
             tokens.len()
         );
         assert!(
-            max_diff < 0.75,
+            max_diff < 1.0,
             "{} tokens: max |diff| {max_diff}",
             tokens.len()
         );
+        assert!(
+            ours_off < 0.75,
+            "{} tokens: ours is {ours_off} from the exact logits",
+            tokens.len()
+        );
+        ours_total += ours_off;
+        theirs_total += theirs_off;
         let best = top[0][0].as_u64().unwrap() as usize;
         let second = top[1][1].as_f64().unwrap() as f32;
         if top[0][1].as_f64().unwrap() as f32 - second > 0.5 {
@@ -196,4 +226,8 @@ fn gemma3_prefill_logits_match_llama_cpp() {
             assert_eq!(ours_best, best, "argmax");
         }
     }
+    assert!(
+        ours_total <= theirs_total,
+        "summed over prompts, ours is {ours_total} from the exact logits, llama.cpp {theirs_total}"
+    );
 }

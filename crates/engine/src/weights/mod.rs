@@ -59,14 +59,15 @@ impl From<QMatMul> for Linear {
     }
 }
 
-/// Whether a GGUF matrix of this type and width runs on our CPU kernels.
-/// K-quant matrices stay on candle's kernels, which keep their super-block
-/// scales as integers (one float operation per 256 values, AVX-512 where the
-/// CPU has it) and measured 1.1–3× faster than ours at every batch size
-/// (`benches/README.md`); ours still hold K-quant embedding tables.
-fn ours(dtype: GgmlDType, cols: usize, device: &Device) -> bool {
+/// Whether a GGUF matrix of this type and shape runs on our CPU kernels.
+/// K-quant matrices do only where ours run 16-row tiles (AVX-512 VNNI, rows
+/// in sixteens): there they measured 1.5–2.7× faster than candle's repacked
+/// AVX-512 tiles; elsewhere candle's, which keep the super-block scales as
+/// integers, beat our row-major kernels (`benches/README.md`). Ours still
+/// hold K-quant embedding tables.
+fn ours(dtype: GgmlDType, rows: usize, cols: usize, device: &Device) -> bool {
     use GgmlDType::*;
-    let candle_is_faster = matches!(dtype, Q4K | Q5K | Q6K);
+    let candle_is_faster = matches!(dtype, Q4K | Q5K | Q6K) && !QuantMatrix::tiled_here(rows);
     !candle_is_faster && ours_as_table(dtype, cols, device)
 }
 
@@ -84,8 +85,8 @@ fn linear_from_bytes(
     device: &Device,
 ) -> Result<Linear> {
     let cols = shape.dims().last().copied().unwrap_or(0);
-    if ours(dtype, cols, device) {
-        let rows = shape.elem_count() / cols;
+    let rows = shape.elem_count().checked_div(cols).unwrap_or(0);
+    if ours(dtype, rows, cols, device) {
         return Ok(Linear::Cpu(Arc::new(QuantMatrix::from_gguf(
             dtype, bytes, rows, cols,
         )?)));
@@ -132,7 +133,9 @@ impl Embedding {
     /// matrix loaded again through `w` (dense, or a K-quant for candle).
     pub fn tied_lm_head(&self, w: &mut dyn WeightSource, name: &str) -> Result<Linear> {
         match self {
-            Embedding::Quantized(table) if ours(table.dtype(), table.cols(), w.device()) => {
+            Embedding::Quantized(table)
+                if ours(table.dtype(), table.rows(), table.cols(), w.device()) =>
+            {
                 Ok(Linear::Cpu(table.clone()))
             }
             _ => w.matmul(name),
@@ -506,23 +509,28 @@ mod tests {
     }
 
     /// On the CPU the 32-block quant types run on our kernels; K-quants
-    /// (faster on candle's), unknown types and every type on other devices
-    /// on candle's.
+    /// only where ours run tiles (else candle's are faster); unknown types
+    /// and every type on other devices on candle's.
     #[test]
     fn cpu_matrices_of_known_types_are_ours() {
-        let w = Tensor::randn(0f32, 1.0, (4, 256), &Device::Cpu).unwrap();
-        for (dtype, want_ours) in [
-            (GgmlDType::Q4_1, true),
-            (GgmlDType::Q5_0, true),
-            (GgmlDType::Q8_0, true),
-            (GgmlDType::Q4K, false),
-            (GgmlDType::Q3K, false),
-        ] {
-            let q = QTensor::quantize(&w, dtype).unwrap();
-            let linear =
-                linear_from_bytes(dtype, &q.data().unwrap(), (4, 256).into(), &Device::Cpu)
-                    .unwrap();
-            assert_eq!(matches!(linear, Linear::Cpu(_)), want_ours, "{dtype:?}");
+        for rows in [4, 16] {
+            let w = Tensor::randn(0f32, 1.0, (rows, 256), &Device::Cpu).unwrap();
+            let tiled = QuantMatrix::tiled_here(rows);
+            assert!(!tiled || rows == 16);
+            for (dtype, want_ours) in [
+                (GgmlDType::Q4_1, true),
+                (GgmlDType::Q5_0, true),
+                (GgmlDType::Q8_0, true),
+                (GgmlDType::Q4K, tiled),
+                (GgmlDType::Q6K, tiled),
+                (GgmlDType::Q3K, false),
+            ] {
+                let q = QTensor::quantize(&w, dtype).unwrap();
+                let linear =
+                    linear_from_bytes(dtype, &q.data().unwrap(), (rows, 256).into(), &Device::Cpu)
+                        .unwrap();
+                assert_eq!(matches!(linear, Linear::Cpu(_)), want_ours, "{dtype:?}");
+            }
         }
     }
 }

@@ -315,7 +315,7 @@ unsafe fn rows_times_tokens_with<'a, K: Tiled, const VNNI: bool, const HALF: boo
 /// # Safety
 /// The CPU has AVX2 and FMA; `xs` and `qs` hold at least 32 values.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn quantize_block(xs: &[f32], qs: &mut [i8]) -> (f32, i32) {
+pub(super) unsafe fn quantize_block(xs: &[f32], qs: &mut [i8]) -> (f32, [i32; 2]) {
     debug_assert!(xs.len() >= BLOCK && qs.len() >= BLOCK);
     let sign = _mm256_set1_ps(-0.0);
     let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(xs.as_ptr().add(8 * i)));
@@ -341,18 +341,20 @@ pub(super) unsafe fn quantize_block(xs: &[f32], qs: &mut [i8]) -> (f32, i32) {
         let step = _mm256_and_ps(away, _mm256_or_ps(_mm256_and_ps(y, sign), one));
         _mm256_cvtps_epi32(_mm256_add_ps(t, step))
     });
-    let total = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-    let t4 = _mm_add_epi32(
-        _mm256_castsi256_si128(total),
-        _mm256_extracti128_si256(total, 1),
-    );
-    let t2 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0b00_00_11_10));
-    let sum = _mm_cvtsi128_si32(_mm_add_epi32(t2, _mm_shuffle_epi32(t2, 0b00_00_00_01)));
+    let hsum = |v: __m256i| {
+        let t4 = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let t2 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0b00_00_11_10));
+        _mm_cvtsi128_si32(_mm_add_epi32(t2, _mm_shuffle_epi32(t2, 0b00_00_00_01)))
+    };
+    let sums = [
+        hsum(_mm256_add_epi32(q[0], q[1])),
+        hsum(_mm256_add_epi32(q[2], q[3])),
+    ];
     // i32 → i16 → i8 packs work per 128-bit lane; one permute restores order.
     let words01 = _mm256_packs_epi32(q[0], q[1]);
     let words23 = _mm256_packs_epi32(q[2], q[3]);
     let bytes = _mm256_packs_epi16(words01, words23);
     let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, ordered);
-    (d, sum)
+    (d, sums)
 }

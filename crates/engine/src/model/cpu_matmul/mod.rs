@@ -1,13 +1,14 @@
 //! CPU matmul for GGUF's quantized matrices (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-//! Q4_K, Q5_K, Q6_K). The forward pass runs the 32-value block types here;
-//! K-quant matrices stay on candle's kernels, which measured faster (see
-//! `weights::ours`), and use this module's layouts for their embedding
-//! tables (exact row lookups).
+//! Q4_K, Q5_K, Q6_K). The forward pass runs all of them here where the CPU
+//! has AVX-512 VNNI (our 16-row tiles beat candle's repacked K-quant tiles);
+//! elsewhere K-quant matrices stay on candle's kernels (see `weights::ours`)
+//! and use this module's layouts for their embedding tables (exact row
+//! lookups).
 //!
 //! Follows llama.cpp's `ggml_vec_dot_*_q8_*` family: activations are
 //! quantized per 32 values to 8 bits (`d = amax / 127`, `q = round(x / d)`,
 //! `d` rounded through f16 as candle's `BlockQ8_1` stores it) with their
-//! integer sum, each weight block is dotted as integers and scaled once. At
+//! integer sums, each weight block is dotted as integers and scaled once. At
 //! load every GGUF block type becomes one of three layouts ([`convert`]),
 //! each a weight `scale · q + min` with f32 scale and min per 32 (or 16)
 //! values, so three kernels cover eight types:
@@ -17,13 +18,20 @@
 //!
 //! K-quants' two-level scales are multiplied out at load (exactly, in f32),
 //! which costs memory (Q4_K 4.5 → 6 bits per weight, Q6_K 6.6 → 10) and buys
-//! one kernel shape for all of them. The AVX2 kernels ([`avx2`]) are
-//! register-tiled (four rows × one token at decode, two rows × four tokens
-//! in prefill), use AVX-512 VNNI's byte dot product where the CPU has it and
-//! are chosen at run time (a portable binary, no `-C target-cpu`); elsewhere
-//! a scalar loop does the same integer sums. Rows of the output are split
-//! across the step's thread pool ([`crate::parallel`]), and every weight row
-//! is read once per batch, not once per token.
+//! one kernel shape for all of them.
+//!
+//! Two arrangements of those layouts, picked at load from the CPU's
+//! features (a portable binary, no `-C target-cpu`):
+//! - 16-row tiles for AVX-512 VNNI ([`avx512`], llama.cpp's repacked
+//!   `*_8x8` GEMMs): the vector lanes are 16 output rows, so a block costs
+//!   one conversion and one multiply-add per 16 rows and no horizontal sums;
+//! - row-major for AVX2 ([`avx2`], register tiles of four rows × one token
+//!   at decode and two rows × four tokens in prefill, 256-bit VNNI where
+//!   present) and a scalar loop that does the same integer sums.
+//!
+//! Rows of the output are split across the step's thread pool
+//! ([`crate::parallel`]), and every weight row is read once per batch, not
+//! once per token.
 
 mod convert;
 
@@ -35,6 +43,9 @@ use crate::host_memory::vec_with_huge_pages;
 
 /// Values per activation block (and per weight block, but Q6_K's 16).
 const BLOCK: usize = 32;
+
+/// Weight rows per tile of the tiled layout.
+const TILE_ROWS: usize = 16;
 
 /// A quantized matrix (`rows` × `cols`, one output per row) in one of our
 /// layouts.
@@ -56,6 +67,13 @@ pub struct QuantMatrix {
 pub(crate) struct Layout {
     kind: Kind,
     half: bool,
+    /// Rows interleaved in 16-row tiles for the AVX-512 kernels
+    /// ([`avx512`]): per tile and block, the quants as eight
+    /// `[16 rows][4 values]` groups (U4: groups `2p` and `2p + 1` in the low
+    /// and high nibbles of 64-byte run `p`; signed kinds offset by 128), then
+    /// each scale set and the mins as 16 consecutive factors. Otherwise
+    /// row-major, block after block.
+    tiled: bool,
     quants: Vec<u8>,
     scales: Vec<u8>,
     mins: Vec<u8>,
@@ -64,7 +82,7 @@ pub(crate) struct Layout {
 impl Layout {
     /// `scales` and `mins` (empty for the signed kinds) in the narrowest
     /// exact width.
-    fn new(kind: Kind, quants: Vec<u8>, scales: &[f32], mins: &[f32]) -> Self {
+    fn new(kind: Kind, tiled: bool, quants: Vec<u8>, scales: &[f32], mins: &[f32]) -> Self {
         let exact = |v: &f32| f16::from_f32(*v).to_f32() == *v;
         let half = scales.iter().chain(mins).all(exact);
         let encode = |values: &[f32]| -> Vec<u8> {
@@ -82,6 +100,7 @@ impl Layout {
         Layout {
             kind,
             half,
+            tiled,
             quants,
             scales: encode(scales),
             mins: encode(mins),
@@ -148,11 +167,13 @@ struct WeightRow<'a> {
 }
 
 /// Activations of a batch as 8-bit blocks: value `d · q`, with
-/// `sum = d · Σq` for the layouts with a min.
+/// `sum = d · Σq` for the layouts with a min and the integer `Σq` of each
+/// half block (16 values) for the tiled signed layouts.
 struct Q8Rows {
     quants: Vec<i8>,
     scales: Vec<f32>,
     sums: Vec<f32>,
+    qsums: Vec<i32>,
 }
 
 /// One token's activations.
@@ -161,6 +182,7 @@ struct ActRow<'a> {
     quants: &'a [i8],
     scales: &'a [f32],
     sums: &'a [f32],
+    qsums: &'a [i32],
 }
 
 impl QuantMatrix {
@@ -170,18 +192,30 @@ impl QuantMatrix {
         matches!(dtype, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4K | Q5K | Q6K)
     }
 
-    /// From the raw bytes of a GGUF tensor of shape `rows` × `cols`.
+    /// From the raw bytes of a GGUF tensor of shape `rows` × `cols`, laid
+    /// out for the kernel this CPU runs.
     pub fn from_gguf(dtype: GgmlDType, data: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        Self::from_gguf_with(dtype, data, rows, cols, Kernel::detect())
+    }
+
+    fn from_gguf_with(
+        dtype: GgmlDType,
+        data: &[u8],
+        rows: usize,
+        cols: usize,
+        kernel: Kernel,
+    ) -> Result<Self> {
         use GgmlDType::*;
+        let tiled = kernel.tiles() && rows.is_multiple_of(TILE_ROWS);
         let layout = match dtype {
-            Q4_0 => convert::q4_0(data, rows, cols)?,
-            Q4_1 => convert::q4_1(data, rows, cols)?,
-            Q5_0 => convert::q5_0(data, rows, cols)?,
-            Q5_1 => convert::q5_1(data, rows, cols)?,
-            Q8_0 => convert::q8_0(data, rows, cols)?,
-            Q4K => convert::q4_k(data, rows, cols)?,
-            Q5K => convert::q5_k(data, rows, cols)?,
-            Q6K => convert::q6_k(data, rows, cols)?,
+            Q4_0 => convert::q4_0(data, rows, cols, tiled)?,
+            Q4_1 => convert::q4_1(data, rows, cols, tiled)?,
+            Q5_0 => convert::q5_0(data, rows, cols, tiled)?,
+            Q5_1 => convert::q5_1(data, rows, cols, tiled)?,
+            Q8_0 => convert::q8_0(data, rows, cols, tiled)?,
+            Q4K => convert::q4_k(data, rows, cols, tiled)?,
+            Q5K => convert::q5_k(data, rows, cols, tiled)?,
+            Q6K => convert::q6_k(data, rows, cols, tiled)?,
             other => {
                 return Err(EngineError::Load(format!(
                     "no CPU kernel for {other:?} matrices"
@@ -194,6 +228,12 @@ impl QuantMatrix {
             dtype,
             layout,
         })
+    }
+
+    /// Whether a matrix of `rows` rows gets the 16-row tiled layout (and
+    /// the AVX-512 kernels) on this CPU.
+    pub fn tiled_here(rows: usize) -> bool {
+        Kernel::detect().tiles() && rows.is_multiple_of(TILE_ROWS)
     }
 
     pub fn rows(&self) -> usize {
@@ -209,8 +249,10 @@ impl QuantMatrix {
         self.dtype
     }
 
+    /// Row `r` of a row-major layout.
     fn row(&self, r: usize) -> WeightRow<'_> {
         let l = &self.layout;
+        debug_assert!(!l.tiled);
         let blocks = self.cols / BLOCK;
         let (q, s) = (l.kind.quant_bytes(), l.kind.scales_per_block());
         let f = if l.half { 2 } else { 4 };
@@ -227,6 +269,9 @@ impl QuantMatrix {
 
     /// Row `r`'s values, as `scale · q + min` (an embedding lookup).
     pub fn dequantize_row(&self, r: usize, out: &mut Vec<f32>) {
+        if self.layout.tiled {
+            return self.dequantize_tiled_row(r, out);
+        }
         let w = self.row(r);
         let half = self.layout.half;
         let scale = |i| factor(w.scales, i, half);
@@ -253,6 +298,46 @@ impl QuantMatrix {
         }
     }
 
+    /// [`QuantMatrix::dequantize_row`] from 16-row tiles.
+    fn dequantize_tiled_row(&self, r: usize, out: &mut Vec<f32>) {
+        let l = &self.layout;
+        let (blocks, t, lane) = (self.cols / BLOCK, r / TILE_ROWS, r % TILE_ROWS);
+        let sets = l.kind.scales_per_block();
+        let per_set = BLOCK / sets;
+        for b in 0..blocks {
+            let block = t * blocks + b;
+            let q = &l.quants[block * l.kind.quant_bytes() * TILE_ROWS..];
+            let scale = |j: usize| {
+                factor(
+                    &l.scales,
+                    (block * sets + j / per_set) * TILE_ROWS + lane,
+                    l.half,
+                )
+            };
+            let min = if l.kind.has_min() {
+                factor(&l.mins, block * TILE_ROWS + lane, l.half)
+            } else {
+                0.0
+            };
+            out.extend((0..BLOCK).map(|j| {
+                let v = match l.kind {
+                    // Value `j` is in group `j / 4`; groups `2p`, `2p + 1`
+                    // share run `p`'s bytes (low, high nibble).
+                    Kind::U4 => {
+                        let (g, k) = (j / 4, j % 4);
+                        let byte = q[((g / 2) * TILE_ROWS + lane) * 4 + k];
+                        (if g % 2 == 0 { byte & 0x0F } else { byte >> 4 }) as f32
+                    }
+                    Kind::U8 => q[((j / 4) * TILE_ROWS + lane) * 4 + j % 4] as f32,
+                    Kind::I8x32 | Kind::I8x16 => {
+                        (q[((j / 4) * TILE_ROWS + lane) * 4 + j % 4] ^ 0x80) as i8 as f32
+                    }
+                };
+                scale(j) * v + min
+            }));
+        }
+    }
+
     /// `x · Wᵀ` for `x` holding `tokens` rows of `cols` values; the result
     /// holds `tokens` rows of `rows` values.
     pub fn matmul(&self, x: &[f32], tokens: usize) -> Vec<f32> {
@@ -268,11 +353,16 @@ impl QuantMatrix {
                 quants: &act.quants[t * self.cols..(t + 1) * self.cols],
                 scales: &act.scales[t * blocks..(t + 1) * blocks],
                 sums: &act.sums[t * blocks..(t + 1) * blocks],
+                qsums: &act.qsums[2 * t * blocks..2 * (t + 1) * blocks],
             })
             .collect();
+        let mut out = vec![0f32; tokens * self.rows];
+        if self.layout.tiled {
+            self.tiles_times_tokens(&acts, &mut out);
+            return out;
+        }
         // Each task owns a run of weight rows and writes their results
         // straight into the token-major output.
-        let mut out = vec![0f32; tokens * self.rows];
         let rows = self.rows;
         let sink = crate::parallel::SharedOut::new(&mut out);
         crate::parallel::for_ranges(rows, |range| {
@@ -285,6 +375,62 @@ impl QuantMatrix {
             kernel.rows_times_tokens(layout, row, range.len(), &acts, blocks, put);
         });
         out
+    }
+
+    /// The tiled layout's matmul: tiles split across the step's pool, each
+    /// writing its 16 rows' results per token into the token-major `out`.
+    #[cfg(target_arch = "x86_64")]
+    fn tiles_times_tokens(&self, acts: &[ActRow], out: &mut [f32]) {
+        use avx512::Tiles;
+        let l = &self.layout;
+        let blocks = self.cols / BLOCK;
+        // The kernels read activations unchecked; tiles are whole by
+        // construction (`interleave`).
+        assert!(acts.iter().all(|a| {
+            a.quants.len() >= blocks * BLOCK
+                && a.scales.len() >= blocks
+                && a.sums.len() >= blocks
+                && a.qsums.len() >= 2 * blocks
+        }));
+        let m = Tiles {
+            quants: &l.quants,
+            scales: &l.scales,
+            mins: &l.mins,
+            blocks,
+        };
+        let rows = self.rows;
+        let sink = crate::parallel::SharedOut::new(out);
+        crate::parallel::for_ranges(rows / TILE_ROWS, |tiles| {
+            // SAFETY: tasks own disjoint tiles, so no two write one index;
+            // `t < rows / 16` and `n < tokens` keep every index in bounds.
+            let put = |t: usize, n: usize, v: &[f32; TILE_ROWS]| unsafe {
+                sink.write_run(n * rows + t * TILE_ROWS, v)
+            };
+            macro_rules! run {
+                ($k:ident, $half:literal) => {
+                    avx512::tiles_times_tokens::<avx512::$k, $half>(m, tiles, acts, put)
+                };
+            }
+            // SAFETY: a tiled layout is built only where `detect` saw the
+            // kernels' CPU features; the activations were checked above.
+            unsafe {
+                match (l.kind, l.half) {
+                    (Kind::U4, true) => run!(U4, true),
+                    (Kind::U4, false) => run!(U4, false),
+                    (Kind::U8, true) => run!(U8, true),
+                    (Kind::U8, false) => run!(U8, false),
+                    (Kind::I8x32, true) => run!(I8x32, true),
+                    (Kind::I8x32, false) => run!(I8x32, false),
+                    (Kind::I8x16, true) => run!(I8x16, true),
+                    (Kind::I8x16, false) => run!(I8x16, false),
+                }
+            }
+        });
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn tiles_times_tokens(&self, _: &[ActRow], _: &mut [f32]) {
+        unreachable!("tiled layouts are built only for x86-64's AVX-512 kernels")
     }
 }
 
@@ -302,34 +448,38 @@ impl Q8Rows {
             quants: vec![0; tokens * cols],
             scales: Vec::with_capacity(blocks),
             sums: Vec::with_capacity(blocks),
+            qsums: Vec::with_capacity(2 * blocks),
         };
         for (xs, qs) in x.chunks_exact(BLOCK).zip(r.quants.chunks_exact_mut(BLOCK)) {
-            let (d, sum) = match kernel {
+            let (d, [low, high]) = match kernel {
                 Kernel::Scalar => quantize_block(xs, qs),
                 // SAFETY: `detect` chose AVX2 only where the CPU has it; both
                 // blocks hold 32 values.
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Avx2 | Kernel::Avx512Vnni => unsafe { avx2::quantize_block(xs, qs) },
+                Kernel::Avx2 | Kernel::Avx512Vnni | Kernel::Avx512Tiles => unsafe {
+                    avx2::quantize_block(xs, qs)
+                },
             };
             let d = f16::from_f32(d).to_f32();
             r.scales.push(d);
-            r.sums.push(sum as f32 * d);
+            r.sums.push((low + high) as f32 * d);
+            r.qsums.extend([low, high]);
         }
         r
     }
 }
 
-/// One block: returns `d` (before f16 rounding) and `Σq`.
-fn quantize_block(xs: &[f32], qs: &mut [i8]) -> (f32, i32) {
+/// One block: returns `d` (before f16 rounding) and `Σq` of each half.
+fn quantize_block(xs: &[f32], qs: &mut [i8]) -> (f32, [i32; 2]) {
     let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
-    let mut sum = 0i32;
-    for (q, &v) in qs.iter_mut().zip(xs) {
+    let mut sums = [0i32; 2];
+    for (i, (q, &v)) in qs.iter_mut().zip(xs).enumerate() {
         *q = (v * inv).round() as i8;
-        sum += *q as i32;
+        sums[i / 16] += *q as i32;
     }
-    (d, sum)
+    (d, sums)
 }
 
 /// The implementation, picked from the CPU's features.
@@ -341,6 +491,10 @@ enum Kernel {
     /// AVX2 with AVX-512 VNNI's byte dot product on 256-bit vectors.
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
+    /// AVX-512 VNNI on 16-row tiles ([`avx512`]) for matrices whose rows
+    /// come in sixteens; others as `Avx512Vnni`.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Tiles,
 }
 
 impl Kernel {
@@ -352,11 +506,22 @@ impl Kernel {
             && is_x86_feature_detected!("f16c")
         {
             if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+                if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+                    return Kernel::Avx512Tiles;
+                }
                 return Kernel::Avx512Vnni;
             }
             return Kernel::Avx2;
         }
         Kernel::Scalar
+    }
+
+    /// Whether matrices get the 16-row tiled layout under this kernel.
+    fn tiles(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return self == Kernel::Avx512Tiles;
+        #[cfg(not(target_arch = "x86_64"))]
+        return false;
     }
 
     /// `put(i, t, row(i) · acts[t])` for `i < count` and every token. Every
@@ -406,7 +571,9 @@ impl Kernel {
             Kernel::Avx2 => unsafe { dispatch!(rows_times_tokens) },
             // SAFETY: as above, and `detect` saw AVX-512 VNNI and VL.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => unsafe { dispatch!(rows_times_tokens_vnni) },
+            Kernel::Avx512Vnni | Kernel::Avx512Tiles => unsafe {
+                dispatch!(rows_times_tokens_vnni)
+            },
         }
     }
 }
@@ -462,12 +629,15 @@ fn dot_scalar(kind: Kind, half: bool, w: &WeightRow, a: &ActRow) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
+    use proptest::strategy::Strategy;
 
     const TYPES: [GgmlDType; 8] = [
         GgmlDType::Q4_0,
@@ -500,8 +670,11 @@ mod tests {
             if Kernel::detect() != Kernel::Scalar {
                 k.push(Kernel::Avx2);
             }
-            if Kernel::detect() == Kernel::Avx512Vnni {
+            if matches!(Kernel::detect(), Kernel::Avx512Vnni | Kernel::Avx512Tiles) {
                 k.push(Kernel::Avx512Vnni);
+            }
+            if Kernel::detect() == Kernel::Avx512Tiles {
+                k.push(Kernel::Avx512Tiles);
             }
         }
         k
@@ -515,12 +688,18 @@ mod tests {
         (q, ours)
     }
 
-    /// Every layout holds exactly the values candle dequantizes.
+    /// Every layout, row-major and tiled, holds exactly the values candle
+    /// dequantizes.
     #[test]
     fn conversions_keep_every_value() {
-        let (rows, cols) = (6, 512);
-        for dtype in TYPES {
-            let (q, ours) = both(random(rows * cols, 7, 0.8), dtype, rows, cols);
+        let (rows, cols) = (32, 512);
+        for (dtype, kernel) in TYPES
+            .into_iter()
+            .flat_map(|d| kernels().into_iter().map(move |k| (d, k)))
+        {
+            let (q, _) = both(random(rows * cols, 7, 0.8), dtype, rows, cols);
+            let ours =
+                QuantMatrix::from_gguf_with(dtype, &q.data().unwrap(), rows, cols, kernel).unwrap();
             let want = q
                 .dequantize(&Device::Cpu)
                 .unwrap()
@@ -532,7 +711,7 @@ mod tests {
             for r in 0..rows {
                 ours.dequantize_row(r, &mut got);
             }
-            assert_eq!(got, want, "{dtype:?}");
+            assert_eq!(got, want, "{dtype:?} {kernel:?}");
             // The file's f16 factors stay f16 (K-quants' products rarely fit).
             let from_f16 = !matches!(dtype, GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K);
             if from_f16 {
@@ -554,7 +733,7 @@ mod tests {
         cols: usize,
         tokens: usize,
     ) {
-        let (q, ours) = both(w, dtype, rows, cols);
+        let (q, _) = both(w, dtype, rows, cols);
         let dense = q
             .dequantize(&Device::Cpu)
             .unwrap()
@@ -569,7 +748,9 @@ mod tests {
             .enumerate()
             .map(|(i, &q)| q as f64 * act.scales[i / BLOCK] as f64)
             .collect();
+        let bytes = q.data().unwrap();
         for kernel in kernels() {
+            let ours = QuantMatrix::from_gguf_with(dtype, &bytes, rows, cols, kernel).unwrap();
             let got = ours.matmul_with(&x, tokens, kernel);
             assert_eq!(got.len(), tokens * rows);
             for t in 0..tokens {
@@ -596,6 +777,9 @@ mod tests {
             for (rows, cols, tokens) in [
                 (8, 256, 1),
                 (96, 768, 1),
+                (32, 256, 2),
+                (16, 512, 3),
+                (48, 512, 7),
                 (37, 1536, 5),
                 (1536, 512, 4),
                 (600, 1536, 16),
@@ -682,7 +866,7 @@ mod tests {
         #[test]
         fn every_type_matches_the_reference_on_any_shape(
             type_index in 0usize..8,
-            rows in 1usize..24,
+            rows in proptest::prop_oneof![1usize..24, (1usize..4).prop_map(|t| 16 * t)],
             super_blocks in 1usize..4,
             tokens in 1usize..6,
             seed in 0u64..1000,

@@ -74,9 +74,12 @@ fn gemma3_tokenizer_matches_llama_cpp() {
 /// our best (the prefill-logit noise band of `llama_reference.rs`; measured
 /// at most 1.24, on that chat prompt, 0.97 before our own Q4_1/Q5_0 paths).
 /// At least two prompts must agree on all 32 steps (measured: 2 of 7, the
-/// others part at llama.cpp gaps of 0.015 to 0.27; the 794-token prompt,
-/// past the sliding window, may part only at a gap under 0.1: it parts at
-/// step 4 on a 0.015 gap, and its prefill logits are checked below).
+/// others part at llama.cpp gaps of 0.009 to 0.25). The 794-token prompt,
+/// past the sliding window, may part only at a coin flip of the exact
+/// computation (f32 weights): a top-2 gap under 0.1 there, between the two
+/// tokens. It parts at its first step, where the exact gap is 0.043 and
+/// llama.cpp's 0.18 (it parted at step 4 on a 0.015 gap before our tiled
+/// K-quant kernels and fused GELU); its prefill logits are checked below.
 #[test]
 fn gemma3_greedy_matches_llama_cpp() {
     let e = engine(GEMMA3, EngineConfig::default());
@@ -120,9 +123,17 @@ fn gemma3_greedy_matches_llama_cpp() {
             diverged.map(|i| gaps[i])
         );
         if let (true, Some(i)) = (tokens_len > 512, diverged) {
+            // A coin flip of the exact computation (f32 weights, no
+            // activation rounding), where either side may fall.
+            let mut prefix = ids(&case["prompt_ids"]);
+            prefix.extend_from_slice(&got[..i]);
+            let logits = prefill_logits(&exact_gemma3(), &prefix);
+            let mut order: Vec<usize> = (0..logits.len()).collect();
+            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+            let exact_gap = logits[order[0]] - logits[order[1]];
             assert!(
-                gaps[i] < 0.1,
-                "the long prompt may part only at a coin flip (llama.cpp gap {})",
+                exact_gap < 0.1 && [got[i], want[i]].iter().all(|&t| order[..2].contains(&(t as usize))),
+                "the long prompt may part only at a coin flip of the exact logits (gap {exact_gap}, llama.cpp's {})",
                 gaps[i]
             );
         }
@@ -156,25 +167,32 @@ fn gemma3_greedy_matches_llama_cpp() {
     );
 }
 
+/// Gemma 3 on its weights dequantized to f32: the exact computation that
+/// ours and llama.cpp's quantized paths both approximate.
+fn exact_gemma3() -> switchyard_engine::LoadedModel {
+    let path = dequantized_copy(GEMMA3);
+    let exact = switchyard_engine::LoadedModel::from_gguf(&path, &switchyard_engine::Device::Cpu)
+        .expect("f32 copy loads");
+    let _ = std::fs::remove_file(&path);
+    exact
+}
+
 /// Prefill logits of llama.cpp's top-10 tokens, including a prompt longer than
 /// the 512-token sliding window, agree with ours within quantization noise:
 /// within 1.0 of llama.cpp's (a wrong layer or mask moves them by many
 /// units), and within 0.75 of the exact logits (our own forward pass on
 /// the weights dequantized to f32), no further from them than llama.cpp's
-/// summed over the prompts (measured 1.77 against 2.43; per prompt ours is
-/// the closer on five of six, the 794-token one 0.26 against 0.13). Both quantize
-/// activations to 8 bits, llama.cpp per 256 values for K-quant layers and
-/// ours per 32, so the two part by up to the sum of their errors: measured
-/// 0.92 on one prompt, where ours is 0.29 from exact and llama.cpp 0.71
-/// (it was under 0.75 when candle ran our K-quant layers as llama.cpp does).
+/// summed over the prompts (measured 1.94 against 2.84 over seven prompts;
+/// ours is the closer on four, and at most 0.65 off, on a 14-token prompt
+/// where llama.cpp is 0.62 off). Both quantize activations to 8 bits,
+/// llama.cpp per 256 values for K-quant layers and ours per 32, so the two
+/// part by up to the sum of their errors: measured up to 0.92 (0.67 now, on
+/// a prompt where ours is 0.13 from exact and llama.cpp 0.71); the bound
+/// was 0.75 when candle ran our K-quant layers as llama.cpp does.
 #[test]
 fn gemma3_prefill_logits_match_llama_cpp() {
     let loaded = load(GEMMA3);
-    let exact_path = dequantized_copy(GEMMA3);
-    let exact =
-        switchyard_engine::LoadedModel::from_gguf(&exact_path, &switchyard_engine::Device::Cpu)
-            .expect("f32 copy loads");
-    let _ = std::fs::remove_file(&exact_path);
+    let exact = exact_gemma3();
     let (mut ours_total, mut theirs_total) = (0f32, 0f32);
     for case in fixture("gemma3_greedy.json")["cases"].as_array().unwrap() {
         let tokens: Vec<u32> = case["prompt_ids"]

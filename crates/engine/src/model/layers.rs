@@ -228,6 +228,30 @@ impl Mlp {
     }
 
     fn forward(&self, h: &Tensor, activation: Activation) -> Result<Tensor> {
+        if let (Linear::Cpu(gate), Linear::Cpu(up), Linear::Cpu(down)) =
+            (&self.gate, &self.up, &self.down)
+        {
+            // Our kernels: no tensor round trips, one fused activation pass.
+            let mut dims = h.dims().to_vec();
+            let cols = dims.pop().unwrap_or(0);
+            if cols == gate.cols()
+                && cols == up.cols()
+                && gate.rows() == up.rows()
+                && down.cols() == gate.rows()
+            {
+                let tokens = h.elem_count() / cols.max(1);
+                let xs = h.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let mut act = gate.matmul(&xs, tokens);
+                let up = up.matmul(&xs, tokens);
+                crate::model::activation::gated_in_place(&mut act, &up, gate.rows(), activation);
+                dims.push(down.rows());
+                return Ok(Tensor::from_vec(
+                    down.matmul(&act, tokens),
+                    dims,
+                    h.device(),
+                )?);
+            }
+        }
         let gate = self.gate.forward(h)?;
         let gate = match activation {
             Activation::GeluTanh => gate.gelu()?, // candle's gelu is the tanh form

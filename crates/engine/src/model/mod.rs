@@ -16,6 +16,7 @@
 //! ([`crate::model::moe`]); and DeepSeek's absorbed multi-head latent
 //! attention ([`crate::model::mla`]).
 
+pub(crate) mod activation;
 pub(crate) mod config;
 pub(crate) mod cpu_matmul;
 pub(crate) mod layers;

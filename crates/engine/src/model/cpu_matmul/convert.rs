@@ -55,6 +55,9 @@ pub(super) struct Builder {
     blocks_per_row: usize,
     /// Blocks pushed so far.
     next: usize,
+    /// The row being pushed and its blocks pushed so far (tiled only).
+    row: usize,
+    next_in_row: usize,
     quants: Vec<u8>,
     scales: Vec<f32>,
     mins: Vec<f32>,
@@ -75,6 +78,8 @@ impl Builder {
             tiled,
             blocks_per_row: cols / BLOCK,
             next: 0,
+            row: 0,
+            next_in_row: 0,
             quants: if tiled {
                 zeroed_with_huge_pages(quants)
             } else {
@@ -110,15 +115,23 @@ impl Builder {
             self.next += 1;
             return;
         }
-        let (r, b) = (
-            self.next / self.blocks_per_row,
-            self.next % self.blocks_per_row,
+        // Row `next / blocks_per_row`, kept as a counter (a division per
+        // block was a third of a load).
+        if self.next_in_row == self.blocks_per_row {
+            self.next_in_row = 0;
+            self.row += 1;
+        }
+        let (lane, block) = (
+            self.row % TILE_ROWS,
+            (self.row / TILE_ROWS) * self.blocks_per_row + self.next_in_row,
         );
-        let (lane, block) = (r % TILE_ROWS, (r / TILE_ROWS) * self.blocks_per_row + b);
-        let base = block * kind.quant_bytes() * TILE_ROWS;
-        let word = |at: usize| {
-            u32::from_le_bytes([quants[at], quants[at + 1], quants[at + 2], quants[at + 3]])
-        };
+        self.next_in_row += 1;
+        let tile_block = kind.quant_bytes() * TILE_ROWS;
+        let out = &mut self.quants[block * tile_block..(block + 1) * tile_block];
+        let mut words = [0u32; 8];
+        for (w, q) in words.iter_mut().zip(quants.chunks_exact(4)) {
+            *w = u32::from_le_bytes([q[0], q[1], q[2], q[3]]);
+        }
         // Four bytes per run (`U4`) or group: see `Layout`'s `tiled`.
         for k in 0..kind.quant_bytes() / 4 {
             let value = match kind {
@@ -126,18 +139,18 @@ impl Builder {
                 // `8k + 4..8k + 8` in its high ones; values 0–15 are the low
                 // nibbles of the row block's bytes, 16–31 the high ones.
                 Kind::U4 => {
-                    let (lo, hi) = (word(8 * (k % 2)), word(8 * (k % 2) + 4));
+                    let (lo, hi) = (words[2 * (k % 2)], words[2 * (k % 2) + 1]);
                     if k < 2 {
                         (lo & 0x0F0F_0F0F) | ((hi & 0x0F0F_0F0F) << 4)
                     } else {
                         ((lo >> 4) & 0x0F0F_0F0F) | (hi & 0xF0F0_F0F0)
                     }
                 }
-                Kind::U8 => word(4 * k),
-                Kind::I8x32 | Kind::I8x16 => word(4 * k) ^ 0x8080_8080,
+                Kind::U8 => words[k],
+                Kind::I8x32 | Kind::I8x16 => words[k] ^ 0x8080_8080,
             };
-            let at = base + (k * TILE_ROWS + lane) * 4;
-            self.quants[at..at + 4].copy_from_slice(&value.to_le_bytes());
+            let at = (k * TILE_ROWS + lane) * 4;
+            out[at..at + 4].copy_from_slice(&value.to_le_bytes());
         }
         for (s, &v) in scales.iter().enumerate() {
             self.scales[(block * scales.len() + s) * TILE_ROWS + lane] = v;

@@ -86,7 +86,14 @@ pub fn dequantized_copy(file: &str) -> PathBuf {
             )
         })
         .collect();
-    let out = std::env::temp_dir().join(format!("switchyard-f32-{}-{file}", std::process::id()));
+    // One file per call: tests of one process run in parallel, and
+    // rewriting a file another test has mapped would fault it (SIGBUS).
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = std::env::temp_dir().join(format!(
+        "switchyard-f32-{}-{call}-{file}",
+        std::process::id()
+    ));
     let md: Vec<(&str, &gguf_file::Value)> = content
         .metadata
         .iter()

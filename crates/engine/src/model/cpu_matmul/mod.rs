@@ -392,6 +392,14 @@ impl QuantMatrix {
                 && a.sums.len() >= blocks
                 && a.qsums.len() >= 2 * blocks
         }));
+        // The kernels read the layout unchecked: it holds every tile.
+        let (tiles, width) = (self.rows / TILE_ROWS, if l.half { 2 } else { 4 });
+        let sets = l.kind.scales_per_block();
+        assert!(
+            l.quants.len() >= tiles * blocks * l.kind.quant_bytes() * TILE_ROWS
+                && l.scales.len() >= tiles * blocks * sets * TILE_ROWS * width
+                && (!l.kind.has_min() || l.mins.len() >= tiles * blocks * TILE_ROWS * width)
+        );
         let m = Tiles {
             quants: &l.quants,
             scales: &l.scales,

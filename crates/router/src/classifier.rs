@@ -434,7 +434,7 @@ pub struct Classifier {
     pub provenance: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Classification {
     pub task: Task,
     pub task_confidence: f32,

@@ -23,6 +23,9 @@ pub struct Catalog {
     /// Directory that relative model paths are taken from (the file's own).
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The file's name without its extension (`models` for `models.toml`).
+    #[serde(skip)]
+    pub name: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +172,10 @@ pub struct RouterSection {
     /// The objectives' numbers: near-tie tolerance, default quality floor,
     /// balanced weights (`[router.policy]`; see the router's `decide` docs).
     pub policy: Policy,
+    /// Measured quality evidence (`switchyard eval` writes it), relative to
+    /// this file; default `<catalog name>.evidence.json` beside it. Read
+    /// when it exists: its figures replace the catalog's for those tasks.
+    pub evidence: Option<PathBuf>,
 }
 
 impl Default for RouterSection {
@@ -178,6 +185,7 @@ impl Default for RouterSection {
             audit_db: PathBuf::from("switchyard-audit.db"),
             store_prompts: false,
             policy: Policy::default(),
+            evidence: None,
         }
     }
 }
@@ -281,6 +289,9 @@ impl Catalog {
         let mut catalog: Catalog =
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         catalog.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        catalog.name = path
+            .file_stem()
+            .map_or_else(|| "catalog".into(), |s| s.to_string_lossy().into_owned());
         if catalog.models.is_empty() {
             anyhow::bail!("{}: no [[models]] listed", path.display());
         }
@@ -320,7 +331,25 @@ impl Catalog {
                 .validate()
                 .map_err(|e| anyhow::anyhow!("{}: model {}: {e}", path.display(), m.id))?;
         }
+        let overlay = EvidenceOverlay::load(&catalog.evidence_path())?;
+        for (id, measured) in overlay.models {
+            // Evidence for a model no longer listed stays in the file, unused.
+            if let Some(m) = catalog.models.iter_mut().find(|m| m.id == id) {
+                m.routing.quality.extend(measured.quality);
+                m.routing.validate().map_err(|e| {
+                    anyhow::anyhow!("{}: model {id}: {e}", catalog.evidence_path().display())
+                })?;
+            }
+        }
         Ok(catalog)
+    }
+
+    /// The measured-evidence overlay's path (see [`RouterSection::evidence`]).
+    pub fn evidence_path(&self) -> PathBuf {
+        match &self.router.evidence {
+            Some(p) => self.relative(p),
+            None => self.base_dir.join(format!("{}.evidence.json", self.name)),
+        }
     }
 
     /// The catalog's models served by our engine.
@@ -348,6 +377,42 @@ impl Catalog {
 
     pub fn resolve(&self, entry: &ModelEntry) -> anyhow::Result<PathBuf> {
         Ok(ModelSource::parse(&entry.source)?.resolve(&self.base_dir)?)
+    }
+}
+
+/// Measured quality evidence per model and task, beside the catalog
+/// (`switchyard eval` writes it; [`Catalog::load`] applies it).
+#[derive(Debug, Clone, Default, serde::Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceOverlay {
+    pub models: std::collections::BTreeMap<String, OverlayModel>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OverlayModel {
+    pub quality:
+        std::collections::BTreeMap<switchyard_router::Task, switchyard_router::catalog::Evidence>,
+}
+
+impl EvidenceOverlay {
+    /// The overlay at `path`, or an empty one if there is none yet.
+    pub fn load(path: &Path) -> anyhow::Result<EvidenceOverlay> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(EvidenceOverlay::default()),
+            Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+        }
+    }
+
+    /// Written whole to a temporary file, then renamed over `path`.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(self)? + "\n")
+            .map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 }
 

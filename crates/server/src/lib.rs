@@ -2,15 +2,17 @@
 //! the router. A library so that handlers can be tested in-process; the
 //! `switchyard` binary (`main.rs`) is the CLI over it.
 //!
-//! Floors run one way: `routes → routed → remote → job → record → state → pool →
-//! {openai, config, error, metrics}`.
+//! Floors run one way: `routes → preview → routed → remote → job → record → state →
+//! pool → {openai, config, error, metrics, eval}`.
 
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod job;
 pub mod metrics;
 pub mod openai;
 pub mod pool;
+pub mod preview;
 pub mod record;
 pub mod remote;
 pub mod routed;

@@ -9,8 +9,7 @@ use switchyard_engine::{
     ChatMessage, Engine, EngineConfig, Event, Grammar, GrammarSpec, SamplingParams,
 };
 use switchyard_server::config::Catalog;
-use switchyard_server::job::ValidatedRequest;
-use switchyard_server::{error, openai, routed, startup};
+use switchyard_server::{error, preview, startup};
 
 #[derive(Parser)]
 #[command(name = "switchyard", version, about)]
@@ -60,6 +59,68 @@ enum Command {
         #[arg(long)]
         input: PathBuf,
     },
+    /// Routing preview: replay requests through the router (no model runs)
+    /// and compare the projected cost, quality and time with sending every
+    /// request to one baseline model; the cost/quality frontier across
+    /// objectives and quality floors.
+    Preview {
+        #[arg(long, default_value = "models.toml")]
+        config: PathBuf,
+        /// JSONL of requests (chat bodies, OpenAI Batch API lines or chat-log
+        /// lines); `-` for standard input.
+        #[arg(long, required_unless_present = "from_audit")]
+        input: Option<PathBuf>,
+        /// Take the requests from the audit store (`[router] audit_db`).
+        #[arg(long, conflicts_with = "input")]
+        from_audit: bool,
+        /// With --from-audit: decisions newer than this (`30m`, `24h`, `7d`,
+        /// or Unix seconds).
+        #[arg(long, requires = "from_audit")]
+        since: Option<String>,
+        /// With --from-audit: at most this many decisions, the newest.
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+        /// The one model every request would go to without routing.
+        #[arg(long)]
+        baseline: String,
+        /// Route the whole sample under this objective (quality, cost,
+        /// latency, balanced); default: each request's own.
+        #[arg(long)]
+        objective: Option<String>,
+        /// `table` or `json`.
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// Also write the report as a self-contained HTML page here.
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
+    /// Calibrate quality on your own evals: run a labelled suite (JSONL of
+    /// prompt, answer, check) through catalog models with greedy decoding
+    /// and write each model's score, with its provenance, as evidence for
+    /// the task into the catalog's evidence overlay (which the router reads).
+    Eval {
+        #[arg(long, default_value = "models.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        suite: PathBuf,
+        /// The task the suite measures (code, math, knowledge_qa, ...).
+        #[arg(long)]
+        task: String,
+        /// Comma-separated model ids; default: every local model.
+        #[arg(long)]
+        models: Option<String>,
+        /// Run only the first N cases.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        /// The catalog model that grades `judge` cases.
+        #[arg(long)]
+        judge: Option<String>,
+        /// Print the scores without writing the overlay.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Train the router's request classifier and write its weights.
     RouterTrain {
         /// The RouteLLM data directory (../shared/data/routellm).
@@ -105,6 +166,14 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The CPU forward pass parallelises on the engine's own pool, which
+    // never waits for a worker that another process keeps off its core;
+    // candle's barrier pool would (its element-wise ops are small: they run
+    // on the engine's thread). Set before any candle op starts that pool.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: no other thread runs yet.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -118,6 +187,61 @@ fn main() -> anyhow::Result<()> {
             audit_db,
         } => startup::serve(&config, &addr, audit_db)?,
         Command::Route { config, input } => route_dry_run(&config, &input)?,
+        Command::Preview {
+            config,
+            input,
+            from_audit,
+            since,
+            limit,
+            baseline,
+            objective,
+            format,
+            html,
+        } => {
+            let objective = objective
+                .map(|o| {
+                    switchyard_router::Objective::parse(&o).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "unknown objective `{o}` (quality, cost, latency, balanced)"
+                        )
+                    })
+                })
+                .transpose()?;
+            let source = match (input, from_audit) {
+                (Some(path), _) => PreviewSource::File(path),
+                (None, _) => PreviewSource::Audit {
+                    since: since.as_deref().map(parse_since).transpose()?,
+                    limit,
+                },
+            };
+            preview_cmd(
+                &config,
+                source,
+                &baseline,
+                objective,
+                &format,
+                html.as_deref(),
+            )?
+        }
+        Command::Eval {
+            config,
+            suite,
+            task,
+            models,
+            limit,
+            max_tokens,
+            judge,
+            dry_run,
+        } => eval_cmd(
+            &config,
+            &suite,
+            &task,
+            models.as_deref(),
+            limit,
+            max_tokens,
+            judge.as_deref(),
+            dry_run,
+        )?,
         Command::RouterTrain { data, prompts, out } => {
             let (classifier, eval) =
                 switchyard_router::training::train_and_evaluate(&data, &prompts)
@@ -266,39 +390,60 @@ fn print_evaluation(e: &switchyard_router::training::Evaluation) {
     }
 }
 
-/// Nobody is waiting anywhere: a preview assumes idle engines at nominal speed.
-struct IdleLoad;
+fn read_input(input: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    if input.as_os_str() == "-" {
+        std::io::stdin().lock().read_to_string(&mut text)?;
+    } else {
+        text = std::fs::read_to_string(input)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+    }
+    Ok(text)
+}
 
-impl switchyard_router::LiveLoad for IdleLoad {
-    fn load(&self, _: &str) -> Option<switchyard_router::LoadSnapshot> {
-        Some(switchyard_router::LoadSnapshot {
-            healthy: true,
-            ..Default::default()
+/// The catalog's router without engines: what a dry run or a preview
+/// decides with.
+struct OfflineRouter {
+    catalog: Catalog,
+    profiles: Vec<switchyard_router::ModelProfile>,
+    classifier: switchyard_router::Classifier,
+}
+
+impl OfflineRouter {
+    fn load(config: &std::path::Path) -> anyhow::Result<Self> {
+        let catalog = Catalog::load(config)?;
+        Ok(OfflineRouter {
+            profiles: startup::profiles(&catalog)?,
+            classifier: switchyard_router::Classifier::embedded().map_err(anyhow::Error::msg)?,
+            catalog,
         })
     }
-    fn max_waiting(&self) -> usize {
-        usize::MAX
+
+    fn view(&self) -> preview::RouterView<'_> {
+        preview::RouterView {
+            profiles: &self.profiles,
+            classifier: &self.classifier,
+            default_objective: self.catalog.router.default_objective,
+            policy: self.catalog.router.policy,
+        }
     }
 }
 
 fn route_dry_run(config: &std::path::Path, input: &std::path::Path) -> anyhow::Result<()> {
-    use std::io::BufRead;
-    let catalog = Catalog::load(config)?;
-    let profiles = startup::profiles(&catalog)?;
-    let classifier = switchyard_router::Classifier::embedded().map_err(anyhow::Error::msg)?;
-    let reader: Box<dyn BufRead> = if input.as_os_str() == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(std::io::BufReader::new(
-            std::fs::File::open(input).map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?,
-        ))
-    };
-    for (n, line) in reader.lines().enumerate() {
-        let line = line?;
+    let router = OfflineRouter::load(config)?;
+    let view = router.view();
+    for (n, line) in read_input(input)?.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let record = match preview_one(&catalog, &profiles, &classifier, &line) {
+        let decision = serde_json::from_str::<serde_json::Value>(line)
+            .map_err(|e| error::ApiError::invalid(format!("not JSON: {e}")))
+            .and_then(|v| view.route_request(&v))
+            .map(|rr| {
+                switchyard_router::decide(&router.profiles, &rr, &switchyard_router::IdleLoad)
+            });
+        let record = match decision {
             Ok(d) => serde_json::json!({"line": n + 1, "decision": d}),
             Err(e) => serde_json::json!({"line": n + 1, "error": e.message}),
         };
@@ -307,30 +452,255 @@ fn route_dry_run(config: &std::path::Path, input: &std::path::Path) -> anyhow::R
     Ok(())
 }
 
-/// One dry-run decision: the same validated request the server builds.
-fn preview_one(
-    catalog: &Catalog,
-    profiles: &[switchyard_router::ModelProfile],
-    classifier: &switchyard_router::Classifier,
-    line: &str,
-) -> Result<switchyard_router::Decision, error::ApiError> {
-    let req: openai::ChatRequest = openai::parse_body(line.as_bytes(), openai::CHAT_FIELDS)?;
-    let v = ValidatedRequest::chat(req)?;
-    let messages = v.messages();
-    // Without the tokenizers, estimate: ~4 characters a token plus template overhead.
-    let chars: usize = messages.iter().map(|m| m.content.chars().count()).sum();
-    let estimate = chars.div_ceil(4) + 8 * messages.len() + 8;
-    let rr = switchyard_router::RouteRequest {
-        classification: routed::classify(classifier, messages),
-        prompt_tokens: vec![("*".into(), estimate)],
-        max_tokens: v.max_tokens,
-        needs_tools: v.needs_tools,
-        needs_json: v.needs_json,
-        options: v.routing_options(),
-        default_objective: catalog.router.default_objective,
-        policy: catalog.router.policy,
+enum PreviewSource {
+    File(PathBuf),
+    Audit { since: Option<f64>, limit: usize },
+}
+
+/// `30m`, `24h`, `7d` before now, or Unix seconds, as Unix seconds.
+fn parse_since(s: &str) -> anyhow::Result<f64> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let unit = |suffix: char, seconds: f64| {
+        s.strip_suffix(suffix)
+            .and_then(|n| n.parse::<f64>().ok())
+            .map(|n| now - n * seconds)
     };
-    Ok(switchyard_router::decide(profiles, &rr, &IdleLoad))
+    unit('m', 60.0)
+        .or_else(|| unit('h', 3600.0))
+        .or_else(|| unit('d', 86400.0))
+        .or_else(|| s.parse::<f64>().ok())
+        .filter(|t| t.is_finite())
+        .ok_or_else(|| anyhow::anyhow!("--since {s}: expected 30m, 24h, 7d or Unix seconds"))
+}
+
+fn preview_cmd(
+    config: &std::path::Path,
+    source: PreviewSource,
+    baseline: &str,
+    objective: Option<switchyard_router::Objective>,
+    format: &str,
+    html: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    if !matches!(format, "table" | "json") {
+        anyhow::bail!("--format {format}: expected table or json");
+    }
+    let router = OfflineRouter::load(config)?;
+    let (catalog, profiles, view) = (&router.catalog, &router.profiles, router.view());
+    let requests = match source {
+        PreviewSource::File(path) => {
+            let (requests, errors) = view.requests_from_jsonl(&read_input(&path)?);
+            for (line, e) in &errors {
+                eprintln!("{}:{line}: skipped: {e}", path.display());
+            }
+            requests
+        }
+        PreviewSource::Audit { since, limit } => {
+            let audit = switchyard_router::AuditLog::open(&catalog.audit_db())?;
+            let (requests, skipped) = view
+                .requests_from_audit(&audit, since, limit)
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            if skipped > 0 {
+                eprintln!("skipped {skipped} audit records without a classification");
+            }
+            requests
+        }
+    };
+    if requests.is_empty() {
+        anyhow::bail!("no requests to preview");
+    }
+    let report = switchyard_router::preview(
+        profiles,
+        &requests,
+        baseline,
+        objective,
+        &switchyard_router::IdleLoad,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let text = if format == "json" {
+        serde_json::to_string_pretty(&report)? + "\n"
+    } else {
+        preview::render_table(&report)
+    };
+    // A closed pipe (`| head`) is the reader's choice, not an error.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    if let Some(path) = html {
+        std::fs::write(path, preview::render_html(&report))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Greedy completions of `prompts` (chat messages each) on one engine,
+/// submitted together so that they batch.
+fn complete_all(
+    engine: &Engine,
+    prompts: &[Vec<ChatMessage>],
+    max_tokens: usize,
+) -> anyhow::Result<Vec<String>> {
+    let streams = prompts
+        .iter()
+        .map(|messages| {
+            let tokens = engine.encode_chat(messages)?;
+            Ok(engine.submit(tokens, SamplingParams::greedy(max_tokens))?)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut outputs = Vec::with_capacity(streams.len());
+    for mut stream in streams {
+        let mut text = String::new();
+        while let Some(event) = stream.blocking_next() {
+            match event {
+                Event::Delta { text: t, .. } => text.push_str(&t),
+                Event::Finished { .. } => break,
+                Event::Error { message } => anyhow::bail!("generation failed: {message}"),
+            }
+        }
+        outputs.push(text);
+    }
+    Ok(outputs)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn eval_cmd(
+    config: &std::path::Path,
+    suite_path: &std::path::Path,
+    task: &str,
+    models: Option<&str>,
+    limit: Option<usize>,
+    max_tokens: usize,
+    judge: Option<&str>,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    use switchyard_server::eval;
+    let task = switchyard_router::Task::parse(task).ok_or_else(|| {
+        let all: Vec<&str> = switchyard_router::Task::ALL
+            .iter()
+            .map(|t| t.as_str())
+            .collect();
+        anyhow::anyhow!("unknown task `{task}` ({})", all.join(", "))
+    })?;
+    let mut suite = eval::Suite::load(suite_path)?;
+    if let Some(n) = limit {
+        suite.cases.truncate(n.max(1));
+    }
+    let catalog = Catalog::load(config)?;
+    let ids: Vec<String> = match models {
+        Some(list) => list.split(',').map(|s| s.trim().to_string()).collect(),
+        None => catalog.local_models().map(|m| m.id.clone()).collect(),
+    };
+    for id in &ids {
+        match catalog.find(id) {
+            None => anyhow::bail!("model `{id}` is not in {}", config.display()),
+            Some(m) if m.backend != switchyard_server::config::Backend::Local => {
+                anyhow::bail!("model `{id}` is remote: eval runs local models")
+            }
+            Some(_) => {}
+        }
+    }
+    let needs_judge = suite.cases.iter().any(|c| c.check == eval::Check::Judge);
+    if needs_judge && judge.is_none() {
+        anyhow::bail!("the suite has judge cases: name a catalog model with --judge");
+    }
+    let prompts: Vec<Vec<ChatMessage>> = suite
+        .cases
+        .iter()
+        .map(|c| {
+            let mut m = Vec::new();
+            if let Some(s) = &c.system {
+                m.push(ChatMessage::new("system", s));
+            }
+            m.push(ChatMessage::new("user", &c.prompt));
+            m
+        })
+        .collect();
+    let date = {
+        let days = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / 86_400) as i64;
+        civil_date(days)
+    };
+    let command = format!(
+        "switchyard eval --suite {} --task {}{} --max-tokens {max_tokens}",
+        suite_path.display(),
+        task.as_str(),
+        limit.map_or(String::new(), |n| format!(" --limit {n}"))
+    );
+    let mut results = Vec::new();
+    for id in &ids {
+        let started = Instant::now();
+        let outputs = {
+            let engine = load_engine(config, id, |_| {})?;
+            complete_all(&engine, &prompts, max_tokens)?
+        };
+        let mut verdicts: Vec<Option<bool>> = suite
+            .cases
+            .iter()
+            .zip(&outputs)
+            .map(|(c, o)| eval::check(c, o))
+            .collect();
+        if let (true, Some(judge)) = (needs_judge, judge) {
+            let pending: Vec<usize> = (0..verdicts.len())
+                .filter(|&i| verdicts[i].is_none())
+                .collect();
+            let asks: Vec<Vec<ChatMessage>> = pending
+                .iter()
+                .map(|&i| {
+                    vec![ChatMessage::new(
+                        "user",
+                        &eval::judge_prompt(&suite.cases[i], &outputs[i]),
+                    )]
+                })
+                .collect();
+            let engine = load_engine(config, judge, |_| {})?;
+            for (&i, reply) in pending.iter().zip(complete_all(&engine, &asks, 4)?) {
+                verdicts[i] = Some(eval::judge_says_yes(&reply));
+            }
+        }
+        let k = verdicts.iter().filter(|v| **v == Some(true)).count();
+        let n = verdicts.len();
+        let (lo, hi) = eval::wilson(k, n);
+        println!(
+            "{id}: {k}/{n} = {:.3} (95% CI {lo:.3}-{hi:.3}) on {} [{}], {:.1} s",
+            k as f64 / n as f64,
+            suite.name,
+            task.as_str(),
+            started.elapsed().as_secs_f64()
+        );
+        results.push((id.clone(), eval::evidence(&suite, k, n, &date, &command)));
+    }
+    if dry_run {
+        return Ok(());
+    }
+    let path = catalog.evidence_path();
+    let mut overlay = switchyard_server::config::EvidenceOverlay::load(&path)?;
+    for (id, evidence) in results {
+        overlay
+            .models
+            .entry(id)
+            .or_default()
+            .quality
+            .insert(task, evidence);
+    }
+    overlay.save(&path)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// `YYYY-MM-DD` of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_date(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// Start the engine of the catalog model named `model`.

@@ -60,6 +60,11 @@ impl LiveLoad for EngineLoad<'_> {
 }
 
 /// A loaded engine's live numbers.
+/// A loaded model's live load (what routing sees), for `/v1/models`.
+pub fn live_load(state: &AppState, model: &str) -> Option<LoadSnapshot> {
+    state.pool.get(model).map(|e| snapshot(&e))
+}
+
 fn snapshot(engine: &switchyard_engine::Engine) -> LoadSnapshot {
     let s = engine.stats();
     LoadSnapshot {

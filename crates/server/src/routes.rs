@@ -43,6 +43,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{id}", get(get_model))
         .route("/v1/routing/decisions", get(list_decisions))
         .route("/v1/routing/decisions/{id}", get(get_decision))
+        .route("/v1/routing/preview", post(routing_preview))
+        .route("/v1/routing/preview/latest", get(latest_preview))
+        .route("/ui", get(decisions_page))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -137,6 +140,14 @@ fn model_card(state: &AppState, st: &ModelStatus) -> Value {
     });
     if let (Some(e), Some(o)) = (&st.error, card.as_object_mut()) {
         o.insert("error".into(), json!(e));
+    }
+    if let (Some(load), Some(o)) = (routed::live_load(state, &st.id), card.as_object_mut()) {
+        o.insert(
+            "load".into(),
+            json!({"waiting": load.waiting, "running": load.running,
+                   "kv_blocks_free": load.kv_blocks_free, "block_size": load.block_size,
+                   "prefill_tok_s": load.prefill_tok_s, "decode_tok_s": load.decode_tok_s}),
+        );
     }
     card
 }
@@ -250,6 +261,125 @@ async fn list_decisions(
         since: q.since,
     };
     routed::list_decisions(&state, q).map(Json)
+}
+
+/// `POST /v1/routing/preview`'s body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviewBody {
+    /// Chat request bodies (or OpenAI Batch API / chat-log lines).
+    requests: Vec<Value>,
+    baseline: String,
+    #[serde(default)]
+    objective: Option<String>,
+}
+
+/// Most requests one preview call replays.
+const PREVIEW_MAX_REQUESTS: usize = 10_000;
+
+/// The routing preview over a list of requests (`crate::preview`): the
+/// report, and the requests left out with their index and error. Runs on
+/// the blocking pool; no model runs.
+async fn routing_preview(
+    State(state): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let bytes = read_body(&state, body).await?;
+    let body: PreviewBody = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::invalid(format!("routing preview body: {e}")))?;
+    let router = state
+        .router
+        .clone()
+        .ok_or_else(|| ApiError::not_found("routing is not configured"))?;
+    if body.requests.is_empty() || body.requests.len() > PREVIEW_MAX_REQUESTS {
+        return Err(ApiError::invalid_param(
+            "requests",
+            format!(
+                "give 1 to {PREVIEW_MAX_REQUESTS} requests, not {}",
+                body.requests.len()
+            ),
+        ));
+    }
+    let objective = match &body.objective {
+        None => None,
+        Some(o) => Some(switchyard_router::Objective::parse(o).ok_or_else(|| {
+            ApiError::invalid_param(
+                "objective",
+                format!("unknown objective `{o}` (quality, cost, latency, balanced)"),
+            )
+        })?),
+    };
+    state
+        .blocking
+        .run(move || {
+            let profiles = router.profiles();
+            let view = crate::preview::RouterView {
+                profiles: &profiles,
+                classifier: &router.classifier,
+                default_objective: router.default_objective,
+                policy: router.policy,
+            };
+            let (mut requests, mut errors) = (Vec::new(), Vec::new());
+            for (index, r) in body.requests.iter().enumerate() {
+                match view.route_request(r) {
+                    Ok(r) => requests.push(r),
+                    Err(e) => errors.push(json!({"index": index, "error": e.message})),
+                }
+            }
+            if requests.is_empty() {
+                return Err(ApiError::invalid_param(
+                    "requests",
+                    format!("none of the requests is valid: {}", errors[0]["error"]),
+                ));
+            }
+            let report = switchyard_router::preview(
+                &profiles,
+                &requests,
+                &body.baseline,
+                objective,
+                &switchyard_router::IdleLoad,
+            )
+            .map_err(|e| ApiError::invalid_param("baseline", e))?;
+            let mut out =
+                serde_json::to_value(report).map_err(|e| ApiError::internal(e.to_string()))?;
+            out["object"] = json!("routing.preview");
+            out["errors"] = Value::Array(errors);
+            if let Ok(mut latest) = router.latest_preview.lock() {
+                *latest = Some(Arc::new(out.clone()));
+            }
+            Ok(Json(out))
+        })
+        .await?
+}
+
+/// The last routing preview this server made (404 before the first).
+async fn latest_preview(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let router = state
+        .router
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("routing is not configured"))?;
+    let latest = router.latest_preview.lock().ok().and_then(|l| l.clone());
+    latest
+        .map(|v| Json((*v).clone()))
+        .ok_or_else(|| ApiError::not_found("no routing preview yet: POST /v1/routing/preview"))
+}
+
+/// The decisions page: a static shell whose script reads the JSON API
+/// (`/v1/models`, `/v1/routing/decisions`, `/v1/routing/preview/latest`)
+/// with the caller's key, so it shows nothing the API would not. No
+/// external resources; the policy keeps it that way.
+async fn decisions_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'",
+            ),
+        ],
+        include_str!("ui/index.html"),
+    )
+        .into_response()
 }
 
 /// 200 once the `preload` models are ready and while not draining; 503

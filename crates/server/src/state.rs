@@ -60,6 +60,8 @@ pub struct RouterState {
     pub store_prompts: bool,
     /// Testing hook (`SWITCHYARD_FAULT_MODELS=a,b`): submissions to these models fail.
     pub fault_models: Vec<String>,
+    /// The last `POST /v1/routing/preview` report (the decisions page shows it).
+    pub latest_preview: std::sync::Mutex<Option<Arc<serde_json::Value>>>,
 }
 
 impl RouterState {
@@ -79,6 +81,7 @@ impl RouterState {
             policy,
             store_prompts,
             fault_models,
+            latest_preview: std::sync::Mutex::new(None),
         }
     }
 

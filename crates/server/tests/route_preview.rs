@@ -79,7 +79,7 @@ const KNOWLEDGE: &str = "What is the capital of Australia?";
 
 #[test]
 fn objectives_pick_different_models_on_the_same_prompt() {
-    let floor = json!({"routing": {"min_quality": 0.1}});
+    let floor = json!({"routing": {"min_quality": 0.01}});
     let out = preview(&[
         chat("auto:quality", KNOWLEDGE, json!({})),
         chat("auto:cost", KNOWLEDGE, json!({})),
@@ -87,10 +87,12 @@ fn objectives_pick_different_models_on_the_same_prompt() {
         chat("auto:latency", KNOWLEDGE, floor),
     ]);
     assert_eq!(out[0]["decision"]["classification"]["task"], "knowledge_qa");
-    // SmolLM2 has the better knowledge evidence (MMLU 29.3 vs TriviaQA 15.4);
-    // Gemma 3 270M is the faster, so the cheaper, at the same $/hour.
+    // SmolLM2 has the better knowledge evidence (measured by `switchyard
+    // eval` on the shipped MMLU suite, `models.evidence.json`: 0.167 against
+    // Gemma's 0.017); Gemma 3 270M is the faster at nominal speeds, so the
+    // cheaper at the same $/hour.
     assert_eq!(winner(&out[0]), "smollm2-135m-instruct");
-    // The default floor (0.85 × 0.293) keeps Gemma (0.154) out under cost...
+    // The default floor (0.85 × 0.167) keeps Gemma (0.017) out under cost...
     assert_eq!(winner(&out[1]), "smollm2-135m-instruct");
     let binding = out[1]["decision"]["binding"].as_str().unwrap();
     assert!(
@@ -131,10 +133,10 @@ fn scope_exclude_context_window_and_unknown_quality() {
         chat("auto", KNOWLEDGE, json!({"max_tokens": 9000})),
         chat(
             "auto",
-            "Natalia sold 48 clips in April and half as many in May. How many did she sell?",
+            "Hi there! How are you doing today? Tell me something nice.",
             json!({}),
         ),
-        chat("auto", KNOWLEDGE, json!({"routing": {"min_quality": 0.2}})),
+        chat("auto", KNOWLEDGE, json!({"routing": {"min_quality": 0.1}})),
         chat(
             "auto",
             &"lorem ipsum ".repeat(3000),
@@ -163,7 +165,9 @@ fn scope_exclude_context_window_and_unknown_quality() {
         .unwrap();
     assert!(small.contains("context window 8192"), "{small}");
     assert_eq!(winner(&out[5]), "gemma-3-270m");
-    // Gemma 3 270M has no math evidence: unknown, not zero, not borrowed.
+    // Gemma 3 270M (a base model) has no chat evidence: unknown, not zero,
+    // not borrowed from SmolLM2's IFEval figure.
+    assert_eq!(out[3]["decision"]["classification"]["task"], "chat");
     let g = candidate(&out[3], "gemma-3-270m");
     assert!(
         g["quality"].is_null()

@@ -1,0 +1,302 @@
+//! `switchyard eval`: make unknown quality known. A labelled suite (JSONL:
+//! a prompt, the expected answer and how to check it) runs through catalog
+//! models with greedy decoding; each model's score becomes evidence for the
+//! suite's task, with its provenance (suite name and hash, n, date, a 95%
+//! Wilson interval), in an overlay file beside the catalog that the router
+//! reads ([`crate::config::EvidenceOverlay`], applied by
+//! [`crate::config::Catalog::load`]). Measured evidence replaces a
+//! recalled card figure for that task.
+//!
+//! Checkers follow the usual harness conventions (lm-evaluation-harness,
+//! OpenAI evals): `exact` (normalised text), `regex`, `numeric` (the last
+//! number in the answer, GSM8K's rule), `choice` (the first option letter),
+//! `json_field` (a field of the first JSON object), `judge` (a catalog model
+//! asked whether the response matches the reference).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use switchyard_router::catalog::Evidence;
+
+/// How a case's output is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    /// The output (or its first line), normalised, equals the answer.
+    #[default]
+    Exact,
+    /// The answer is a regular expression the output matches.
+    Regex,
+    /// The last number in the output equals the answer's.
+    Numeric,
+    /// The first option letter the output gives (`B`, `(B)`, `Answer: B`).
+    Choice,
+    /// `field` (dot path) of the first JSON object in the output equals the
+    /// answer.
+    JsonField,
+    /// A judge model says the output matches the reference answer.
+    Judge,
+}
+
+/// One labelled case.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub prompt: String,
+    #[serde(default)]
+    pub system: Option<String>,
+    pub answer: String,
+    #[serde(default)]
+    pub check: Check,
+    /// For `json_field`: the field's dot path.
+    #[serde(default)]
+    pub field: Option<String>,
+}
+
+/// A suite: its cases and what identifies it.
+#[derive(Debug, Clone)]
+pub struct Suite {
+    pub name: String,
+    /// SHA-256 of the suite file's bytes (hex).
+    pub sha256: String,
+    pub cases: Vec<Case>,
+}
+
+impl Suite {
+    /// Reads a JSONL suite; a bad line is an error naming it.
+    pub fn load(path: &Path) -> anyhow::Result<Suite> {
+        let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| anyhow::anyhow!("{}: not UTF-8", path.display()))?;
+        let mut cases = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let case: Case = serde_json::from_str(line)
+                .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), n + 1))?;
+            match case.check {
+                Check::Regex => {
+                    regex::Regex::new(&case.answer).map_err(|e| {
+                        anyhow::anyhow!("{}:{}: answer is not a regex: {e}", path.display(), n + 1)
+                    })?;
+                }
+                Check::JsonField if case.field.is_none() => {
+                    anyhow::bail!("{}:{}: json_field needs `field`", path.display(), n + 1)
+                }
+                Check::Numeric if parse_number(&case.answer).is_none() => {
+                    anyhow::bail!("{}:{}: answer is not a number", path.display(), n + 1)
+                }
+                _ => {}
+            }
+            cases.push(case);
+        }
+        if cases.is_empty() {
+            anyhow::bail!("{}: no cases", path.display());
+        }
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "suite".into());
+        Ok(Suite {
+            name,
+            sha256: hex(&sha2::Sha256::digest(&bytes)),
+            cases,
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Lower case, inner whitespace collapsed, surrounding quotes and
+/// punctuation dropped.
+fn normalize(s: &str) -> String {
+    let words: Vec<&str> = s.split_whitespace().collect();
+    words
+        .join(" ")
+        .trim_matches(|c: char| c.is_ascii_punctuation() || c == '“' || c == '”')
+        .to_lowercase()
+}
+
+fn parse_number(s: &str) -> Option<f64> {
+    s.trim().replace(',', "").trim_end_matches('.').parse().ok()
+}
+
+/// The last number in `s` (thousands separators allowed).
+fn last_number(s: &str) -> Option<f64> {
+    let re = regex::Regex::new(r"-?\d[\d,]*(?:\.\d+)?").ok()?;
+    re.find_iter(s)
+        .filter_map(|m| parse_number(m.as_str()))
+        .last()
+}
+
+/// The first option letter (A–J) the output commits to.
+fn first_choice(s: &str) -> Option<char> {
+    let re = regex::Regex::new(
+        r"(?i)(?:answer(?: is)?\s*[:\-]?\s*\(?([A-J])\)?\b)|(?:^|\s)\(?([A-J])[\).:](?:\s|$)|^\s*([A-J])\s*$",
+    )
+    .ok()?;
+    let c = re.captures(s)?;
+    (1..=3)
+        .find_map(|i| c.get(i))
+        .and_then(|m| m.as_str().chars().next())
+        .map(|c| c.to_ascii_uppercase())
+}
+
+/// The value at `path` of the first JSON object in `s`.
+fn json_field(s: &str, path: &str) -> Option<serde_json::Value> {
+    let start = s.find('{')?;
+    let mut stream =
+        serde_json::Deserializer::from_str(&s[start..]).into_iter::<serde_json::Value>();
+    let mut v = stream.next()?.ok()?;
+    for key in path.split('.') {
+        v = v.get(key)?.clone();
+    }
+    Some(v)
+}
+
+/// Whether `output` passes `case` (`judge` cases are decided by a model:
+/// `None` here).
+pub fn check(case: &Case, output: &str) -> Option<bool> {
+    Some(match case.check {
+        Check::Exact => {
+            let want = normalize(&case.answer);
+            normalize(output) == want
+                || output
+                    .lines()
+                    .find(|l| !l.trim().is_empty())
+                    .is_some_and(|l| normalize(l) == want)
+        }
+        Check::Regex => regex::Regex::new(&case.answer).is_ok_and(|re| re.is_match(output)),
+        Check::Numeric => match (last_number(output), parse_number(&case.answer)) {
+            (Some(got), Some(want)) => (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+            _ => false,
+        },
+        Check::Choice => {
+            first_choice(output)
+                == case
+                    .answer
+                    .trim()
+                    .chars()
+                    .next()
+                    .map(|c| c.to_ascii_uppercase())
+        }
+        Check::JsonField => match json_field(output, case.field.as_deref().unwrap_or_default()) {
+            Some(serde_json::Value::String(s)) => normalize(&s) == normalize(&case.answer),
+            Some(v) => normalize(&v.to_string()) == normalize(&case.answer),
+            None => false,
+        },
+        Check::Judge => return None,
+    })
+}
+
+/// The prompt a judge model answers `yes` or `no` to.
+pub fn judge_prompt(case: &Case, output: &str) -> String {
+    format!(
+        "You grade answers. Question:\n{}\n\nReference answer:\n{}\n\nResponse:\n{}\n\nDoes the response give the reference answer? Reply with one word, yes or no.",
+        case.prompt, case.answer, output
+    )
+}
+
+/// Whether a judge's reply says yes.
+pub fn judge_says_yes(reply: &str) -> bool {
+    normalize(reply).starts_with("yes")
+}
+
+/// The 95% Wilson score interval of `k` successes in `n`.
+pub fn wilson(k: usize, n: usize) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let (k, n, z) = (k as f64, n as f64, 1.959_963_984_540_054);
+    let p = k / n;
+    let denom = 1.0 + z * z / n;
+    let centre = (p + z * z / (2.0 * n)) / denom;
+    let half = z * ((p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt()) / denom;
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+/// A suite's result for one model, as catalog evidence with provenance.
+pub fn evidence(suite: &Suite, k: usize, n: usize, date: &str, command: &str) -> Evidence {
+    let (lo, hi) = wilson(k, n);
+    let score = if n == 0 { 0.0 } else { k as f64 / n as f64 };
+    Evidence {
+        score: score as f32,
+        benchmark: format!("{} (switchyard eval, greedy)", suite.name),
+        value: format!("{k}/{n} = {score:.3} (95% CI {lo:.3}-{hi:.3})"),
+        source: format!(
+            "measured locally: {command} (suite sha256 {}, n = {n}, {date})",
+            &suite.sha256[..16]
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(check: Check, answer: &str) -> Case {
+        Case {
+            prompt: "q".into(),
+            system: None,
+            answer: answer.into(),
+            check,
+            field: Some("city.name".into()),
+        }
+    }
+
+    #[test]
+    fn checkers() {
+        let exact = case(Check::Exact, "Paris");
+        assert_eq!(check(&exact, "paris."), Some(true));
+        assert_eq!(check(&exact, "Paris\nIt is the capital."), Some(true));
+        assert_eq!(check(&exact, "Lyon"), Some(false));
+        let num = case(Check::Numeric, "1,234");
+        assert_eq!(check(&num, "48 + 1186 = 1234"), Some(true));
+        assert_eq!(check(&num, "The answer is 1234.0."), Some(true));
+        assert_eq!(check(&num, "1234 or maybe 1235"), Some(false));
+        assert_eq!(check(&num, "no idea"), Some(false));
+        let choice = case(Check::Choice, "C");
+        for yes in [
+            "C",
+            "Answer: C",
+            "The answer is (C).",
+            "(C) Mercury",
+            "c. Mercury",
+        ] {
+            assert_eq!(check(&choice, yes), Some(true), "{yes}");
+        }
+        for no in ["B", "Answer: B", "Clearly not", ""] {
+            assert_eq!(check(&choice, no), Some(false), "{no}");
+        }
+        let re = case(Check::Regex, r"(?i)\bbonjour\b");
+        assert_eq!(check(&re, "Bonjour, mon ami"), Some(true));
+        let field = case(Check::JsonField, "Oslo");
+        assert_eq!(
+            check(&field, r#"Here: {"city": {"name": "Oslo"}} done"#),
+            Some(true)
+        );
+        assert_eq!(
+            check(&field, r#"{"city": {"name": "Bergen"}}"#),
+            Some(false)
+        );
+        assert_eq!(check(&field, "not json"), Some(false));
+        assert_eq!(check(&case(Check::Judge, "x"), "x"), None);
+        assert!(judge_says_yes("Yes.") && !judge_says_yes("No, it is not"));
+    }
+
+    #[test]
+    fn wilson_interval() {
+        let (lo, hi) = wilson(8, 10);
+        assert!(
+            (lo - 0.490).abs() < 0.002 && (hi - 0.943).abs() < 0.002,
+            "{lo} {hi}"
+        );
+        assert_eq!(wilson(0, 0), (0.0, 1.0));
+        let (lo, hi) = wilson(0, 20);
+        assert!(lo == 0.0 && (hi - 0.161).abs() < 0.002, "{hi}");
+    }
+}

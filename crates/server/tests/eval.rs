@@ -1,0 +1,154 @@
+//! `switchyard eval` end to end on SmolLM2: a small suite runs, its score
+//! lands in the catalog's evidence overlay with provenance, and routing
+//! then reads that evidence (a task that was unknown becomes known).
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn switchyard(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A catalog of SmolLM2 alone in a fresh directory (so its overlay is new).
+fn catalog(dir: &std::path::Path) -> String {
+    let model = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(model.exists(), "run scripts/fetch-models first");
+    let path = dir.join("tiny.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[engine]\nkv_cache_mb = 64\n[router]\naudit_db = \"audit.db\"\n[[models]]\nid = \"smol\"\nsource = \"{}\"\n",
+            model.display()
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn eval_writes_evidence_that_routing_reads() {
+    let dir = std::env::temp_dir().join(format!("switchyard-eval-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = catalog(&dir);
+    let suite = dir.join("code-basics.jsonl");
+    std::fs::write(
+        &suite,
+        [
+            r#"{"prompt": "What is 2 plus 3? Answer with the number only.", "answer": "5", "check": "numeric"}"#,
+            r#"{"prompt": "Reply with the word yes.", "answer": "yes", "check": "exact"}"#,
+            r#"{"prompt": "Which is a colour? (A) dog (B) red. Answer with the letter.", "answer": "B", "check": "choice"}"#,
+            r#"{"prompt": "Write a Python function that adds two numbers.", "answer": "def ", "check": "regex"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let suite_arg = suite.display().to_string();
+    // Before: nobody has code evidence.
+    let route = |dir: &std::path::Path| -> Value {
+        let input = dir.join("req.jsonl");
+        std::fs::write(
+            &input,
+            r#"{"model": "auto", "messages": [{"role": "user", "content": "Write a Python function that reverses a string."}]}"#,
+        )
+        .unwrap();
+        let out = switchyard(&[
+            "route",
+            "--config",
+            &config,
+            "--input",
+            &input.display().to_string(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+        line["decision"]["candidates"][0].clone()
+    };
+    let before = route(&dir);
+    assert_eq!(before["quality_basis"], "unknown", "{before}");
+
+    let out = switchyard(&[
+        "eval",
+        "--config",
+        &config,
+        "--suite",
+        &suite_arg,
+        "--task",
+        "code",
+        "--max-tokens",
+        "24",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("smol: ") && stdout.contains("/4 = "),
+        "{stdout}"
+    );
+    let overlay: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tiny.evidence.json")).unwrap())
+            .unwrap();
+    let e = &overlay["models"]["smol"]["quality"]["code"];
+    let score = e["score"].as_f64().unwrap();
+    assert!(
+        (0.0..=1.0).contains(&score) && (score * 4.0 - (score * 4.0).round()).abs() < 1e-6,
+        "{e}"
+    );
+    let source = e["source"].as_str().unwrap();
+    assert!(
+        source.contains("suite sha256") && source.contains("n = 4"),
+        "{source}"
+    );
+    assert!(e["value"].as_str().unwrap().contains("95% CI"), "{e}");
+
+    // After: the router reads the measured evidence.
+    let after = route(&dir);
+    assert_eq!(after["quality_basis"], "task", "{after}");
+    assert!(
+        (after["quality"].as_f64().unwrap() - score).abs() < 1e-6 || score == 0.0,
+        "{after}"
+    );
+    assert!(
+        after["quality_evidence"]
+            .as_str()
+            .unwrap()
+            .contains("code-basics"),
+        "{after}"
+    );
+
+    // Clear errors: an unknown task, a bad suite line.
+    let out = switchyard(&[
+        "eval", "--config", &config, "--suite", &suite_arg, "--task", "cooking",
+    ]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("unknown task `cooking`")
+    );
+    std::fs::write(
+        &suite,
+        "{\"prompt\": \"x\", \"answer\": \"(\", \"check\": \"regex\"}\n",
+    )
+    .unwrap();
+    let out = switchyard(&[
+        "eval", "--config", &config, "--suite", &suite_arg, "--task", "code",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(":1: answer is not a regex"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -60,9 +60,10 @@ def test_cli_preview_json_table_and_html(tmp_path):
     assert page.startswith("<!doctype html>") and page.count("<svg") == 4
     assert "<script" not in page and "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     table = switchyard("preview", "--config", ROOT / "models.toml", "--input", requests, "--baseline", SMOL,
-                       "--objective", "cost")
+                       "--objective", "cost", "--strong-share", "0.3")
     assert table.returncode == 0, table.stderr
     assert "overall" in table.stdout and "Frontier" in table.stdout and "objective cost" in table.stdout
+    assert "Calibration:" in table.stdout
 
 
 def test_cli_preview_refuses_what_it_cannot_do(tmp_path):
@@ -89,12 +90,16 @@ def test_cli_preview_from_the_audit_store(client):
 
 def test_api_preview(http):
     r = http.post("/v1/routing/preview",
-                  json={"requests": [*REQUESTS, {"messages": "not a list"}], "baseline": SMOL, "objective": "cost"})
+                  json={"requests": [*REQUESTS, {"messages": "not a list"}], "baseline": SMOL, "objective": "cost",
+                        "strong_share": 0.25})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "routing.preview" and body["objective"] == "cost"
     check_report(body, len(REQUESTS), SMOL)
     assert [e["index"] for e in body["errors"]] == [len(REQUESTS)]
+    c = body["calibration"]
+    assert c["strong_share"] == 0.25 and 0.0 <= c["achieved"] <= 1.0
+    assert c["min_quality"] is None or (c["achieved"] >= 0.25 and 0.0 <= c["min_quality"] <= 1.0)
 
 
 @pytest.mark.parametrize("body, param", [
@@ -102,6 +107,7 @@ def test_api_preview(http):
     ({"requests": REQUESTS, "baseline": "gpt-9"}, "baseline"),
     ({"requests": REQUESTS, "baseline": SMOL, "objective": "cheapest"}, "objective"),
     ({"requests": [{"messages": 3}], "baseline": SMOL}, "requests"),
+    ({"requests": REQUESTS, "baseline": SMOL, "strong_share": 1.5}, "strong_share"),
 ])
 def test_api_preview_names_the_bad_field(http, body, param):
     r = http.post("/v1/routing/preview", json=body)

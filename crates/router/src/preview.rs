@@ -106,6 +106,9 @@ pub struct PreviewReport {
     pub overall: Summary,
     pub by_task: BTreeMap<String, Summary>,
     pub frontier: Vec<FrontierPoint>,
+    /// The floor for a target share of stronger models, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
     pub rows: Vec<PreviewRow>,
 }
 
@@ -191,8 +194,72 @@ pub fn preview(
         overall,
         by_task,
         frontier,
+        calibration: None,
         rows,
     })
+}
+
+/// RouteLLM's threshold calibration for this router: the lowest quality
+/// floor (`min_quality`, on a 0.01 grid) under the `cost` objective that
+/// sends at least `strong_share` of the sample past its cheapest eligible
+/// model to a stronger one.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Calibration {
+    pub strong_share: f64,
+    /// `None` when no floor reaches the share (`achieved` is then the most
+    /// any floor sends).
+    pub min_quality: Option<f64>,
+    pub achieved: f64,
+    /// Requests no model may serve at that floor.
+    pub unroutable_share: f64,
+}
+
+/// See [`Calibration`]. "Stronger" means routed to another model than the
+/// one the `cost` objective picks with no floor at all.
+pub fn calibrate_floor(
+    models: &[ModelProfile],
+    requests: &[RouteRequest],
+    strong_share: f64,
+    live: &dyn LiveLoad,
+) -> Calibration {
+    let winner = |req: &RouteRequest, floor: f64| {
+        let mut req = req.clone();
+        req.options.objective = Some(Objective::Cost);
+        req.options.min_quality = Some(floor as f32);
+        decide(models, &req, live).order.first().cloned()
+    };
+    let cheapest: Vec<Option<String>> = requests.iter().map(|r| winner(r, 0.0)).collect();
+    let n = requests.len().max(1) as f64;
+    let mut best = (0.0, 0.0);
+    for step in 0..=100 {
+        let floor = step as f64 / 100.0;
+        let (mut stronger, mut unroutable) = (0usize, 0usize);
+        for (req, cheap) in requests.iter().zip(&cheapest) {
+            match winner(req, floor) {
+                None => unroutable += 1,
+                Some(w) if Some(&w) != cheap.as_ref() => stronger += 1,
+                Some(_) => {}
+            }
+        }
+        let (share, lost) = (stronger as f64 / n, unroutable as f64 / n);
+        if share >= strong_share {
+            return Calibration {
+                strong_share,
+                min_quality: Some(floor),
+                achieved: share,
+                unroutable_share: lost,
+            };
+        }
+        if share > best.0 {
+            best = (share, lost);
+        }
+    }
+    Calibration {
+        strong_share,
+        min_quality: None,
+        achieved: best.0,
+        unroutable_share: best.1,
+    }
 }
 
 fn row(index: usize, d: &Decision, baseline: &str) -> PreviewRow {
@@ -400,6 +467,24 @@ mod tests {
         // Both the cheap and the good end are on it.
         assert!(pareto.iter().any(|p| p.quality.unwrap() > 0.85));
         assert!(pareto.iter().any(|p| p.quality.unwrap() < 0.65));
+    }
+
+    #[test]
+    fn calibration_finds_the_floor_for_a_strong_share() {
+        let models = [
+            model("small", 0.1, Some(0.6)),
+            model("big", 10.0, Some(0.9)),
+        ];
+        let reqs: Vec<RouteRequest> = (0..4).map(|_| request(Task::Math)).collect();
+        // Any floor above the small model's 0.6 sends every request up.
+        let c = calibrate_floor(&models, &reqs, 0.5, &IdleLoad);
+        let floor = c.min_quality.unwrap();
+        assert!(floor > 0.6 && floor <= 0.62, "{c:?}");
+        assert_eq!((c.achieved, c.unroutable_share), (1.0, 0.0));
+        // No floor sends anything up when one model serves everything.
+        let one = [model("small", 0.1, Some(0.6))];
+        let c = calibrate_floor(&one, &reqs, 0.3, &IdleLoad);
+        assert_eq!((c.min_quality, c.achieved), (None, 0.0));
     }
 
     #[test]

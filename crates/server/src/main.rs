@@ -93,6 +93,11 @@ enum Command {
         /// Also write the report as a self-contained HTML page here.
         #[arg(long)]
         html: Option<PathBuf>,
+        /// Calibrate: the lowest quality floor that sends this share of the
+        /// sample (0-1) to stronger models than the cheapest (RouteLLM's
+        /// threshold calibration).
+        #[arg(long)]
+        strong_share: Option<f64>,
     },
     /// Calibrate quality on your own evals: run a labelled suite (JSONL of
     /// prompt, answer, check) through catalog models with greedy decoding
@@ -197,6 +202,7 @@ fn main() -> anyhow::Result<()> {
             objective,
             format,
             html,
+            strong_share,
         } => {
             let objective = objective
                 .map(|o| {
@@ -214,11 +220,14 @@ fn main() -> anyhow::Result<()> {
                     limit,
                 },
             };
+            if strong_share.is_some_and(|s| !(0.0..=1.0).contains(&s)) {
+                anyhow::bail!("--strong-share is a share between 0 and 1");
+            }
             preview_cmd(
                 &config,
                 source,
                 &baseline,
-                objective,
+                (objective, strong_share),
                 &format,
                 html.as_deref(),
             )?
@@ -479,7 +488,7 @@ fn preview_cmd(
     config: &std::path::Path,
     source: PreviewSource,
     baseline: &str,
-    objective: Option<switchyard_router::Objective>,
+    (objective, strong_share): (Option<switchyard_router::Objective>, Option<f64>),
     format: &str,
     html: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
@@ -510,7 +519,7 @@ fn preview_cmd(
     if requests.is_empty() {
         anyhow::bail!("no requests to preview");
     }
-    let report = switchyard_router::preview(
+    let mut report = switchyard_router::preview(
         profiles,
         &requests,
         baseline,
@@ -518,6 +527,14 @@ fn preview_cmd(
         &switchyard_router::IdleLoad,
     )
     .map_err(anyhow::Error::msg)?;
+    report.calibration = strong_share.map(|share| {
+        switchyard_router::preview::calibrate_floor(
+            profiles,
+            &requests,
+            share,
+            &switchyard_router::IdleLoad,
+        )
+    });
     let text = if format == "json" {
         serde_json::to_string_pretty(&report)? + "\n"
     } else {

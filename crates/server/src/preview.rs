@@ -288,7 +288,26 @@ pub fn render_table(r: &PreviewReport) -> String {
         .map(|p| frontier_cells(p).to_vec())
         .collect();
     out += &table(&FRONTIER_HEADERS, &rows);
+    if let Some(c) = &r.calibration {
+        out += &format!("\n{}\n", calibration_text(c));
+    }
     out
+}
+
+fn calibration_text(c: &switchyard_router::preview::Calibration) -> String {
+    match c.min_quality {
+        Some(f) => format!(
+            "Calibration: min_quality {f:.2} under the cost objective sends {} of the sample to stronger models than the cheapest (asked: {}; unserved at that floor: {}).",
+            pct(c.achieved),
+            pct(c.strong_share),
+            pct(c.unroutable_share)
+        ),
+        None => format!(
+            "Calibration: no quality floor sends {} of the sample past the cheapest model; the most any floor sends is {}.",
+            pct(c.strong_share),
+            pct(c.achieved)
+        ),
+    }
 }
 
 fn esc(s: &str) -> String {
@@ -512,11 +531,15 @@ pub fn render_html(r: &PreviewReport) -> String {
         .map(|(m, s)| format!("{} {}", esc(m), pct(*s)))
         .collect();
     format!(
-        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>switchyard routing preview</title><style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1000px}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}svg{{display:block;margin:1.5em 0}}</style></head><body><h1>Routing preview</h1><p>{n} requests; baseline <b>{base}</b> for every request; objective {obj}. Routed to: {shares}.</p><p>Quality is the catalog's evidence for each request's task and difficulty. A request whose model has no evidence for its task counts as <em>unknown</em>: shown apart, never averaged in as good.</p>{summary}{frontier_svg}{cost}{quality}{unknown}<h2>Frontier</h2>{frontier}</body></html>"#,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>switchyard routing preview</title><style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1000px}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}svg{{display:block;margin:1.5em 0}}</style></head><body><h1>Routing preview</h1><p>{n} requests; baseline <b>{base}</b> for every request; objective {obj}. Routed to: {shares}.</p><p>Quality is the catalog's evidence for each request's task and difficulty. A request whose model has no evidence for its task counts as <em>unknown</em>: shown apart, never averaged in as good.</p>{summary}{frontier_svg}{cost}{quality}{unknown}<h2>Frontier</h2>{frontier}{calibration}</body></html>"#,
         n = r.overall.requests,
         base = esc(&r.baseline),
         obj = esc(r.objective.map_or("as each request asks", |o| o.as_str())),
         shares = shares.join(", "),
         frontier_svg = frontier_svg(r),
+        calibration = r.calibration.as_ref().map_or(String::new(), |c| format!(
+            "<p>{}</p>",
+            esc(&calibration_text(c))
+        )),
     )
 }

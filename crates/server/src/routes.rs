@@ -272,6 +272,9 @@ struct PreviewBody {
     baseline: String,
     #[serde(default)]
     objective: Option<String>,
+    /// Calibrate the quality floor that sends this share to stronger models.
+    #[serde(default)]
+    strong_share: Option<f64>,
 }
 
 /// Most requests one preview call replays.
@@ -298,6 +301,12 @@ async fn routing_preview(
                 "give 1 to {PREVIEW_MAX_REQUESTS} requests, not {}",
                 body.requests.len()
             ),
+        ));
+    }
+    if body.strong_share.is_some_and(|s| !(0.0..=1.0).contains(&s)) {
+        return Err(ApiError::invalid_param(
+            "strong_share",
+            "strong_share is a share between 0 and 1",
         ));
     }
     let objective = match &body.objective {
@@ -332,7 +341,7 @@ async fn routing_preview(
                     format!("none of the requests is valid: {}", errors[0]["error"]),
                 ));
             }
-            let report = switchyard_router::preview(
+            let mut report = switchyard_router::preview(
                 &profiles,
                 &requests,
                 &body.baseline,
@@ -340,6 +349,14 @@ async fn routing_preview(
                 &switchyard_router::IdleLoad,
             )
             .map_err(|e| ApiError::invalid_param("baseline", e))?;
+            report.calibration = body.strong_share.map(|share| {
+                switchyard_router::preview::calibrate_floor(
+                    &profiles,
+                    &requests,
+                    share,
+                    &switchyard_router::IdleLoad,
+                )
+            });
             let mut out =
                 serde_json::to_value(report).map_err(|e| ApiError::internal(e.to_string()))?;
             out["object"] = json!("routing.preview");

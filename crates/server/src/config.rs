@@ -393,6 +393,27 @@ pub struct EvidenceOverlay {
 pub struct OverlayModel {
     pub quality:
         std::collections::BTreeMap<switchyard_router::Task, switchyard_router::catalog::Evidence>,
+    /// Per task: the mean token log-probability below which this model's
+    /// answers on the suite were more often wrong (where a confidence
+    /// cascade would escalate), and how well it separates them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub confidence: std::collections::BTreeMap<switchyard_router::Task, Separation>,
+}
+
+/// How well a confidence (mean token log-probability) separates right
+/// answers from wrong ones on a suite (`crate::eval::separate`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Separation {
+    /// Accept at or above this mean token log-probability; `None`: above
+    /// every answer's (the confidence does not tell right from wrong better
+    /// than escalating everything).
+    pub threshold: Option<f64>,
+    /// Share of cases where "at or above the threshold" equals "right".
+    pub accuracy: f64,
+    /// Probability that a right answer is more confident than a wrong one.
+    pub auc: f64,
+    pub n: usize,
 }
 
 impl EvidenceOverlay {

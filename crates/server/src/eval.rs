@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use switchyard_router::catalog::Evidence;
 
+pub use crate::config::Separation;
+
 /// How a case's output is judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -234,6 +236,57 @@ pub fn evidence(suite: &Suite, k: usize, n: usize, date: &str, command: &str) ->
     }
 }
 
+/// A generation's confidence: the mean log-probability of its tokens
+/// (`None` for an empty output).
+pub fn confidence(logprobs: &[f32]) -> Option<f64> {
+    (!logprobs.is_empty())
+        .then(|| logprobs.iter().map(|&l| l as f64).sum::<f64>() / logprobs.len() as f64)
+}
+
+/// The threshold that best separates `(confidence, right)` points, or
+/// `None` unless there are both right and wrong answers.
+pub fn separate(points: &[(f64, bool)]) -> Option<Separation> {
+    let right = points.iter().filter(|p| p.1).count();
+    let wrong = points.len() - right;
+    if right == 0 || wrong == 0 {
+        return None;
+    }
+    let mut pairs = 0.0;
+    for &(cr, _) in points.iter().filter(|p| p.1) {
+        for &(cw, _) in points.iter().filter(|p| !p.1) {
+            pairs += if cr > cw {
+                1.0
+            } else if cr == cw {
+                0.5
+            } else {
+                0.0
+            };
+        }
+    }
+    let auc = pairs / (right * wrong) as f64;
+    let accuracy = |t: f64| {
+        points.iter().filter(|&&(c, ok)| (c >= t) == ok).count() as f64 / points.len() as f64
+    };
+    // Candidates: every observed confidence, and above them all (escalate
+    // everything); the highest accuracy, ties to the lower threshold.
+    let mut candidates: Vec<f64> = points.iter().map(|p| p.0).collect();
+    candidates.push(f64::INFINITY);
+    candidates.sort_by(f64::total_cmp);
+    let mut best = (candidates[0], accuracy(candidates[0]));
+    for &t in &candidates[1..] {
+        let a = accuracy(t);
+        if a > best.1 {
+            best = (t, a);
+        }
+    }
+    Some(Separation {
+        threshold: best.0.is_finite().then_some(best.0),
+        accuracy: best.1,
+        auc,
+        n: points.len(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +339,28 @@ mod tests {
         assert_eq!(check(&field, "not json"), Some(false));
         assert_eq!(check(&case(Check::Judge, "x"), "x"), None);
         assert!(judge_says_yes("Yes.") && !judge_says_yes("No, it is not"));
+    }
+
+    #[test]
+    fn separation_finds_the_threshold() {
+        let points = [
+            (-0.1, true),
+            (-0.2, true),
+            (-0.9, false),
+            (-1.5, false),
+            (-0.3, false),
+        ];
+        let s = separate(&points).unwrap();
+        assert_eq!((s.threshold, s.accuracy, s.n), (Some(-0.2), 1.0, 5));
+        // Confidently wrong: escalating everything is the best rule.
+        let inverse = [(-0.1, false), (-0.2, false), (-0.9, true)];
+        assert_eq!(separate(&inverse).unwrap().threshold, None);
+        assert!((s.auc - 1.0).abs() < 1e-12);
+        let mixed = [(-0.1, false), (-0.2, true)];
+        assert_eq!(separate(&mixed).unwrap().auc, 0.0);
+        assert!(separate(&[(-0.1, true)]).is_none());
+        assert_eq!(confidence(&[-1.0, -0.5]), Some(-0.75));
+        assert_eq!(confidence(&[]), None);
     }
 
     #[test]

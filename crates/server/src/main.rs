@@ -551,30 +551,41 @@ fn preview_cmd(
 }
 
 /// Greedy completions of `prompts` (chat messages each) on one engine,
-/// submitted together so that they batch.
+/// submitted together so that they batch, with each token's log-probability.
 fn complete_all(
     engine: &Engine,
     prompts: &[Vec<ChatMessage>],
     max_tokens: usize,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
     let streams = prompts
         .iter()
         .map(|messages| {
             let tokens = engine.encode_chat(messages)?;
-            Ok(engine.submit(tokens, SamplingParams::greedy(max_tokens))?)
+            let params = SamplingParams {
+                logprobs: Some(0),
+                ..SamplingParams::greedy(max_tokens)
+            };
+            Ok(engine.submit(tokens, params)?)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut outputs = Vec::with_capacity(streams.len());
     for mut stream in streams {
-        let mut text = String::new();
+        let (mut text, mut logprobs) = (String::new(), Vec::new());
         while let Some(event) = stream.blocking_next() {
             match event {
-                Event::Delta { text: t, .. } => text.push_str(&t),
+                Event::Delta {
+                    text: t,
+                    logprobs: l,
+                    ..
+                } => {
+                    text.push_str(&t);
+                    logprobs.extend(l.iter().map(|l| l.logprob));
+                }
                 Event::Finished { .. } => break,
                 Event::Error { message } => anyhow::bail!("generation failed: {message}"),
             }
         }
-        outputs.push(text);
+        outputs.push((text, logprobs));
     }
     Ok(outputs)
 }
@@ -655,7 +666,7 @@ fn eval_cmd(
             .cases
             .iter()
             .zip(&outputs)
-            .map(|(c, o)| eval::check(c, o))
+            .map(|(c, (o, _))| eval::check(c, o))
             .collect();
         if let (true, Some(judge)) = (needs_judge, judge) {
             let pending: Vec<usize> = (0..verdicts.len())
@@ -666,12 +677,12 @@ fn eval_cmd(
                 .map(|&i| {
                     vec![ChatMessage::new(
                         "user",
-                        &eval::judge_prompt(&suite.cases[i], &outputs[i]),
+                        &eval::judge_prompt(&suite.cases[i], &outputs[i].0),
                     )]
                 })
                 .collect();
             let engine = load_engine(config, judge, |_| {})?;
-            for (&i, reply) in pending.iter().zip(complete_all(&engine, &asks, 4)?) {
+            for (&i, (reply, _)) in pending.iter().zip(complete_all(&engine, &asks, 4)?) {
                 verdicts[i] = Some(eval::judge_says_yes(&reply));
             }
         }
@@ -685,20 +696,43 @@ fn eval_cmd(
             task.as_str(),
             started.elapsed().as_secs_f64()
         );
-        results.push((id.clone(), eval::evidence(&suite, k, n, &date, &command)));
+        // How well the model's own confidence tells its right answers from
+        // its wrong ones (a confidence cascade's threshold).
+        let points: Vec<(f64, bool)> = outputs
+            .iter()
+            .zip(&verdicts)
+            .filter_map(|((_, l), v)| Some((eval::confidence(l)?, (*v)?)))
+            .collect();
+        let separation = eval::separate(&points);
+        match &separation {
+            Some(s) => println!(
+                "  confidence (mean token logprob): AUC {:.2}; {} ({:.0}% of cases on the right side)",
+                s.auc,
+                s.threshold.map_or("no threshold beats escalating every answer".into(), |t| {
+                    format!("escalate below {t:.3}")
+                }),
+                s.accuracy * 100.0
+            ),
+            None => println!("  confidence: all answers right or all wrong, no threshold"),
+        }
+        results.push((
+            id.clone(),
+            eval::evidence(&suite, k, n, &date, &command),
+            separation,
+        ));
     }
     if dry_run {
         return Ok(());
     }
     let path = catalog.evidence_path();
     let mut overlay = switchyard_server::config::EvidenceOverlay::load(&path)?;
-    for (id, evidence) in results {
-        overlay
-            .models
-            .entry(id)
-            .or_default()
-            .quality
-            .insert(task, evidence);
+    for (id, evidence, separation) in results {
+        let model = overlay.models.entry(id).or_default();
+        model.quality.insert(task, evidence);
+        match separation {
+            Some(s) => model.confidence.insert(task, s),
+            None => model.confidence.remove(&task),
+        };
     }
     overlay.save(&path)?;
     println!("wrote {}", path.display());

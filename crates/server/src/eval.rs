@@ -127,20 +127,28 @@ fn parse_number(s: &str) -> Option<f64> {
     s.trim().replace(',', "").trim_end_matches('.').parse().ok()
 }
 
+/// A fixed pattern, compiled once.
+macro_rules! pattern {
+    ($re:literal) => {{
+        static RE: std::sync::LazyLock<Option<regex::Regex>> =
+            std::sync::LazyLock::new(|| regex::Regex::new($re).ok());
+        RE.as_ref()
+    }};
+}
+
 /// The last number in `s` (thousands separators allowed).
 fn last_number(s: &str) -> Option<f64> {
-    let re = regex::Regex::new(r"-?\d[\d,]*(?:\.\d+)?").ok()?;
-    re.find_iter(s)
+    pattern!(r"-?\d[\d,]*(?:\.\d+)?")?
+        .find_iter(s)
         .filter_map(|m| parse_number(m.as_str()))
         .last()
 }
 
 /// The first option letter (A–J) the output commits to.
 fn first_choice(s: &str) -> Option<char> {
-    let re = regex::Regex::new(
-        r"(?i)(?:answer(?: is)?\s*[:\-]?\s*\(?([A-J])\)?\b)|(?:^|\s)\(?([A-J])[\).:](?:\s|$)|^\s*([A-J])\s*$",
-    )
-    .ok()?;
+    let re = pattern!(
+        r"(?i)(?:answer(?: is)?\s*[:\-]?\s*\(?([A-J])\)?\b)|(?:^|\s)\(?([A-J])[\).:](?:\s|$)|^\s*([A-J])\s*$"
+    )?;
     let c = re.captures(s)?;
     (1..=3)
         .find_map(|i| c.get(i))

@@ -66,6 +66,21 @@ def test_cli_preview_json_table_and_html(tmp_path):
     assert "Calibration:" in table.stdout
 
 
+def test_cli_preview_execute_measures_a_sample(tmp_path):
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("\n".join(json.dumps({**r, "max_tokens": 8}) if "messages" in r else json.dumps(r)
+                                  for r in REQUESTS) + "\n")
+    p = switchyard("preview", "--config", ROOT / "models.toml", "--input", requests, "--baseline", GEMMA,
+                   "--format", "json", "--execute", "2")
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)["rows"]
+    measured = [r for r in rows if r["measured"]]
+    assert len(measured) == 2 and all(r["routed_ms"] > 0 and r["baseline_ms"] > 0 for r in measured)
+    assert all(not r["measured"] for r in rows[2:])
+    p = switchyard("preview", "--config", ROOT / "models.toml", "--from-audit", "--baseline", GEMMA, "--execute", "1")
+    assert p.returncode != 0 and "--input" in p.stderr
+
+
 def test_cli_preview_refuses_what_it_cannot_do(tmp_path):
     requests = tmp_path / "requests.jsonl"
     requests.write_text(json.dumps(REQUESTS[0]) + "\n")

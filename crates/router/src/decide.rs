@@ -249,7 +249,7 @@ pub struct Decision {
 }
 
 /// Output tokens assumed when the caller sets no `max_tokens`.
-const DEFAULT_OUTPUT_TOKENS: usize = 256;
+pub const DEFAULT_OUTPUT_TOKENS: usize = 256;
 /// Added to every cost before taking ratios, so free local models compare.
 const COST_EPSILON_USD: f64 = 1e-7;
 /// Relative difference under which two costs or times are a tie.

@@ -50,6 +50,9 @@ pub struct PreviewRow {
     pub baseline_ms: f64,
     /// Why the baseline could not serve this request itself, if it could not.
     pub baseline_excluded: Option<String>,
+    /// Served on both sides (`switchyard preview --execute`): the costs and
+    /// times are measured, not projected.
+    pub measured: bool,
 }
 
 /// Totals over a set of rows.
@@ -280,6 +283,42 @@ fn row(index: usize, d: &Decision, baseline: &str) -> PreviewRow {
         baseline_quality: base.and_then(|c| c.quality),
         baseline_ms: base.map_or(0.0, |c| c.predicted_total_ms),
         baseline_excluded: base.and_then(|c| c.excluded.clone()),
+        measured: false,
+    }
+}
+
+/// What serving a request cost on `model`: its price per token, or its
+/// hourly price times the measured time.
+pub fn measured_cost(model: &ModelProfile, prompt: usize, completion: usize, seconds: f64) -> f64 {
+    match model.routing.cost {
+        crate::catalog::Cost::Priced {
+            input_per_mtok,
+            output_per_mtok,
+        } => (prompt as f64 * input_per_mtok + completion as f64 * output_per_mtok) / 1e6,
+        crate::catalog::Cost::Derived { usd_per_hour } => usd_per_hour * seconds / 3600.0,
+    }
+}
+
+impl PreviewReport {
+    /// Row `index` (from 1) served on both sides: measured `(cost, ms)`
+    /// replace the projections; the summaries are recomputed.
+    pub fn measure(&mut self, index: usize, routed: (f64, f64), baseline: (f64, f64)) {
+        if let Some(row) = self.rows.iter_mut().find(|r| r.index == index) {
+            row.routed_cost_usd = Some(routed.0);
+            row.routed_ms = Some(routed.1);
+            row.baseline_cost_usd = baseline.0;
+            row.baseline_ms = baseline.1;
+            row.measured = true;
+        }
+        self.overall = summarize(&self.rows);
+        let mut by_task: BTreeMap<String, Vec<PreviewRow>> = BTreeMap::new();
+        for r in &self.rows {
+            by_task.entry(r.task.clone()).or_default().push(r.clone());
+        }
+        self.by_task = by_task
+            .into_iter()
+            .map(|(task, rows)| (task, summarize(&rows)))
+            .collect();
     }
 }
 
@@ -485,6 +524,25 @@ mod tests {
         let one = [model("small", 0.1, Some(0.6))];
         let c = calibrate_floor(&one, &reqs, 0.3, &IdleLoad);
         assert_eq!((c.min_quality, c.achieved), (None, 0.0));
+    }
+
+    #[test]
+    fn measured_rows_replace_projections() {
+        let models = [
+            model("small", 0.1, Some(0.6)),
+            model("big", 10.0, Some(0.9)),
+        ];
+        let reqs = [request(Task::Math), request(Task::Chat)];
+        let mut r = preview(&models, &reqs, "big", Some(Objective::Cost), &IdleLoad).unwrap();
+        let chat_before = r.by_task["chat"].clone();
+        r.measure(1, (0.5, 100.0), (2.0, 400.0));
+        let row = &r.rows[0];
+        assert!(row.measured && row.routed_cost_usd == Some(0.5) && row.baseline_ms == 400.0);
+        assert!(!r.rows[1].measured);
+        assert_eq!(r.by_task["math"].routed_cost_usd, 0.5);
+        assert_eq!(r.by_task["chat"], chat_before);
+        // Priced per token; derived from the hourly price and the time.
+        assert!((measured_cost(&models[1], 1_000_000, 0, 9.0) - 10.0).abs() < 1e-9);
     }
 
     #[test]

@@ -98,6 +98,11 @@ enum Command {
         /// threshold calibration).
         #[arg(long)]
         strong_share: Option<f64>,
+        /// Serve the first N routable requests on both their routed model
+        /// and the baseline (local models, one request at a time); their
+        /// measured cost and time replace the projections.
+        #[arg(long, default_value_t = 0)]
+        execute: usize,
     },
     /// Calibrate quality on your own evals: run a labelled suite (JSONL of
     /// prompt, answer, check) through catalog models with greedy decoding
@@ -203,6 +208,7 @@ fn main() -> anyhow::Result<()> {
             format,
             html,
             strong_share,
+            execute,
         } => {
             let objective = objective
                 .map(|o| {
@@ -214,7 +220,10 @@ fn main() -> anyhow::Result<()> {
                 })
                 .transpose()?;
             let source = match (input, from_audit) {
-                (Some(path), _) => PreviewSource::File(path),
+                (Some(path), _) => PreviewSource::File(path, execute),
+                (None, _) if execute > 0 => {
+                    anyhow::bail!("--execute serves the requests' text: give them with --input")
+                }
                 (None, _) => PreviewSource::Audit {
                     since: since.as_deref().map(parse_since).transpose()?,
                     limit,
@@ -462,8 +471,12 @@ fn route_dry_run(config: &std::path::Path, input: &std::path::Path) -> anyhow::R
 }
 
 enum PreviewSource {
-    File(PathBuf),
-    Audit { since: Option<f64>, limit: usize },
+    /// The file, and how many of its requests to serve (`--execute`).
+    File(PathBuf, usize),
+    Audit {
+        since: Option<f64>,
+        limit: usize,
+    },
 }
 
 /// `30m`, `24h`, `7d` before now, or Unix seconds, as Unix seconds.
@@ -497,13 +510,17 @@ fn preview_cmd(
     }
     let router = OfflineRouter::load(config)?;
     let (catalog, profiles, view) = (&router.catalog, &router.profiles, router.view());
+    let mut chats = Vec::new();
+    let mut execute = 0;
     let requests = match source {
-        PreviewSource::File(path) => {
-            let (requests, errors) = view.requests_from_jsonl(&read_input(&path)?);
+        PreviewSource::File(path, n) => {
+            let (parsed, errors) = view.requests_from_jsonl(&read_input(&path)?);
             for (line, e) in &errors {
                 eprintln!("{}:{line}: skipped: {e}", path.display());
             }
-            requests
+            execute = n;
+            chats = parsed;
+            chats.iter().map(|c| c.route.clone()).collect::<Vec<_>>()
         }
         PreviewSource::Audit { since, limit } => {
             let audit = switchyard_router::AuditLog::open(&catalog.audit_db())?;
@@ -527,6 +544,10 @@ fn preview_cmd(
         &switchyard_router::IdleLoad,
     )
     .map_err(anyhow::Error::msg)?;
+    if execute > 0 {
+        let served = execute_sample(config, &router, &mut report, &chats, execute)?;
+        eprintln!("served {served} requests on both sides; their rows are measured");
+    }
     report.calibration = strong_share.map(|share| {
         switchyard_router::preview::calibrate_floor(
             profiles,
@@ -548,6 +569,90 @@ fn preview_cmd(
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// `preview --execute`: the first `n` rows whose routed model is local are
+/// served, one request at a time, on their routed model and on the
+/// baseline; measured cost and time replace the projections. Returns how
+/// many rows were served.
+fn execute_sample(
+    config: &std::path::Path,
+    router: &OfflineRouter,
+    report: &mut switchyard_router::PreviewReport,
+    chats: &[preview::ChatToRoute],
+    n: usize,
+) -> anyhow::Result<usize> {
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
+    let local = |id: &str| {
+        router
+            .catalog
+            .find(id)
+            .is_some_and(|m| m.backend == switchyard_server::config::Backend::Local)
+    };
+    let baseline = report.baseline.clone();
+    if !local(&baseline) {
+        anyhow::bail!("--execute serves on local models; the baseline `{baseline}` is remote");
+    }
+    let sample: Vec<(usize, String)> = report
+        .rows
+        .iter()
+        .filter_map(|r| Some((r.index, r.routed.clone().filter(|m| local(m))?)))
+        .take(n)
+        .collect();
+    let mut runs: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+    for (i, model) in &sample {
+        runs.entry(model.clone()).or_default().insert(*i);
+        runs.entry(baseline.clone()).or_default().insert(*i);
+    }
+    let mut measured: HashMap<(usize, String), (f64, f64)> = HashMap::new();
+    for (model, rows) in &runs {
+        let profile = router
+            .profiles
+            .iter()
+            .find(|p| &p.id == model)
+            .ok_or_else(|| anyhow::anyhow!("no profile for `{model}`"))?;
+        let engine = load_engine(config, model, |_| {})?;
+        for &i in rows {
+            let chat = &chats[i - 1];
+            let max_tokens = chat
+                .max_tokens
+                .unwrap_or(switchyard_router::decide::DEFAULT_OUTPUT_TOKENS);
+            let started = Instant::now();
+            let mut stream = engine.submit(
+                engine.encode_chat(&chat.messages)?,
+                SamplingParams::greedy(max_tokens),
+            )?;
+            let mut usage = None;
+            while let Some(event) = stream.blocking_next() {
+                match event {
+                    Event::Finished { usage: u, .. } => {
+                        usage = Some(u);
+                        break;
+                    }
+                    Event::Error { message } => anyhow::bail!("{model}: {message}"),
+                    Event::Delta { .. } => {}
+                }
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            let usage = usage.ok_or_else(|| anyhow::anyhow!("{model}: the stream ended early"))?;
+            let cost = switchyard_router::preview::measured_cost(
+                profile,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                seconds,
+            );
+            measured.insert((i, model.clone()), (cost, seconds * 1000.0));
+        }
+    }
+    for (i, model) in &sample {
+        if let (Some(&routed), Some(&base)) = (
+            measured.get(&(*i, model.clone())),
+            measured.get(&(*i, baseline.clone())),
+        ) {
+            report.measure(*i, routed, base);
+        }
+    }
+    Ok(sample.len())
 }
 
 /// Greedy completions of `prompts` (chat messages each) on one engine,

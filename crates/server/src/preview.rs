@@ -19,6 +19,14 @@ use crate::error::ApiError;
 use crate::job::ValidatedRequest;
 use crate::{openai, routed};
 
+/// A chat request as the preview sees it: what routing needs, and what
+/// serving it needs.
+pub struct ChatToRoute {
+    pub route: RouteRequest,
+    pub messages: Vec<switchyard_engine::ChatMessage>,
+    pub max_tokens: Option<usize>,
+}
+
 /// What routing a request needs besides the request itself.
 pub struct RouterView<'a> {
     pub profiles: &'a [ModelProfile],
@@ -45,6 +53,12 @@ impl RouterView<'_> {
     /// line (a body with its response and usage beside it, or under
     /// `"request"`).
     pub fn route_request(&self, value: &Value) -> Result<RouteRequest, ApiError> {
+        self.chat_request(value).map(|c| c.route)
+    }
+
+    /// As [`RouterView::route_request`], with the request's messages and
+    /// length (what `--execute` serves).
+    pub fn chat_request(&self, value: &Value) -> Result<ChatToRoute, ApiError> {
         let mut body = match value {
             Value::Object(o) if o.get("body").is_some_and(Value::is_object) => o["body"].clone(),
             Value::Object(o) if o.get("request").is_some_and(Value::is_object) => {
@@ -74,21 +88,25 @@ impl RouterView<'_> {
         let messages = v.messages();
         let chars: usize = messages.iter().map(|m| m.content.chars().count()).sum();
         let estimate = chars.div_ceil(4) + 8 * messages.len() + 8;
-        Ok(RouteRequest {
-            classification: routed::classify(self.classifier, messages),
-            prompt_tokens: vec![("*".into(), estimate)],
+        Ok(ChatToRoute {
+            route: RouteRequest {
+                classification: routed::classify(self.classifier, messages),
+                prompt_tokens: vec![("*".into(), estimate)],
+                max_tokens: v.max_tokens,
+                needs_tools: v.needs_tools,
+                needs_json: v.needs_json,
+                options: v.routing_options(),
+                default_objective: self.default_objective,
+                policy: self.policy,
+            },
+            messages: messages.to_vec(),
             max_tokens: v.max_tokens,
-            needs_tools: v.needs_tools,
-            needs_json: v.needs_json,
-            options: v.routing_options(),
-            default_objective: self.default_objective,
-            policy: self.policy,
         })
     }
 
     /// Every non-empty line of a JSONL text; a line that is not a request
     /// is reported with its number (from 1) and left out.
-    pub fn requests_from_jsonl(&self, text: &str) -> (Vec<RouteRequest>, Vec<(usize, String)>) {
+    pub fn requests_from_jsonl(&self, text: &str) -> (Vec<ChatToRoute>, Vec<(usize, String)>) {
         let (mut ok, mut errors) = (Vec::new(), Vec::new());
         for (n, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
@@ -96,7 +114,7 @@ impl RouterView<'_> {
             }
             let parsed = serde_json::from_str::<Value>(line)
                 .map_err(|e| ApiError::invalid(format!("not JSON: {e}")))
-                .and_then(|v| self.route_request(&v));
+                .and_then(|v| self.chat_request(&v));
             match parsed {
                 Ok(r) => ok.push(r),
                 Err(e) => errors.push((n + 1, e.message)),

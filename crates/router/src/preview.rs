@@ -152,14 +152,7 @@ pub fn preview(
         .map(|(i, req)| row(i + 1, &route(req, objective, None), baseline))
         .collect();
     let overall = summarize(&rows);
-    let mut by_task: BTreeMap<String, Vec<PreviewRow>> = BTreeMap::new();
-    for r in &rows {
-        by_task.entry(r.task.clone()).or_default().push(r.clone());
-    }
-    let by_task = by_task
-        .into_iter()
-        .map(|(task, rows)| (task, summarize(&rows)))
-        .collect();
+    let by_task = summarize_by_task(&rows);
     let mut frontier = Vec::new();
     for objective in [
         Objective::Quality,
@@ -311,14 +304,7 @@ impl PreviewReport {
             row.measured = true;
         }
         self.overall = summarize(&self.rows);
-        let mut by_task: BTreeMap<String, Vec<PreviewRow>> = BTreeMap::new();
-        for r in &self.rows {
-            by_task.entry(r.task.clone()).or_default().push(r.clone());
-        }
-        self.by_task = by_task
-            .into_iter()
-            .map(|(task, rows)| (task, summarize(&rows)))
-            .collect();
+        self.by_task = summarize_by_task(&self.rows);
     }
 }
 
@@ -360,6 +346,18 @@ fn summarize(rows: &[PreviewRow]) -> Summary {
         baseline_ms: mean(rows.iter().map(|r| r.baseline_ms)),
         share_by_model,
     }
+}
+
+/// A [`Summary`] per task.
+fn summarize_by_task(rows: &[PreviewRow]) -> BTreeMap<String, Summary> {
+    let mut by_task: BTreeMap<String, Vec<PreviewRow>> = BTreeMap::new();
+    for r in rows {
+        by_task.entry(r.task.clone()).or_default().push(r.clone());
+    }
+    by_task
+        .into_iter()
+        .map(|(task, rows)| (task, summarize(&rows)))
+        .collect()
 }
 
 /// Marks the points no other point dominates on (cost ↓, known quality ↑).

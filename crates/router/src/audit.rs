@@ -31,8 +31,36 @@ pub struct Outcome {
     pub completion_tokens: usize,
     pub ttft_ms: Option<f64>,
     pub total_ms: Option<f64>,
+    /// Total cost, escalations included.
     pub cost_usd: Option<f64>,
     pub error: Option<String>,
+    /// Under `cascade`: every model that answered, in order, with its
+    /// confidence and the verdict; the last accepted one served.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+}
+
+/// One answer of a cascade and whether it was confident enough.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Attempt {
+    pub model: String,
+    /// Tokens the verdict read (all of them, or a stream's held-back ones).
+    pub tokens: usize,
+    /// Mean and minimum token log-probability, mean entropy (nats).
+    pub mean_logprob: Option<f64>,
+    pub min_logprob: Option<f64>,
+    pub mean_entropy: Option<f64>,
+    /// Under a grammar (structured output, tools): whether every choice
+    /// finished inside it; `None` without one or before the end.
+    pub grammar_complete: Option<bool>,
+    /// Accept at or above this mean log-probability, and where it came from.
+    pub threshold: Option<f64>,
+    pub threshold_source: String,
+    pub accepted: bool,
+    pub why: String,
+    /// What an escalated answer cost (the served one's is in the outcome).
+    pub cost_usd: Option<f64>,
+    pub ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -95,6 +95,11 @@ pub struct RoutingProfile {
     /// The model this one was fine-tuned from: documentation only. A
     /// fine-tune never inherits its base model's scores.
     pub fine_tuned_from: Option<String>,
+    /// Per task: the mean token log-probability at or above which a
+    /// `cascade` accepts this model's answer (`switchyard eval` calibrates
+    /// it); a task without one is accepted unchecked.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub confidence_threshold: BTreeMap<Task, f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -128,6 +133,14 @@ impl RoutingProfile {
             .chain(self.general.iter().map(|e| ("general".to_string(), e)));
         for (name, e) in evidence {
             check(&format!("{name}.score"), e.score as f64, 0.0, 1.0)?;
+        }
+        for (task, t) in &self.confidence_threshold {
+            check(
+                &format!("confidence_threshold.{}", task.as_str()),
+                *t,
+                f64::MIN,
+                0.0,
+            )?;
         }
         match self.cost {
             Cost::Priced {

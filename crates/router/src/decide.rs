@@ -12,6 +12,7 @@
 //! | `cost` | the cheapest predicted cost among eligible models that meet the quality floor |
 //! | `latency` | the shortest predicted total time among eligible models that meet the quality floor |
 //! | `balanced` | the highest utility: `quality − (1 − p_hard)·(cost_per_decade·log10(cost / cheapest) + latency_per_decade·log10(time / fastest))` |
+//! | `cascade` | the cheapest eligible model first; the server escalates to the next in [`Decision::order`] when the answer's confidence is below the model's threshold. A more expensive model enters the chain only if it is not known to be worse than every model before it |
 //!
 //! The quality floor is the caller's `min_quality`, or else
 //! [`Policy::default_floor`] × the best eligible expected quality for this
@@ -43,6 +44,9 @@ pub enum Objective {
     Latency,
     #[default]
     Balanced,
+    /// Serve on the cheapest, escalate on low confidence (the server runs
+    /// the chain; see the module docs).
+    Cascade,
 }
 
 impl Objective {
@@ -52,6 +56,7 @@ impl Objective {
             "cost" => Some(Objective::Cost),
             "latency" => Some(Objective::Latency),
             "balanced" => Some(Objective::Balanced),
+            "cascade" => Some(Objective::Cascade),
             _ => None,
         }
     }
@@ -62,6 +67,7 @@ impl Objective {
             Objective::Cost => "cost",
             Objective::Latency => "latency",
             Objective::Balanced => "balanced",
+            Objective::Cascade => "cascade",
         }
     }
 }
@@ -147,6 +153,11 @@ pub struct RoutingOptions {
     pub min_quality: Option<f32>,
     pub max_cost_usd: Option<f64>,
     pub max_ttft_ms: Option<f64>,
+    /// Shorthand for `objective: "cascade"`.
+    pub cascade: bool,
+    /// Under `cascade`: accept an answer whose mean token log-probability is
+    /// at least this, instead of each model's calibrated threshold.
+    pub min_confidence: Option<f64>,
 }
 
 /// A model's live state, as its engine reports it.
@@ -220,6 +231,14 @@ pub struct Candidate {
     pub meets_floor: Option<bool>,
     /// Under `balanced`: its utility (see [`BalancedWeights`]).
     pub utility: Option<f64>,
+    /// Under `cascade`: why this eligible model is not in the escalation
+    /// chain (it costs more than one before it and is expected to be no better).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_in_chain: Option<String>,
+    /// The catalog's confidence threshold for this task (what a cascade
+    /// accepts this model's answers at), if calibrated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence_threshold: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -368,6 +387,12 @@ fn candidate(
         cold_start: load.as_ref().and_then(|l| l.cold_start.clone()),
         meets_floor: None,
         utility: None,
+        not_in_chain: None,
+        confidence_threshold: m
+            .routing
+            .confidence_threshold
+            .get(&req.classification.task)
+            .copied(),
     };
     c.excluded = exclusion(m, req, &load, live, prompt, out_tokens, &c);
     c
@@ -393,7 +418,7 @@ fn by_time(a: &Candidate, b: &Candidate) -> Ordering {
 /// What `cost` minimises (predicted cost) and `latency` (predicted total time).
 fn axis(objective: Objective, c: &Candidate) -> f64 {
     match objective {
-        Objective::Cost => c.predicted_cost_usd,
+        Objective::Cost | Objective::Cascade => c.predicted_cost_usd,
         _ => c.predicted_total_ms,
     }
 }
@@ -465,8 +490,13 @@ pub fn decide(models: &[ModelProfile], req: &RouteRequest, live: &dyn LiveLoad) 
         Some(&w) => {
             let c = &candidates[w];
             format!(
-                "{} wins on {} for {} {} prompt: {}{}, ~${:.6}, ~{:.0} ms to first token{}, ~{:.0} ms in all ({} of {} models eligible){}{}",
+                "{} {} on {} for {} {} prompt: {}{}, ~${:.6}, ~{:.0} ms to first token{}, ~{:.0} ms in all ({} of {} models eligible){}{}",
                 c.model,
+                if objective == Objective::Cascade {
+                    "answers first"
+                } else {
+                    "wins"
+                },
                 objective.as_str(),
                 match req.classification.difficulty {
                     Difficulty::Easy => "an easy",
@@ -489,7 +519,7 @@ pub fn decide(models: &[ModelProfile], req: &RouteRequest, live: &dyn LiveLoad) 
                 candidates.len(),
                 binding.as_ref().map_or(String::new(), |b| format!("; bound by {b}")),
                 tie_break.as_ref().map_or(String::new(), |t| format!("; {t}")),
-            )
+            ) + &cascade_chain(objective, &candidates, &order)
         }
     };
     Decision {
@@ -663,6 +693,55 @@ fn rank(
                 order.retain(|&i| candidates[i].meets_floor == Some(true));
             }
         }
+        Objective::Cascade => {
+            rule = "cascade: the cheapest eligible model first (then the faster); each next one costs more and is not expected to be worse than every one before it; an answer below the model's confidence threshold escalates to the next; a model without a threshold answers only as the chain's last".to_string();
+            order.sort_by(|&a, &b| {
+                let (ca, cb) = (&candidates[a], &candidates[b]);
+                by_cost(ca, cb)
+                    .then(by_time(ca, cb))
+                    .then(by_quality(ca, cb))
+            });
+            // Escalating to a model expected to be no better than one that
+            // already answered only adds cost: such a model leaves the chain.
+            let mut chain: Vec<usize> = Vec::with_capacity(order.len());
+            for &i in &order {
+                let c = &candidates[i];
+                let better_before = chain.iter().map(|&j| &candidates[j]).find(|p| {
+                    p.quality_basis == c.quality_basis
+                        && matches!((p.quality, c.quality), (Some(pq), Some(cq)) if pq >= cq)
+                });
+                match better_before {
+                    Some(p) => {
+                        let why = format!(
+                            "not in the cascade: costs at least as much as {} and is expected to be no better ({} ≤ {})",
+                            p.model,
+                            quality_text(c),
+                            quality_text(p)
+                        );
+                        candidates[i].not_in_chain = Some(why);
+                    }
+                    None => chain.push(i),
+                }
+            }
+            // An answer nobody can judge cannot be accepted as good enough:
+            // below the chain's last, only models with a threshold (or
+            // under the request's `min_confidence`) answer.
+            if req.options.min_confidence.is_none() {
+                let last = chain.last().copied();
+                chain.retain(|&i| {
+                    let c = &mut candidates[i];
+                    let keep = Some(i) == last || c.confidence_threshold.is_some();
+                    if !keep {
+                        c.not_in_chain = Some(format!(
+                            "not in the cascade: no confidence threshold for {} (switchyard eval calibrates one), so its answer could not be judged",
+                            task.as_str()
+                        ));
+                    }
+                    keep
+                });
+            }
+            order = chain;
+        }
         Objective::Balanced => {
             let w = policy.balanced;
             // The likelier a mid-size model fails, the more quality counts
@@ -717,6 +796,24 @@ fn rank(
         floor,
         floor_basis,
         rule,
+    }
+}
+
+/// Under `cascade`, the escalation chain for the decision's `why`.
+fn cascade_chain(objective: Objective, candidates: &[Candidate], order: &[usize]) -> String {
+    if objective != Objective::Cascade {
+        return String::new();
+    }
+    match order {
+        [_] => "; no escalation: the only model in the chain".to_string(),
+        _ => format!(
+            "; escalation chain {}",
+            order
+                .iter()
+                .map(|&i| candidates[i].model.as_str())
+                .collect::<Vec<_>>()
+                .join(" → ")
+        ),
     }
 }
 
@@ -789,6 +886,14 @@ fn tie_break(
                     )
                 })
         }
+        Objective::Cascade => near(w.predicted_cost_usd, r.predicted_cost_usd).then(|| {
+            format!(
+                "tie-break: {} and {} cost the same within {}%; the faster answers first",
+                w.model,
+                r.model,
+                RELATIVE_TIE * 100.0
+            )
+        }),
         Objective::Cost => (w.meets_floor == r.meets_floor
             && near(w.predicted_cost_usd, r.predicted_cost_usd))
         .then(|| {
@@ -993,6 +1098,78 @@ mod tests {
             default_objective: Objective::Balanced,
             policy: Policy::default(),
         }
+    }
+
+    #[test]
+    fn cascade_climbs_in_cost_and_skips_models_no_better() {
+        let models = [
+            model("big", 8192, Some(0.8), 10.0, 10.0),
+            model("cheap", 8192, Some(0.3), 0.1, 20.0),
+            model("mid-but-worse", 8192, Some(0.2), 1.0, 20.0),
+            model("unknown", 8192, None, 5.0, 20.0),
+            model("uncalibrated", 8192, Some(0.5), 7.0, 20.0),
+        ];
+        let mut models = models;
+        for m in models.iter_mut().filter(|m| m.id != "uncalibrated") {
+            m.routing
+                .confidence_threshold
+                .insert(Task::KnowledgeQa, -0.5);
+        }
+        let d = decide(
+            &models,
+            &request(RoutingOptions {
+                objective: Some(Objective::Cascade),
+                ..Default::default()
+            }),
+            &Idle,
+        );
+        assert_eq!(d.order, ["cheap", "unknown", "big"]);
+        let skipped = d
+            .candidates
+            .iter()
+            .find(|c| c.model == "mid-but-worse")
+            .unwrap();
+        assert!(
+            skipped
+                .not_in_chain
+                .as_deref()
+                .is_some_and(|w| w.contains("cheap")),
+            "{skipped:?}"
+        );
+        assert!(
+            d.why.contains("escalation chain cheap → unknown → big"),
+            "{}",
+            d.why
+        );
+        let uncalibrated = d.candidates.iter().find(|c| c.model == "uncalibrated");
+        assert!(uncalibrated
+            .and_then(|c| c.not_in_chain.as_deref())
+            .is_some_and(|w| w.contains("no confidence threshold")));
+        // The request's own threshold judges every model.
+        let d = decide(
+            &models,
+            &request(RoutingOptions {
+                objective: Some(Objective::Cascade),
+                min_confidence: Some(-1.0),
+                ..Default::default()
+            }),
+            &Idle,
+        );
+        assert_eq!(d.order, ["cheap", "unknown", "uncalibrated", "big"]);
+        // Without thresholds only the chain's last answers.
+        for m in models.iter_mut() {
+            m.routing.confidence_threshold.clear();
+        }
+        let d = decide(
+            &models,
+            &request(RoutingOptions {
+                objective: Some(Objective::Cascade),
+                ..Default::default()
+            }),
+            &Idle,
+        );
+        assert_eq!(d.order, ["big"]);
+        assert!(d.why.contains("no escalation"), "{}", d.why);
     }
 
     #[test]
@@ -1358,6 +1535,7 @@ mod tests {
             waiting: usize,
             running: usize,
             hard_score: Option<f32>,
+            threshold: Option<f64>,
         }
 
         fn spec() -> impl Strategy<Value = Spec> {
@@ -1371,7 +1549,11 @@ mod tests {
                 proptest::bool::weighted(0.8),
                 proptest::bool::weighted(0.9),
                 0usize..10,
-                (0usize..4, proptest::option::weighted(0.5, 0.05f32..1.0)),
+                (
+                    0usize..4,
+                    proptest::option::weighted(0.5, 0.05f32..1.0),
+                    proptest::option::weighted(0.6, -3.0f64..0.0),
+                ),
             )
                 .prop_map(
                     |(
@@ -1384,7 +1566,7 @@ mod tests {
                         tools,
                         healthy,
                         waiting,
-                        (running, hard_score),
+                        (running, hard_score, threshold),
                     )| Spec {
                         task_score,
                         general,
@@ -1397,6 +1579,7 @@ mod tests {
                         waiting,
                         running,
                         hard_score,
+                        threshold,
                     },
                 )
         }
@@ -1438,6 +1621,9 @@ mod tests {
                     source: "test".into(),
                 });
                 m.routing.capabilities.tools = s.tools;
+                if let Some(t) = s.threshold {
+                    m.routing.confidence_threshold.insert(Task::KnowledgeQa, t);
+                }
                 if let Some(score) = s.hard_score {
                     m.routing.quality_hard.insert(
                         Task::KnowledgeQa,
@@ -1460,7 +1646,8 @@ mod tests {
                 Just(Objective::Quality),
                 Just(Objective::Cost),
                 Just(Objective::Latency),
-                Just(Objective::Balanced)
+                Just(Objective::Balanced),
+                Just(Objective::Cascade)
             ]
         }
 
@@ -1564,6 +1751,35 @@ mod tests {
                     Objective::Balanced => {
                         for c in eligible.iter().filter(|c| c.quality_basis == basis) {
                             prop_assert!(c.utility.unwrap() <= w.utility.unwrap() + 1e-12);
+                        }
+                    }
+                    Objective::Cascade => {
+                        // The cheapest in the chain answers first; it climbs in cost;
+                        // every eligible model is in it or says why not; no
+                        // step is known to be no better than an earlier one.
+                        for c in &eligible {
+                            prop_assert!(c.not_in_chain.is_some() || c.predicted_cost_usd >= w.predicted_cost_usd,
+                                "{} is cheaper than the first answer {}", c.model, w.model);
+                            prop_assert_eq!(d.order.contains(&c.model), c.not_in_chain.is_none());
+                        }
+                        let chain: Vec<&Candidate> = d.order.iter()
+                            .map(|m| d.candidates.iter().find(|c| &c.model == m).unwrap())
+                            .collect();
+                        // Below the last, every answer can be judged.
+                        if let Some((_, judged)) = chain.split_last() {
+                            for c in judged {
+                                prop_assert!(c.confidence_threshold.is_some(), "{} cannot be judged", c.model);
+                            }
+                        }
+                        for (k, later) in chain.iter().enumerate() {
+                            for earlier in &chain[..k] {
+                                prop_assert!(earlier.predicted_cost_usd <= later.predicted_cost_usd);
+                                if let (Some(e), Some(l)) = (earlier.quality, later.quality) {
+                                    if earlier.quality_basis == later.quality_basis {
+                                        prop_assert!(l > e, "{} follows {} with no better quality", later.model, earlier.model);
+                                    }
+                                }
+                            }
                         }
                     }
                 }

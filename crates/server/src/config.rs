@@ -176,6 +176,9 @@ pub struct RouterSection {
     /// this file; default `<catalog name>.evidence.json` beside it. Read
     /// when it exists: its figures replace the catalog's for those tasks.
     pub evidence: Option<PathBuf>,
+    /// Under `cascade`, tokens a stream holds back while the first model's
+    /// confidence is judged (an answer that ends sooner is judged whole).
+    pub cascade_buffer_tokens: usize,
 }
 
 impl Default for RouterSection {
@@ -186,6 +189,7 @@ impl Default for RouterSection {
             store_prompts: false,
             policy: Policy::default(),
             evidence: None,
+            cascade_buffer_tokens: 16,
         }
     }
 }
@@ -336,6 +340,14 @@ impl Catalog {
             // Evidence for a model no longer listed stays in the file, unused.
             if let Some(m) = catalog.models.iter_mut().find(|m| m.id == id) {
                 m.routing.quality.extend(measured.quality);
+                // A measured separation replaces the catalog's threshold; one
+                // that does not separate right from wrong removes it.
+                for (task, separation) in measured.confidence {
+                    match separation.threshold {
+                        Some(t) => m.routing.confidence_threshold.insert(task, t),
+                        None => m.routing.confidence_threshold.remove(&task),
+                    };
+                }
                 m.routing.validate().map_err(|e| {
                     anyhow::anyhow!("{}: model {id}: {e}", catalog.evidence_path().display())
                 })?;

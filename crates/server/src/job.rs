@@ -129,6 +129,46 @@ fn one_grammar(
     Ok(specs.pop())
 }
 
+/// `routing.cascade` and `routing.min_confidence`: a cascade is a routed
+/// objective, and a confidence is a mean token log-probability (≤ 0).
+fn check_cascade(model: &ModelChoice, options: &RoutingOptions) -> Result<(), ApiError> {
+    let named = match model {
+        ModelChoice::Auto(o) => options.objective.or(*o),
+        ModelChoice::Pinned(_) => None,
+    };
+    if options.cascade || options.min_confidence.is_some() {
+        let param = if options.cascade {
+            "routing.cascade"
+        } else {
+            "routing.min_confidence"
+        };
+        if let ModelChoice::Pinned(name) = model {
+            return Err(ApiError::invalid_param(
+                param,
+                format!("'{param}' needs model \"auto\": the request names `{name}`, so there is nothing to escalate to."),
+            ));
+        }
+        if options.cascade && named.is_some_and(|o| o != Objective::Cascade) {
+            return Err(ApiError::invalid_param(
+                param,
+                format!(
+                    "'routing.cascade' conflicts with the objective `{}`; drop one.",
+                    named.map_or("", |o| o.as_str())
+                ),
+            ));
+        }
+    }
+    if let Some(c) = options.min_confidence {
+        if !(c.is_finite() && c <= 0.0) {
+            return Err(ApiError::invalid_param(
+                "routing.min_confidence",
+                format!("{c} is not a mean token log-probability (a finite number ≤ 0) - 'routing.min_confidence'"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `auto`, `auto:<objective>`, or a concrete model name.
 pub fn parse_model(model: &str) -> Result<ModelChoice, ApiError> {
     match model.strip_prefix("auto") {
@@ -137,7 +177,7 @@ pub fn parse_model(model: &str) -> Result<ModelChoice, ApiError> {
             .map(|o| ModelChoice::Auto(Some(o)))
             .ok_or_else(|| ApiError::invalid_param(
                 "model",
-                format!("unknown routing objective in `{model}`: use auto, auto:quality, auto:cost, auto:latency or auto:balanced"),
+                format!("unknown routing objective in `{model}`: use auto, auto:quality, auto:cost, auto:latency, auto:balanced or auto:cascade"),
             )),
         _ => Ok(ModelChoice::Pinned(model.to_string())),
     }
@@ -191,6 +231,9 @@ impl ValidatedRequest {
             specs.insert(0, ("response_format", spec));
         }
         let answer = one_grammar(specs)?;
+        if let Some(options) = &req.routing {
+            check_cascade(&model, options)?;
+        }
         let needs_json = answer.is_some();
         let grammar = grammar_with_tools(&tool_use, answer, req.parallel_tool_calls)?;
         // Calls written under a grammar are in the Hermes format.
@@ -291,6 +334,9 @@ impl ValidatedRequest {
     /// when the options name none.
     pub fn routing_options(&self) -> RoutingOptions {
         let mut options = self.routing.clone().unwrap_or_default();
+        if options.cascade {
+            options.objective = Some(Objective::Cascade);
+        }
         if let (None, ModelChoice::Auto(objective)) = (options.objective, &self.model) {
             options.objective = *objective;
         }
@@ -486,20 +532,31 @@ pub fn admit(
     })
 }
 
-/// An engine stream whose first event may already have been received
-/// (routing waits for it so that a failing model can still fall back).
+/// An engine stream whose first events may already have been received
+/// (routing waits for the first so that a failing model can still fall
+/// back; a cascade holds an answer back while it judges it).
 pub struct Pending {
-    first: Option<Event>,
+    held: std::collections::VecDeque<Event>,
     stream: RequestStream,
 }
 
 impl Pending {
     pub fn new(stream: RequestStream, first: Option<Event>) -> Self {
-        Pending { first, stream }
+        Pending {
+            held: first.into_iter().collect(),
+            stream,
+        }
+    }
+
+    /// Events read ahead, to be replayed before the stream's next ones.
+    pub fn put_back(&mut self, events: Vec<Event>) {
+        for e in events.into_iter().rev() {
+            self.held.push_front(e);
+        }
     }
 
     pub async fn next(&mut self) -> Option<Event> {
-        match self.first.take() {
+        match self.held.pop_front() {
             Some(e) => Some(e),
             None => self.stream.next().await,
         }

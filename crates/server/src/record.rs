@@ -19,6 +19,10 @@ pub struct RouteCtx {
     pub started: Instant,
     /// $/hour or per-token prices of the served model, for the actual cost.
     pub profile: ModelProfile,
+    /// Under `cascade`: what the escalated answers cost, and when the
+    /// served model started on this request (its own time is its cost).
+    pub escalation_cost_usd: f64,
+    pub served_from: Instant,
     state: Arc<AppState>,
     finished: bool,
 }
@@ -38,6 +42,8 @@ impl RouteCtx {
             outcome,
             started,
             profile,
+            escalation_cost_usd: 0.0,
+            served_from: started,
             state,
             finished: false,
         }
@@ -59,7 +65,10 @@ impl RouteCtx {
         self.outcome.completion_tokens = completion;
         self.outcome.ttft_ms = ttft_ms;
         self.outcome.total_ms = Some(elapsed * 1000.0);
-        self.outcome.cost_usd = Some(actual_cost(&self.profile, prompt, completion, elapsed));
+        let served_s = self.served_from.elapsed().as_secs_f64();
+        self.outcome.cost_usd = Some(
+            self.escalation_cost_usd + actual_cost(&self.profile, prompt, completion, served_s),
+        );
         self.outcome.error = error;
         if let Some(r) = &self.state.router {
             if let Err(e) = r.audit.complete(&self.decision_id, &self.outcome) {
@@ -75,7 +84,8 @@ impl Drop for RouteCtx {
     }
 }
 
-fn actual_cost(p: &ModelProfile, prompt: usize, completion: usize, elapsed_s: f64) -> f64 {
+/// What serving `prompt` + `completion` tokens in `elapsed_s` cost on this model.
+pub fn actual_cost(p: &ModelProfile, prompt: usize, completion: usize, elapsed_s: f64) -> f64 {
     match p.routing.cost {
         switchyard_router::catalog::Cost::Priced {
             input_per_mtok,

@@ -15,13 +15,14 @@ use switchyard_engine::{ChatMessage, Event};
 use switchyard_router::audit::Query;
 use switchyard_router::classifier::Turn;
 use switchyard_router::{
-    decide, Classification, Classifier, Decision, LiveLoad, LoadSnapshot, Outcome, RouteRequest,
-    RoutingOptions,
+    decide, Attempt, Classification, Classifier, Decision, LiveLoad, LoadSnapshot, Objective,
+    Outcome, RouteRequest, RoutingOptions,
 };
 
+use crate::cascade::{self, Threshold};
 use crate::error::ApiError;
 use crate::job::{admit, prepare, Input, Job, Pending, Prepared, ValidatedRequest};
-use crate::record::{summary, RouteCtx};
+use crate::record::{actual_cost, summary, RouteCtx};
 use crate::remote::{Reply, Upstream};
 use crate::state::{random_id, AppState, RouterState};
 
@@ -135,8 +136,26 @@ pub enum Served {
     Remote(Box<Reply>),
 }
 
+/// A cascade's answers so far: each verdict, and what the escalated ones cost.
+#[derive(Default)]
+struct Escalations {
+    attempts: Vec<Attempt>,
+    cost_usd: f64,
+}
+
+/// The latest escalated answer, held until a later model starts: if every
+/// later one fails, it is served after all (an answer beats an error).
+struct Reserve {
+    job: Job,
+    pending: Pending,
+    profile: switchyard_router::ModelProfile,
+    submitted: Instant,
+}
+
 /// The routing context of the candidate that serves: its summary for the
-/// response and the outcome so far (the fallbacks before it).
+/// response and the outcome so far (the fallbacks before it, a cascade's
+/// answers and their cost). `served_from`: when this model started.
+#[allow(clippy::too_many_arguments)]
 fn served_ctx(
     state: &Arc<AppState>,
     id: &str,
@@ -144,20 +163,29 @@ fn served_ctx(
     model: &str,
     profile: switchyard_router::ModelProfile,
     fallbacks: Vec<(String, String)>,
-    started: Instant,
+    escalations: Escalations,
+    (started, served_from): (Instant, Instant),
 ) -> RouteCtx {
-    RouteCtx::new(
+    let mut summary = summary(id, decision, model, &fallbacks);
+    if !escalations.attempts.is_empty() {
+        summary["attempts"] = json!(escalations.attempts);
+    }
+    let mut ctx = RouteCtx::new(
         state.clone(),
         id.to_string(),
-        summary(id, decision, model, &fallbacks),
+        summary,
         Outcome {
             served_model: Some(model.to_string()),
             fallbacks,
+            attempts: escalations.attempts,
             ..Default::default()
         },
         started,
         profile,
-    )
+    );
+    ctx.escalation_cost_usd = escalations.cost_usd;
+    ctx.served_from = served_from;
+    ctx
 }
 
 /// The request's text length in bytes (messages or prompts).
@@ -188,6 +216,18 @@ pub async fn route_chat(
         ));
     };
     let started = Instant::now();
+    let options = v.routing_options();
+    if options.min_confidence.is_some()
+        && options.objective.unwrap_or(router.default_objective) != Objective::Cascade
+    {
+        return Err((
+            ApiError::invalid_param(
+                "routing.min_confidence",
+                "'routing.min_confidence' applies only under the cascade objective (routing.cascade: true or model \"auto:cascade\").",
+            ),
+            None,
+        ));
+    }
     let text = routing_text(v.messages());
     let classification = classify_off_runtime(state, v)
         .await
@@ -239,7 +279,7 @@ pub async fn route_chat(
         max_tokens: v.max_tokens,
         needs_tools: v.needs_tools,
         needs_json: v.needs_json,
-        options: v.routing_options(),
+        options,
         default_objective: router.default_objective,
         policy: router.policy,
     };
@@ -256,7 +296,12 @@ pub async fn route_chat(
     // Refusals that are the request's own fault; answered as a pinned model
     // would only if every candidate refused that way.
     let mut client_errors: Vec<ApiError> = Vec::new();
-    for model in &decision.order {
+    let cascade = decision.objective == Objective::Cascade;
+    let mut escalations = Escalations::default();
+    let mut reserve: Option<Reserve> = None;
+    for (position, model) in decision.order.iter().enumerate() {
+        // Under a cascade, every model but the chain's last is judged.
+        let judged = cascade && position + 1 < decision.order.len();
         if router.fault_models.contains(model) {
             fallbacks.push((
                 model.clone(),
@@ -272,8 +317,22 @@ pub async fn route_chat(
                         fallbacks.push((model.clone(), "no catalog profile".into()));
                         continue;
                     };
-                    let route =
-                        served_ctx(state, &id, &decision, model, profile, fallbacks, started);
+                    if cascade {
+                        escalations.attempts.push(cascade::last_in_chain(
+                            model,
+                            "a remote model: its confidence is not judged here",
+                        ));
+                    }
+                    let route = served_ctx(
+                        state,
+                        &id,
+                        &decision,
+                        model,
+                        profile,
+                        fallbacks,
+                        escalations,
+                        (started, started),
+                    );
                     return Ok(Served::Remote(Box::new(Reply {
                         remote,
                         response,
@@ -316,7 +375,7 @@ pub async fn route_chat(
                 }
             },
         };
-        let job = match admit(state, v, model, engine, prompt) {
+        let mut job = match admit(state, v, model, engine, prompt) {
             Ok(j) => j,
             Err(e) => {
                 fallbacks.push((model.clone(), e.message.clone()));
@@ -326,6 +385,13 @@ pub async fn route_chat(
                 continue;
             }
         };
+        // A judged answer carries its log-probabilities (the client's
+        // request for them, or not, is restored once it is accepted).
+        let client_logprobs = job.params.logprobs;
+        if judged {
+            job.params.logprobs.get_or_insert(0);
+        }
+        let submitted = Instant::now();
         let mut stream = match job
             .engine
             .submit(job.prompts[0].clone(), job.params.clone())
@@ -340,7 +406,7 @@ pub async fn route_chat(
             first = stream.next() => first,
             () = state.lifecycle.cancelled() => {
                 fallbacks.push((model.clone(), "the server is shutting down".into()));
-                return Err(unserved(router, &id, fallbacks, ApiError::shutting_down()));
+                return Err(unserved(router, &id, (fallbacks, escalations), ApiError::shutting_down()));
             }
         };
         match first {
@@ -351,16 +417,113 @@ pub async fn route_chat(
                     fallbacks.push((model.clone(), "no catalog profile".into()));
                     continue;
                 };
-                let mut job = job;
+                let mut pending = Pending::new(stream, Some(first));
+                if judged {
+                    let limit = v.stream.then_some(router.cascade_buffer_tokens);
+                    let held = tokio::select! {
+                        held = cascade::hold(&mut pending, job.params.n, limit) => held,
+                        () = state.lifecycle.cancelled() => {
+                            fallbacks.push((model.clone(), "the server is shutting down".into()));
+                            return Err(unserved(router, &id, (fallbacks, escalations), ApiError::shutting_down()));
+                        }
+                    };
+                    let held = match held {
+                        Ok(held) => held,
+                        Err(why) => {
+                            fallbacks.push((model.clone(), why));
+                            continue;
+                        }
+                    };
+                    let calibrated = decision
+                        .candidates
+                        .iter()
+                        .find(|c| &c.model == model)
+                        .and_then(|c| c.confidence_threshold);
+                    let threshold = match (decision.options.min_confidence, calibrated) {
+                        (Some(t), _) => Threshold::Request(t),
+                        (None, Some(t)) => Threshold::Calibrated(t),
+                        (None, None) => Threshold::None,
+                    };
+                    let elapsed = submitted.elapsed().as_secs_f64();
+                    let mut attempt = cascade::judge(
+                        model,
+                        &held,
+                        job.params.n,
+                        threshold,
+                        v.grammar.is_some(),
+                        elapsed * 1000.0,
+                    );
+                    if !attempt.accepted {
+                        // Dropping the stream cancels the answer; dropping
+                        // the job releases the model.
+                        let cost =
+                            actual_cost(&profile, job.prompts[0].len(), held.tokens, elapsed);
+                        attempt.cost_usd = Some(cost);
+                        escalations.cost_usd += cost;
+                        escalations.attempts.push(attempt);
+                        pending.put_back(held.events);
+                        job.params.logprobs = client_logprobs;
+                        reserve = Some(Reserve {
+                            job,
+                            pending,
+                            profile,
+                            submitted,
+                        });
+                        continue;
+                    }
+                    escalations.attempts.push(attempt);
+                    pending.put_back(held.events);
+                    job.params.logprobs = client_logprobs;
+                } else if cascade {
+                    escalations.attempts.push(cascade::last_in_chain(
+                        model,
+                        "the chain's last model: served without a check",
+                    ));
+                }
                 job.route = Some(served_ctx(
-                    state, &id, &decision, model, profile, fallbacks, started,
+                    state,
+                    &id,
+                    &decision,
+                    model,
+                    profile,
+                    fallbacks,
+                    escalations,
+                    (started, submitted),
                 ));
-                return Ok(Served::Local(
-                    Box::new(job),
-                    Pending::new(stream, Some(first)),
-                ));
+                return Ok(Served::Local(Box::new(job), pending));
             }
         }
+    }
+    if let Some(Reserve {
+        mut job,
+        pending,
+        profile,
+        submitted,
+    }) = reserve
+    {
+        // Its cost is the served model's now, not an escalation's.
+        let model = job.model.clone();
+        if let Some(a) = escalations
+            .attempts
+            .iter_mut()
+            .rev()
+            .find(|a| a.model == model)
+        {
+            escalations.cost_usd -= a.cost_usd.take().unwrap_or(0.0);
+            a.accepted = true;
+            a.why += "; served after all: every later model failed";
+        }
+        job.route = Some(served_ctx(
+            state,
+            &id,
+            &decision,
+            &model,
+            profile,
+            fallbacks,
+            escalations,
+            (started, submitted),
+        ));
+        return Ok(Served::Local(Box::new(job), pending));
     }
     let err = if decision.order.is_empty() {
         match refusal {
@@ -395,19 +558,21 @@ pub async fn route_chat(
                 .join("; ")
         ))
     };
-    Err(unserved(router, &id, fallbacks, err))
+    Err(unserved(router, &id, (fallbacks, escalations), err))
 }
 
 /// Complete the record of a request no model served; the error and its id.
 fn unserved(
     router: &RouterState,
     id: &str,
-    fallbacks: Vec<(String, String)>,
+    (fallbacks, escalations): (Vec<(String, String)>, Escalations),
     err: ApiError,
 ) -> (ApiError, Option<String>) {
     let outcome = Outcome {
         fallbacks,
         error: Some(err.message.clone()),
+        attempts: escalations.attempts,
+        cost_usd: (escalations.cost_usd > 0.0).then_some(escalations.cost_usd),
         ..Default::default()
     };
     if let Err(e) = router.audit.complete(id, &outcome) {

@@ -82,7 +82,7 @@ fn server_profiles(catalog: &Catalog) -> Vec<ModelProfile> {
 /// The router: profiles, the committed classifier, the audit database.
 fn router_state(catalog: &Catalog) -> anyhow::Result<RouterState> {
     let audit_path = catalog.audit_db();
-    Ok(RouterState::new(
+    let mut state = RouterState::new(
         switchyard_router::Classifier::embedded().map_err(anyhow::Error::msg)?,
         server_profiles(catalog),
         switchyard_router::AuditLog::open(&audit_path)
@@ -97,7 +97,9 @@ fn router_state(catalog: &Catalog) -> anyhow::Result<RouterState> {
                     .collect()
             })
             .unwrap_or_default(),
-    ))
+    );
+    state.cascade_buffer_tokens = catalog.router.cascade_buffer_tokens;
+    Ok(state)
 }
 
 /// The API keys: the `api_key_env` variable (one key or a comma list) and

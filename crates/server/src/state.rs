@@ -62,6 +62,8 @@ pub struct RouterState {
     pub fault_models: Vec<String>,
     /// The last `POST /v1/routing/preview` report (the decisions page shows it).
     pub latest_preview: std::sync::Mutex<Option<Arc<serde_json::Value>>>,
+    /// Tokens a cascaded stream holds back while its confidence is judged.
+    pub cascade_buffer_tokens: usize,
 }
 
 impl RouterState {
@@ -82,6 +84,7 @@ impl RouterState {
             store_prompts,
             fault_models,
             latest_preview: std::sync::Mutex::new(None),
+            cascade_buffer_tokens: 16,
         }
     }
 

@@ -122,6 +122,9 @@ pub struct TokenLogprob {
     pub logprob: f32,
     /// The most likely alternatives, best first.
     pub top: Vec<(u32, f32)>,
+    /// Entropy of the model's distribution at this step, in nats (before
+    /// penalties, bias, grammar and temperature, like `logprob`).
+    pub entropy: f32,
 }
 
 #[derive(Debug, Clone)]
@@ -178,6 +181,7 @@ impl Sampler {
                 .into_iter()
                 .map(|i| (i as u32, lp[i]))
                 .collect(),
+            entropy: entropy(&lp),
         });
         Sampled { token, logprob }
     }
@@ -350,6 +354,15 @@ pub fn log_softmax(l: &[f32]) -> Vec<f32> {
     let max = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let lse = l.iter().map(|&x| (x - max).exp()).sum::<f32>().ln() + max;
     l.iter().map(|&x| x - lse).collect()
+}
+
+/// Entropy, in nats, of the distribution whose log-probabilities are `lp`
+/// (masked tokens, at −∞, contribute nothing).
+fn entropy(lp: &[f32]) -> f32 {
+    -lp.iter()
+        .filter(|x| x.is_finite())
+        .map(|&x| x.exp() * x)
+        .sum::<f32>()
 }
 
 /// Indices of the k largest values, largest first.
@@ -534,5 +547,10 @@ mod tests {
         assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![2, 1]);
         let z: f32 = log_softmax(&[1.0, 2.0, 3.0]).iter().map(|x| x.exp()).sum();
         assert!((z - 1.0).abs() < 1e-5);
+        // Independent: softmax(1, 2, 3) = (0.0900, 0.2447, 0.6652), whose
+        // entropy is 0.8324 nats.
+        assert!((lp.entropy - 0.832_4).abs() < 1e-3, "{}", lp.entropy);
+        let uniform = Sampler::new(Some(0)).sample(&[0.5; 8], &p, &[], 0, None);
+        assert!((uniform.logprob.unwrap().entropy - 8f32.ln()).abs() < 1e-5);
     }
 }

@@ -66,3 +66,15 @@ def test_page_renders_a_decision_and_its_detail(client, http, base_url):
     candidates = re.search(r'<table id="detail-candidates">(.*?)</table>', detail.group(1), re.S).group(1)
     assert candidates.count("<tr>") >= 3  # header + both default models
     assert "binding constraint" in body and "predicted cost" in text(candidates)
+
+
+def test_page_shows_a_cascade_and_its_escalation(http, base_url):
+    r = http.post("/v1/chat/completions", json={
+        "model": "auto", "max_tokens": 4, "temperature": 0,
+        "messages": [{"role": "user", "content": "Write a Python function that returns the reverse of a string."}],
+        "routing": {"cascade": True, "min_confidence": 0.0}}).json()
+    decision = r["routing"]["decision_id"]
+    escalated = r["routing"]["attempts"][0]["model"]
+    detail_dom = rendered(f"{base_url}/ui#decision={decision}")
+    body = text(re.search(r'<div id="detail">(.*?)</div>', detail_dom, re.S).group(1))
+    assert f"{escalated}: escalated" in body and "threshold 0.000" in body, body

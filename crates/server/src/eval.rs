@@ -295,6 +295,82 @@ pub fn separate(points: &[(f64, bool)]) -> Option<Separation> {
     })
 }
 
+/// One model's answer to one case, as a strategy replay needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub right: bool,
+    /// Mean token log-probability ([`confidence`]).
+    pub confidence: Option<f64>,
+    /// Measured: its tokens and time at the model's price.
+    pub cost_usd: f64,
+}
+
+/// How one serving strategy did on a suite.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Tally {
+    pub strategy: String,
+    pub right: usize,
+    pub n: usize,
+    pub cost_usd: f64,
+    /// Answers escalated (cascades only).
+    pub escalated: usize,
+}
+
+impl Tally {
+    pub fn new(strategy: impl Into<String>) -> Tally {
+        Tally {
+            strategy: strategy.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn add(&mut self, right: bool, cost_usd: f64, escalated: usize) {
+        self.right += usize::from(right);
+        self.n += 1;
+        self.cost_usd += cost_usd;
+        self.escalated += escalated;
+    }
+}
+
+/// A cascade over one case, replayed from each model's (deterministic,
+/// greedy) answer: `chain` is the router's order with each model's
+/// threshold. Mirrors the server ([`crate::cascade::judge`]): an answer at
+/// or above its threshold, without one, or without tokens is served; the
+/// chain's last is served whatever it says. Every answer read is paid for.
+/// Returns (right, cost, escalations).
+pub fn replay_cascade(chain: &[(&Answer, Option<f64>)]) -> (bool, f64, usize) {
+    let mut cost = 0.0;
+    for (k, (answer, threshold)) in chain.iter().enumerate() {
+        cost += answer.cost_usd;
+        let last = k + 1 == chain.len();
+        let confident = match (answer.confidence, threshold) {
+            (Some(c), Some(t)) => c >= *t,
+            _ => true,
+        };
+        if last || confident {
+            return (answer.right, cost, k);
+        }
+    }
+    (false, cost, chain.len().saturating_sub(1))
+}
+
+/// Cross-fitted thresholds: for each of `folds` folds (case `i` is in fold
+/// `i % folds`), the threshold [`separate`] finds on the other folds' cases,
+/// so that no case is judged by a threshold tuned on it.
+pub fn fold_thresholds(points: &[Option<(f64, bool)>], folds: usize) -> Vec<Option<f64>> {
+    (0..folds)
+        .map(|f| {
+            let outside: Vec<(f64, bool)> = points
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % folds != f)
+                .filter_map(|(_, p)| *p)
+                .collect();
+            separate(&outside).and_then(|s| s.threshold)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,5 +457,48 @@ mod tests {
         assert_eq!(wilson(0, 0), (0.0, 1.0));
         let (lo, hi) = wilson(0, 20);
         assert!(lo == 0.0 && (hi - 0.161).abs() < 0.002, "{hi}");
+    }
+
+    fn answer(right: bool, confidence: f64, cost_usd: f64) -> Answer {
+        Answer {
+            right,
+            confidence: Some(confidence),
+            cost_usd,
+        }
+    }
+
+    #[test]
+    fn a_replayed_cascade_pays_for_every_answer_it_reads() {
+        let (cheap, strong) = (answer(false, -0.9, 1.0), answer(true, -0.1, 10.0));
+        // Unsure: escalated, both paid for, the strong answer served.
+        assert_eq!(
+            replay_cascade(&[(&cheap, Some(-0.5)), (&strong, None)]),
+            (true, 11.0, 1)
+        );
+        // Sure enough: the cheap answer, right or not.
+        assert_eq!(
+            replay_cascade(&[(&cheap, Some(-1.0)), (&strong, None)]),
+            (false, 1.0, 0)
+        );
+        // The last is served whatever its confidence.
+        assert_eq!(replay_cascade(&[(&cheap, Some(0.0))]), (false, 1.0, 0));
+    }
+
+    #[test]
+    fn fold_thresholds_never_see_their_own_cases() {
+        // Fold 0 (even cases) separates at -0.2; fold 1 (odd) is inverted.
+        let points = [
+            Some((-0.1, true)),
+            Some((-0.1, false)),
+            Some((-0.9, false)),
+            Some((-0.2, false)),
+            Some((-0.2, true)),
+            Some((-0.9, true)),
+            None,
+        ];
+        let t = fold_thresholds(&points, 2);
+        // Fold 0 is judged by fold 1's cases (no threshold beats escalating
+        // all), fold 1 by fold 0's.
+        assert_eq!(t, vec![None, Some(-0.2)]);
     }
 }

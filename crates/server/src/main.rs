@@ -1,5 +1,6 @@
 //! `switchyard`: serve several local LLMs behind one OpenAI-compatible API.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -130,6 +131,12 @@ enum Command {
         /// Print the scores without writing the overlay.
         #[arg(long)]
         dry_run: bool,
+        /// Also compare serving strategies on the suite: each model alone,
+        /// routing under each objective, and the confidence cascade (with
+        /// thresholds cross-fitted on the other half of the suite). Cases
+        /// run one at a time so that each one's cost is measured.
+        #[arg(long)]
+        compare: bool,
     },
     /// Train the router's request classifier and write its weights.
     RouterTrain {
@@ -250,15 +257,19 @@ fn main() -> anyhow::Result<()> {
             max_tokens,
             judge,
             dry_run,
+            compare,
         } => eval_cmd(
             &config,
             &suite,
             &task,
-            models.as_deref(),
-            limit,
-            max_tokens,
-            judge.as_deref(),
-            dry_run,
+            EvalOptions {
+                models: models.as_deref(),
+                limit,
+                max_tokens,
+                judge: judge.as_deref(),
+                dry_run,
+                compare,
+            },
         )?,
         Command::RouterTrain { data, prompts, out } => {
             let (classifier, eval) =
@@ -655,27 +666,34 @@ fn execute_sample(
     Ok(sample.len())
 }
 
+/// One greedy completion: its text, each token's log-probability, its
+/// tokens and how long it took (meaningful when run one at a time).
+struct Completion {
+    text: String,
+    logprobs: Vec<f32>,
+    usage: switchyard_engine::Usage,
+    seconds: f64,
+}
+
 /// Greedy completions of `prompts` (chat messages each) on one engine,
-/// submitted together so that they batch, with each token's log-probability.
+/// with each token's log-probability: submitted together so that they
+/// batch, or `one_at_a_time` so that each one's time is its own.
 fn complete_all(
     engine: &Engine,
     prompts: &[Vec<ChatMessage>],
     max_tokens: usize,
-) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
-    let streams = prompts
-        .iter()
-        .map(|messages| {
-            let tokens = engine.encode_chat(messages)?;
-            let params = SamplingParams {
-                logprobs: Some(0),
-                ..SamplingParams::greedy(max_tokens)
-            };
-            Ok(engine.submit(tokens, params)?)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut outputs = Vec::with_capacity(streams.len());
-    for mut stream in streams {
-        let (mut text, mut logprobs) = (String::new(), Vec::new());
+    one_at_a_time: bool,
+) -> anyhow::Result<Vec<Completion>> {
+    let submit = |messages: &Vec<ChatMessage>| -> anyhow::Result<_> {
+        let tokens = engine.encode_chat(messages)?;
+        let params = SamplingParams {
+            logprobs: Some(0),
+            ..SamplingParams::greedy(max_tokens)
+        };
+        Ok((Instant::now(), engine.submit(tokens, params)?))
+    };
+    let drain = |(started, mut stream): (Instant, switchyard_engine::RequestStream)| {
+        let (mut text, mut logprobs, mut usage) = (String::new(), Vec::new(), None);
         while let Some(event) = stream.blocking_next() {
             match event {
                 Event::Delta {
@@ -686,27 +704,55 @@ fn complete_all(
                     text.push_str(&t);
                     logprobs.extend(l.iter().map(|l| l.logprob));
                 }
-                Event::Finished { .. } => break,
+                Event::Finished { usage: u, .. } => {
+                    usage = Some(u);
+                    break;
+                }
                 Event::Error { message } => anyhow::bail!("generation failed: {message}"),
             }
         }
-        outputs.push((text, logprobs));
+        Ok(Completion {
+            text,
+            logprobs,
+            usage: usage.ok_or_else(|| anyhow::anyhow!("the stream ended early"))?,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    };
+    if one_at_a_time {
+        return prompts.iter().map(|p| drain(submit(p)?)).collect();
     }
-    Ok(outputs)
+    let streams = prompts
+        .iter()
+        .map(submit)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    streams.into_iter().map(drain).collect()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// `switchyard eval`'s options besides the catalog, the suite and the task.
+struct EvalOptions<'a> {
+    models: Option<&'a str>,
+    limit: Option<usize>,
+    max_tokens: usize,
+    judge: Option<&'a str>,
+    dry_run: bool,
+    compare: bool,
+}
+
 fn eval_cmd(
     config: &std::path::Path,
     suite_path: &std::path::Path,
     task: &str,
-    models: Option<&str>,
-    limit: Option<usize>,
-    max_tokens: usize,
-    judge: Option<&str>,
-    dry_run: bool,
+    options: EvalOptions<'_>,
 ) -> anyhow::Result<()> {
     use switchyard_server::eval;
+    let EvalOptions {
+        models,
+        limit,
+        max_tokens,
+        judge,
+        dry_run,
+        compare,
+    } = options;
     let task = switchyard_router::Task::parse(task).ok_or_else(|| {
         let all: Vec<&str> = switchyard_router::Task::ALL
             .iter()
@@ -761,17 +807,20 @@ fn eval_cmd(
         limit.map_or(String::new(), |n| format!(" --limit {n}"))
     );
     let mut results = Vec::new();
+    // Under --compare: the router, and each model's answers to replay.
+    let offline = compare.then(|| OfflineRouter::load(config)).transpose()?;
+    let mut replays = HashMap::new();
     for id in &ids {
         let started = Instant::now();
         let outputs = {
             let engine = load_engine(config, id, |_| {})?;
-            complete_all(&engine, &prompts, max_tokens)?
+            complete_all(&engine, &prompts, max_tokens, compare)?
         };
         let mut verdicts: Vec<Option<bool>> = suite
             .cases
             .iter()
             .zip(&outputs)
-            .map(|(c, (o, _))| eval::check(c, o))
+            .map(|(c, o)| eval::check(c, &o.text))
             .collect();
         if let (true, Some(judge)) = (needs_judge, judge) {
             let pending: Vec<usize> = (0..verdicts.len())
@@ -782,13 +831,13 @@ fn eval_cmd(
                 .map(|&i| {
                     vec![ChatMessage::new(
                         "user",
-                        &eval::judge_prompt(&suite.cases[i], &outputs[i].0),
+                        &eval::judge_prompt(&suite.cases[i], &outputs[i].text),
                     )]
                 })
                 .collect();
             let engine = load_engine(config, judge, |_| {})?;
-            for (&i, (reply, _)) in pending.iter().zip(complete_all(&engine, &asks, 4)?) {
-                verdicts[i] = Some(eval::judge_says_yes(&reply));
+            for (&i, reply) in pending.iter().zip(complete_all(&engine, &asks, 4, false)?) {
+                verdicts[i] = Some(eval::judge_says_yes(&reply.text));
             }
         }
         let k = verdicts.iter().filter(|v| **v == Some(true)).count();
@@ -803,12 +852,35 @@ fn eval_cmd(
         );
         // How well the model's own confidence tells its right answers from
         // its wrong ones (a confidence cascade's threshold).
-        let points: Vec<(f64, bool)> = outputs
+        let case_points: Vec<Option<(f64, bool)>> = outputs
             .iter()
             .zip(&verdicts)
-            .filter_map(|((_, l), v)| Some((eval::confidence(l)?, (*v)?)))
+            .map(|(o, v)| Some((eval::confidence(&o.logprobs)?, (*v)?)))
             .collect();
+        let points: Vec<(f64, bool)> = case_points.iter().flatten().copied().collect();
         let separation = eval::separate(&points);
+        if let Some(router) = &offline {
+            let profile = router
+                .profiles
+                .iter()
+                .find(|p| &p.id == id)
+                .ok_or_else(|| anyhow::anyhow!("model `{id}` has no routing profile"))?;
+            let answers = outputs
+                .iter()
+                .zip(&verdicts)
+                .map(|(o, v)| eval::Answer {
+                    right: *v == Some(true),
+                    confidence: eval::confidence(&o.logprobs),
+                    cost_usd: switchyard_router::preview::measured_cost(
+                        profile,
+                        o.usage.prompt_tokens,
+                        o.usage.completion_tokens,
+                        o.seconds,
+                    ),
+                })
+                .collect();
+            replays.insert(id.clone(), (answers, case_points));
+        }
         match &separation {
             Some(s) => println!(
                 "  confidence (mean token logprob): AUC {:.2}; {} ({:.0}% of cases on the right side)",
@@ -826,6 +898,10 @@ fn eval_cmd(
             separation,
         ));
     }
+    if let Some(router) = &offline {
+        let tallies = compare_strategies(router, &ids, &prompts, task, max_tokens, &replays)?;
+        print_tallies(&suite.name, &tallies);
+    }
     if dry_run {
         return Ok(());
     }
@@ -842,6 +918,143 @@ fn eval_cmd(
     overlay.save(&path)?;
     println!("wrote {}", path.display());
     Ok(())
+}
+
+/// Each model's answers to a suite's cases, and its (confidence, right) points.
+type Replays = HashMap<
+    String,
+    (
+        Vec<switchyard_server::eval::Answer>,
+        Vec<Option<(f64, bool)>>,
+    ),
+>;
+
+/// Serving strategies on a suite, replayed from each model's measured
+/// answers (greedy decoding is deterministic, so a strategy's answer to a
+/// case is the answer of the model it would have served it on): each model
+/// alone, routing under each objective, and the confidence cascade, whose
+/// thresholds are cross-fitted on the other half of the suite.
+fn compare_strategies(
+    router: &OfflineRouter,
+    ids: &[String],
+    prompts: &[Vec<ChatMessage>],
+    task: switchyard_router::Task,
+    max_tokens: usize,
+    replays: &Replays,
+) -> anyhow::Result<Vec<switchyard_server::eval::Tally>> {
+    use switchyard_router::{decide, IdleLoad, Objective};
+    use switchyard_server::eval::{fold_thresholds, replay_cascade, Tally};
+    const FOLDS: usize = 2;
+    let answer = |model: &str, case: usize| {
+        replays
+            .get(model)
+            .and_then(|(answers, _)| answers.get(case))
+            .ok_or_else(|| anyhow::anyhow!("no answer of `{model}` to case {case}"))
+    };
+    // Routing sees only the evaluated models.
+    let profiles: Vec<_> = router
+        .profiles
+        .iter()
+        .filter(|p| ids.contains(&p.id))
+        .cloned()
+        .collect();
+    let view = preview::RouterView {
+        profiles: &profiles,
+        ..router.view()
+    };
+    let thresholds: HashMap<&str, Vec<Option<f64>>> = replays
+        .iter()
+        .map(|(id, (_, points))| (id.as_str(), fold_thresholds(points, FOLDS)))
+        .collect();
+    let mut tallies: Vec<Tally> = ids
+        .iter()
+        .map(|id| Tally::new(format!("{id} alone")))
+        .collect();
+    let objectives = [
+        Objective::Quality,
+        Objective::Balanced,
+        Objective::Cost,
+        Objective::Latency,
+    ];
+    for o in objectives {
+        tallies.push(Tally::new(format!("routed: {}", o.as_str())));
+    }
+    tallies.push(Tally::new("cascade (thresholds cross-fitted, 2 folds)"));
+    for (case, messages) in prompts.iter().enumerate() {
+        for (k, id) in ids.iter().enumerate() {
+            let a = answer(id, case)?;
+            tallies[k].add(a.right, a.cost_usd, 0);
+        }
+        let route = |objective: Objective, profiles: &[switchyard_router::ModelProfile]| {
+            let body = serde_json::json!({
+                "model": format!("auto:{}", objective.as_str()),
+                "messages": messages,
+                "max_tokens": max_tokens,
+            });
+            view.route_request(&body)
+                .map(|rr| decide(profiles, &rr, &IdleLoad))
+                .map_err(|e| anyhow::anyhow!("case {case}: {}", e.message))
+        };
+        for (j, o) in objectives.into_iter().enumerate() {
+            let d = route(o, &profiles)?;
+            let winner = d
+                .order
+                .first()
+                .ok_or_else(|| anyhow::anyhow!("case {case}: no model under {}", o.as_str()))?;
+            let a = answer(winner, case)?;
+            tallies[ids.len() + j].add(a.right, a.cost_usd, 0);
+        }
+        // The cascade judges this case by thresholds from the other fold.
+        let fold = case % FOLDS;
+        let mut fitted = profiles.clone();
+        for p in &mut fitted {
+            match thresholds.get(p.id.as_str()).and_then(|t| t[fold]) {
+                Some(t) => p.routing.confidence_threshold.insert(task, t),
+                None => p.routing.confidence_threshold.remove(&task),
+            };
+        }
+        let d = route(Objective::Cascade, &fitted)?;
+        let chain = d
+            .order
+            .iter()
+            .map(|m| {
+                let threshold = d
+                    .candidates
+                    .iter()
+                    .find(|c| &c.model == m)
+                    .and_then(|c| c.confidence_threshold);
+                Ok((answer(m, case)?, threshold))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let (right, cost, escalated) = replay_cascade(&chain);
+        if let Some(t) = tallies.last_mut() {
+            t.add(right, cost, escalated);
+        }
+    }
+    Ok(tallies)
+}
+
+fn print_tallies(suite: &str, tallies: &[switchyard_server::eval::Tally]) {
+    println!("\nserving strategies on {suite} (measured answers, replayed):");
+    println!(
+        "| strategy | right | accuracy (95% CI) | $ per 1k requests | escalated |\n|---|---|---|---|---|"
+    );
+    for t in tallies {
+        let (lo, hi) = switchyard_server::eval::wilson(t.right, t.n);
+        println!(
+            "| {} | {}/{} | {:.3} ({lo:.3}-{hi:.3}) | {:.4} | {} |",
+            t.strategy,
+            t.right,
+            t.n,
+            t.right as f64 / t.n.max(1) as f64,
+            t.cost_usd * 1000.0 / t.n.max(1) as f64,
+            if t.strategy.starts_with("cascade") {
+                format!("{}/{}", t.escalated, t.n)
+            } else {
+                "-".into()
+            }
+        );
+    }
 }
 
 /// `YYYY-MM-DD` of a day count since 1970-01-01 (Howard Hinnant's

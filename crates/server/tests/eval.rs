@@ -129,6 +129,51 @@ fn eval_writes_evidence_that_routing_reads() {
         "{after}"
     );
 
+    // --compare: the strategies replayed from the same answers; with one
+    // model, every strategy serves its answers at its cost.
+    let out = switchyard(&[
+        "eval",
+        "--config",
+        &config,
+        "--suite",
+        &suite_arg,
+        "--task",
+        "code",
+        "--max-tokens",
+        "24",
+        "--dry-run",
+        "--compare",
+    ]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| strategy"))
+        .map(|l| l.split(" | ").collect())
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|r| r[0].trim_start_matches("| ")).collect();
+    assert_eq!(
+        names,
+        [
+            "smol alone",
+            "routed: quality",
+            "routed: balanced",
+            "routed: cost",
+            "routed: latency",
+            "cascade (thresholds cross-fitted, 2 folds)"
+        ],
+        "{table}"
+    );
+    // (Its answers were generated one at a time, so compare with its own
+    // score line rather than the batched run's.)
+    assert!(
+        table.contains(&format!("smol: {} = ", rows[0][1])),
+        "{table}"
+    );
+    for r in &rows {
+        assert_eq!((r[1], r[3]), (rows[0][1], rows[0][3]), "{table}");
+    }
+
     // Clear errors: an unknown task, a bad suite line.
     let out = switchyard(&[
         "eval", "--config", &config, "--suite", &suite_arg, "--task", "cooking",

@@ -142,8 +142,8 @@ def test_health_ready_metrics(http):
     assert http.get("/health").status_code == 200
     assert http.get("/ready").json()["status"] == "ready"
     m = http.get("/metrics").text
-    for name in ["switchyard_requests_total", "switchyard_time_to_first_token_seconds_bucket",
-                 "switchyard_kv_blocks_free", "switchyard_queue_depth", "switchyard_preemptions_total"]:
+    for name in ["switchyard_requests_total", "vllm:time_to_first_token_seconds_bucket",
+                 "switchyard_kv_blocks_free", "vllm:num_requests_waiting", "vllm:num_preemptions_total"]:
         assert name in m
 
 

@@ -340,7 +340,7 @@ def test_sigterm_drains_and_exits_zero(keyed_server):
     idle_by = time.time() + 30
     while True:
         m = httpx.get(url + "/metrics", headers=key, timeout=5).text
-        busy = [l for l in m.splitlines() if l.startswith(("switchyard_queue_depth", "switchyard_running_sequences"))
+        busy = [l for l in m.splitlines() if l.startswith(("vllm:num_requests_waiting", "vllm:num_requests_running"))
                 and float(l.split()[-1]) > 0]
         if not busy or time.time() > idle_by:
             break

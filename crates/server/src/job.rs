@@ -76,6 +76,8 @@ pub struct ValidatedRequest {
     pub keep_alive: Option<KeepAlive>,
     /// The body as sent, for a remote model.
     pub raw: Arc<serde_json::Value>,
+    /// The access-log entry (dropped with the last thing serving it).
+    pub access: Option<Arc<crate::access::Access>>,
 }
 
 /// The grammar for a chat with tools. A call that must happen (`required`,
@@ -258,6 +260,7 @@ impl ValidatedRequest {
             template_kwargs: req.chat_template_kwargs.map(Arc::new),
             keep_alive: openai::keep_alive(req.keep_alive.as_ref())?,
             raw: Arc::default(),
+            access: None,
         })
     }
 
@@ -305,7 +308,14 @@ impl ValidatedRequest {
             template_kwargs: None,
             keep_alive: openai::keep_alive(req.keep_alive.as_ref())?,
             raw: Arc::default(),
+            access: None,
         })
+    }
+
+    /// The request's access-log entry, passed on to what serves it.
+    pub fn with_access(mut self, access: Option<Arc<crate::access::Access>>) -> Self {
+        self.access = access;
+        self
     }
 
     /// Keep the body as sent (a remote model is sent it).
@@ -427,6 +437,8 @@ pub struct Job {
     pub route: Option<RouteCtx>,
     /// How to find tool calls in the output (requests with tools).
     pub tool_format: Option<ToolCallFormat>,
+    /// The request's access-log entry: its line is written when the job ends.
+    pub access: Option<Arc<crate::access::Access>>,
 }
 
 /// The model-dependent checks, the same for pinned and routed requests:
@@ -529,6 +541,7 @@ pub fn admit(
         created: now_secs(),
         route: None,
         tool_format,
+        access: v.access.clone(),
     })
 }
 

@@ -5,6 +5,7 @@
 //! Floors run one way: `routes → preview → routed → remote → job → record → state →
 //! pool → {openai, config, error, metrics, eval}`.
 
+pub mod access;
 pub mod cascade;
 pub mod config;
 pub mod error;

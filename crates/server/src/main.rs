@@ -15,8 +15,18 @@ use switchyard_server::{error, preview, startup};
 #[derive(Parser)]
 #[command(name = "switchyard", version, about)]
 struct Cli {
+    /// Log lines as text, or as one JSON object a line (for log shippers);
+    /// the access log is one line per API request either way.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -191,13 +201,17 @@ fn main() -> anyhow::Result<()> {
         // SAFETY: no other thread runs yet.
         unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
     }
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+    match cli.command {
         Command::Serve {
             config,
             addr,

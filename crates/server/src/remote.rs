@@ -203,6 +203,8 @@ pub struct Reply {
     /// Set for routed requests (and pinned ones with routing options).
     pub route: Option<RouteCtx>,
     pub started: Instant,
+    /// The request's access-log entry.
+    pub access: Option<Arc<crate::access::Access>>,
 }
 
 /// Pass an upstream answer on: one JSON body, or its SSE chunks as they come.
@@ -216,6 +218,7 @@ pub async fn respond(state: Arc<AppState>, reply: Reply, in_flight: InFlight) ->
         response,
         mut route,
         started,
+        access,
         ..
     } = reply;
     let mut body: Value = match response.json().await {
@@ -239,7 +242,20 @@ pub async fn respond(state: Arc<AppState>, reply: Reply, in_flight: InFlight) ->
             r.finish(prompt, completion, Some(ms), None);
         }
     }
-    state.metrics.tokens(&remote.id, prompt, completion);
+    if let Some(a) = &access {
+        a.done(&remote.id, prompt, completion, None);
+    }
+    state.metrics.done(
+        &remote.id,
+        &crate::metrics::Done {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            e2e_seconds: started.elapsed().as_secs_f64(),
+            ttft_seconds: None,
+            queue_seconds: None,
+            finish_reason: None,
+        },
+    );
     state.metrics.request(&remote.id, "200");
     Json(body).into_response()
 }
@@ -268,6 +284,7 @@ struct Relay {
     include_usage: bool,
     route: Option<RouteCtx>,
     started: Instant,
+    access: Option<Arc<crate::access::Access>>,
     ttft_ms: Option<f64>,
     last_chunk: Option<Instant>,
     usage: (usize, usize),
@@ -383,7 +400,25 @@ impl Relay {
         self.out
             .push_back(bytes::Bytes::from_static(b"data: [DONE]\n\n"));
         let (p, c) = self.usage;
-        self.state.metrics.tokens(&self.remote.id, p, c);
+        if let Some(a) = &self.access {
+            match &error {
+                None => a.done(&self.remote.id, p, c, self.ttft_ms),
+                Some(why) => a.error(why),
+            }
+        }
+        if error.is_none() {
+            self.state.metrics.done(
+                &self.remote.id,
+                &crate::metrics::Done {
+                    prompt_tokens: p,
+                    completion_tokens: c,
+                    e2e_seconds: self.started.elapsed().as_secs_f64(),
+                    ttft_seconds: self.ttft_ms.map(|ms| ms / 1000.0),
+                    queue_seconds: None,
+                    finish_reason: None,
+                },
+            );
+        }
         self.state
             .metrics
             .request(&self.remote.id, if error.is_some() { "502" } else { "200" });
@@ -434,6 +469,7 @@ fn relay_stream(state: Arc<AppState>, reply: Reply, in_flight: InFlight) -> Resp
         include_usage: reply.include_usage,
         route: reply.route,
         started: reply.started,
+        access: reply.access,
         ttft_ms: None,
         last_chunk: None,
         usage: (0, 0),

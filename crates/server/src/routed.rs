@@ -24,7 +24,7 @@ use crate::error::ApiError;
 use crate::job::{admit, prepare, Input, Job, Pending, Prepared, ValidatedRequest};
 use crate::record::{actual_cost, summary, RouteCtx};
 use crate::remote::{Reply, Upstream};
-use crate::state::{random_id, AppState, RouterState};
+use crate::state::{random_id, AppState};
 
 struct EngineLoad<'a>(&'a AppState);
 
@@ -99,7 +99,8 @@ async fn classify_off_runtime(
 ) -> Result<Classification, ApiError> {
     let st = state.clone();
     let input = v.input.clone();
-    state
+    let started = Instant::now();
+    let classified = state
         .blocking
         .run(move || {
             let messages: &[ChatMessage] = match &input {
@@ -112,7 +113,9 @@ async fn classify_off_runtime(
                 .ok_or_else(|| ApiError::internal("routing is not configured"))?;
             Ok(classify(&router.classifier, messages))
         })
-        .await?
+        .await?;
+    state.metrics.classified(started.elapsed().as_secs_f64());
+    classified
 }
 
 /// Classify a conversation: its final user turn, with the system prompt and
@@ -166,6 +169,16 @@ fn served_ctx(
     escalations: Escalations,
     (started, served_from): (Instant, Instant),
 ) -> RouteCtx {
+    state.metrics.routed(&crate::metrics::Routed {
+        task: decision.classification.task.as_str(),
+        objective: decision.objective.as_str(),
+        served: model,
+        fallbacks: &fallbacks,
+        cold_start: decision
+            .candidates
+            .iter()
+            .any(|c| c.model == model && c.cold_start.is_some()),
+    });
     let mut summary = summary(id, decision, model, &fallbacks);
     if !escalations.attempts.is_empty() {
         summary["attempts"] = json!(escalations.attempts);
@@ -340,6 +353,7 @@ pub async fn route_chat(
                         include_usage: v.include_usage,
                         route: Some(route),
                         started,
+                        access: v.access.clone(),
                     })));
                 }
                 Err(Upstream::Failed(why)) => fallbacks.push((model.clone(), why)),
@@ -406,7 +420,7 @@ pub async fn route_chat(
             first = stream.next() => first,
             () = state.lifecycle.cancelled() => {
                 fallbacks.push((model.clone(), "the server is shutting down".into()));
-                return Err(unserved(router, &id, (fallbacks, escalations), ApiError::shutting_down()));
+                return Err(unserved((state, &decision), &id, (fallbacks, escalations), ApiError::shutting_down()));
             }
         };
         match first {
@@ -424,7 +438,7 @@ pub async fn route_chat(
                         held = cascade::hold(&mut pending, job.params.n, limit) => held,
                         () = state.lifecycle.cancelled() => {
                             fallbacks.push((model.clone(), "the server is shutting down".into()));
-                            return Err(unserved(router, &id, (fallbacks, escalations), ApiError::shutting_down()));
+                            return Err(unserved((state, &decision), &id, (fallbacks, escalations), ApiError::shutting_down()));
                         }
                     };
                     let held = match held {
@@ -459,6 +473,7 @@ pub async fn route_chat(
                         let cost =
                             actual_cost(&profile, job.prompts[0].len(), held.tokens, elapsed);
                         attempt.cost_usd = Some(cost);
+                        state.metrics.escalated(model);
                         escalations.cost_usd += cost;
                         escalations.attempts.push(attempt);
                         pending.put_back(held.events);
@@ -558,16 +573,31 @@ pub async fn route_chat(
                 .join("; ")
         ))
     };
-    Err(unserved(router, &id, (fallbacks, escalations), err))
+    Err(unserved(
+        (state, &decision),
+        &id,
+        (fallbacks, escalations),
+        err,
+    ))
 }
 
 /// Complete the record of a request no model served; the error and its id.
 fn unserved(
-    router: &RouterState,
+    (state, decision): (&AppState, &Decision),
     id: &str,
     (fallbacks, escalations): (Vec<(String, String)>, Escalations),
     err: ApiError,
 ) -> (ApiError, Option<String>) {
+    state.metrics.routed(&crate::metrics::Routed {
+        task: decision.classification.task.as_str(),
+        objective: decision.objective.as_str(),
+        served: "none",
+        fallbacks: &fallbacks,
+        cold_start: false,
+    });
+    let Some(router) = &state.router else {
+        return (err, Some(id.to_string()));
+    };
     let outcome = Outcome {
         fallbacks,
         error: Some(err.message.clone()),

@@ -20,13 +20,14 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use futures_util::{stream, StreamExt};
 use serde_json::{json, Value};
 use switchyard_engine::{
     Engine, Event, FinishReason, TokenLogprob, ToolCall, ToolCallFormat, Usage,
 };
 
+use crate::access::Access;
 use crate::error::ApiError;
 use crate::job::{self, admit, prepare, Job, Kind, ModelChoice, Pending, ValidatedRequest};
 use crate::openai::{self, ChatRequest, CompletionRequest};
@@ -58,8 +59,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Every response carries `x-request-id` (the caller's, or a fresh one).
-async fn request_id(req: Request, next: Next) -> Response {
+/// Every response carries `x-request-id` (the caller's, or a fresh one),
+/// and every API request leaves one access-log line ([`Access`]).
+async fn request_id(mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get("x-request-id")
@@ -67,7 +69,21 @@ async fn request_id(req: Request, next: Next) -> Response {
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_string)
         .unwrap_or_else(|| random_id("req-"));
+    let path = req.uri().path();
+    // Probes and scrapes are not requests worth a line each.
+    let logged = !matches!(path, "/health" | "/ready" | "/metrics");
+    let access = logged.then(|| Access::new(&id, req.method().as_str(), path));
+    if let Some(a) = &access {
+        req.extensions_mut().insert(a.clone());
+    }
     let mut resp = next.run(req).await;
+    if let Some(a) = access {
+        let decision = resp
+            .headers()
+            .get("x-switchyard-decision-id")
+            .and_then(|v| v.to_str().ok());
+        a.responded(resp.status().as_u16(), decision);
+    }
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -502,22 +518,42 @@ fn fail(state: &AppState, model: &str, e: ApiError) -> Response {
     e.into_response()
 }
 
-async fn chat_completions(State(state): State<Arc<AppState>>, body: Body) -> Response {
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    access: Option<Extension<Arc<Access>>>,
+    body: Body,
+) -> Response {
+    let access = access.map(|Extension(a)| a);
     let validated = read_body(&state, body)
         .await
         .and_then(|b| openai::parse_body_raw::<ChatRequest>(&b, openai::CHAT_FIELDS))
-        .and_then(|(req, raw)| ValidatedRequest::chat(req).map(|v| v.with_raw(raw)));
+        .and_then(|(req, raw)| {
+            if let Some(a) = &access {
+                a.requested(&req.model);
+            }
+            ValidatedRequest::chat(req).map(|v| v.with_raw(raw).with_access(access))
+        });
     match validated {
         Ok(v) => answer(state, v).await,
         Err(e) => fail(&state, "none", e),
     }
 }
 
-async fn completions(State(state): State<Arc<AppState>>, body: Body) -> Response {
+async fn completions(
+    State(state): State<Arc<AppState>>,
+    access: Option<Extension<Arc<Access>>>,
+    body: Body,
+) -> Response {
+    let access = access.map(|Extension(a)| a);
     let validated = read_body(&state, body)
         .await
         .and_then(|b| openai::parse_body_raw::<CompletionRequest>(&b, openai::COMPLETION_FIELDS))
-        .and_then(|(req, raw)| ValidatedRequest::completion(req).map(|v| v.with_raw(raw)));
+        .and_then(|(req, raw)| {
+            if let Some(a) = &access {
+                a.requested(&req.model);
+            }
+            ValidatedRequest::completion(req).map(|v| v.with_raw(raw).with_access(access))
+        });
     match validated {
         Ok(v) => answer(state, v).await,
         Err(e) => fail(&state, "none", e),
@@ -598,6 +634,7 @@ async fn pinned_remote(
                 include_usage: v.include_usage,
                 route,
                 started,
+                access: v.access.clone(),
             };
             remote::respond(state, reply, in_flight).await
         }
@@ -677,6 +714,14 @@ struct ChoiceOut {
     logprobs: Vec<TokenLogprob>,
     finish: Option<FinishReason>,
     usage: Usage,
+}
+
+/// vLLM's `finished_reason` label.
+fn finish_name(f: Option<FinishReason>) -> Option<&'static str> {
+    match f? {
+        FinishReason::Stop => Some("stop"),
+        FinishReason::Length => Some("length"),
+    }
 }
 
 fn finish_str(f: Option<FinishReason>) -> Value {
@@ -851,7 +896,20 @@ async fn collect_inner(
             .map(|o| o.usage.completion_tokens)
             .sum::<usize>();
     }
-    state.metrics.tokens(&job.model, prompt_tokens, completion);
+    if let Some(a) = &job.access {
+        a.done(&job.model, prompt_tokens, completion, ttft_ms);
+    }
+    state.metrics.done(
+        &job.model,
+        &crate::metrics::Done {
+            prompt_tokens,
+            completion_tokens: completion,
+            e2e_seconds: started.elapsed().as_secs_f64(),
+            ttft_seconds: ttft_ms.map(|ms| ms / 1000.0),
+            queue_seconds: outs.first().map(|o| o.usage.queued_us as f64 / 1e6),
+            finish_reason: outs.first().and_then(|o| finish_name(o.finish)),
+        },
+    );
     let want_logprobs = job.params.logprobs.is_some();
     let choices: Vec<Value> = outs
         .iter()
@@ -897,6 +955,9 @@ struct SseState {
     started: Instant,
     last_token: Option<Instant>,
     usage: (usize, usize, usize),
+    /// The first choice's wait for the engine and finish reason (metrics).
+    queued_us: Option<u64>,
+    finish: Option<FinishReason>,
     /// Choices of the front stream still to finish.
     remaining: usize,
     finished: bool,
@@ -976,6 +1037,9 @@ impl Drop for SseState {
             if let Some(mut route) = self.job.route.take() {
                 let (p, c, _) = self.usage;
                 route.finish(p, c, self.ttft_ms, Some("cancelled by the client".into()));
+            }
+            if let Some(a) = &self.job.access {
+                a.error("cancelled by the client");
             }
         }
     }
@@ -1080,6 +1144,8 @@ impl SseState {
                 self.usage.0 += if choice == 0 { usage.prompt_tokens } else { 0 };
                 self.usage.1 += usage.completion_tokens;
                 self.usage.2 += if choice == 0 { usage.cached_tokens } else { 0 };
+                self.queued_us.get_or_insert(usage.queued_us);
+                self.finish.get_or_insert(reason);
                 let last = self.streams.len() <= 1 && self.remaining == 1;
                 let mut finish = finish_str(Some(reason));
                 if let (Some(format), Some(held)) =
@@ -1129,6 +1195,9 @@ impl SseState {
     /// End the stream with an error event (the SSE status is already 200).
     fn fail(&mut self, err: ApiError) {
         let message = err.message.clone();
+        if let Some(a) = &self.job.access {
+            a.error(&message);
+        }
         self.state
             .metrics
             .request(&self.job.model, err.status.as_str());
@@ -1145,7 +1214,20 @@ impl SseState {
 
     fn end(&mut self) {
         let (p, c, cached) = self.usage;
-        self.state.metrics.tokens(&self.job.model, p, c);
+        if let Some(a) = &self.job.access {
+            a.done(&self.job.model, p, c, self.ttft_ms);
+        }
+        self.state.metrics.done(
+            &self.job.model,
+            &crate::metrics::Done {
+                prompt_tokens: p,
+                completion_tokens: c,
+                e2e_seconds: self.started.elapsed().as_secs_f64(),
+                ttft_seconds: self.ttft_ms.map(|ms| ms / 1000.0),
+                queue_seconds: self.queued_us.map(|us| us as f64 / 1e6),
+                finish_reason: finish_name(self.finish),
+            },
+        );
         if self.job.include_usage {
             let mut chunk = json!({
                 "id": self.job.id,
@@ -1190,6 +1272,8 @@ fn stream_response(
         last_token: None,
         ttft_ms: None,
         usage: (0, 0, 0),
+        queued_us: None,
+        finish: None,
         remaining: n,
         finished: false,
         tool_texts: if job.tool_format.is_some() {

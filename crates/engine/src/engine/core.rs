@@ -161,6 +161,7 @@ impl EngineCore {
                     // A fresh sequence starts after its prefix-cache hits.
                     st.scheduled_once = true;
                     st.cached_tokens = s.start;
+                    st.queued_us = started.saturating_duration_since(st.arrived).as_micros() as u64;
                 }
             }
             if s.sample {

@@ -76,6 +76,8 @@ pub struct Usage {
     pub completion_tokens: usize,
     /// Prompt tokens served from the prefix cache.
     pub cached_tokens: usize,
+    /// Microseconds from submission to the request's first scheduled step.
+    pub queued_us: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -27,6 +27,9 @@ pub(crate) struct SeqState {
     pub forks_pending: usize,
     pub cached_tokens: usize,
     pub scheduled_once: bool,
+    /// When the request arrived, and how long it waited for its first step.
+    pub arrived: std::time::Instant,
+    pub queued_us: u64,
     decoder: IncrementalDecoder,
     stop: StopMatcher,
     /// The grammar's state, for structured outputs.
@@ -59,6 +62,8 @@ impl SeqState {
             forks_pending: params.n - 1,
             cached_tokens: 0,
             scheduled_once: false,
+            arrived: std::time::Instant::now(),
+            queued_us: 0,
             decoder: IncrementalDecoder::default(),
             stop: StopMatcher::new(params.stop.clone()),
             constraint: params.grammar.as_ref().map(Grammar::start),
@@ -80,6 +85,8 @@ impl SeqState {
             forks_pending: 0,
             cached_tokens: self.cached_tokens,
             scheduled_once: true,
+            arrived: self.arrived,
+            queued_us: self.queued_us,
             decoder: IncrementalDecoder::default(),
             stop: StopMatcher::new(params.stop.clone()),
             constraint: self.constraint.as_ref().map(SeqConstraint::fork),
@@ -93,6 +100,7 @@ impl SeqState {
             prompt_tokens: self.prompt_len,
             completion_tokens: self.generated,
             cached_tokens: self.cached_tokens,
+            queued_us: self.queued_us,
         }
     }
 

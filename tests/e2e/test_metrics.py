@@ -54,6 +54,7 @@ def test_the_page_parses_and_carries_vllm_names_with_model_name(http):
         assert samples and all(s.labels.get("model_name") for s in samples), name
     usage = value(families, "vllm:kv_cache_usage_perc", "vllm:kv_cache_usage_perc", model_name=SMOL)
     assert 0.0 <= usage <= 1.0
+    assert "switchyard_audit_records_dropped" in families and "switchyard_audit_queue_depth" in families
     assert value(families, "switchyard_audit_records_dropped", "switchyard_audit_records_dropped_total") == 0
 
 

@@ -115,6 +115,12 @@ def test_fallback_under_fault_injection_and_record_survives_kill9(tmp_path):
             routing = r["routing"]
             assert routing["fallbacks"][0]["model"] == SMOL and "injected fault" in routing["fallbacks"][0]["reason"]
             decision_id = routing["decision_id"]
+            # Records are written off the request path: kill once this one
+            # is committed (the queue is empty).
+            deadline = time.time() + 10
+            while "switchyard_audit_queue_depth 0" not in httpx.get(f"http://127.0.0.1:{port}/metrics").text:
+                assert time.time() < deadline, "the audit queue never drained"
+                time.sleep(0.05)
         finally:
             p.kill()  # SIGKILL: no clean shutdown
             p.wait()

@@ -18,7 +18,7 @@ pub mod preview;
 pub mod taxonomy;
 pub mod training;
 
-pub use audit::{Attempt, AuditLog, DecisionRecord, Outcome};
+pub use audit::{Attempt, AuditLog, AuditOptions, AuditTarget, DecisionRecord, Outcome};
 pub use catalog::{ModelProfile, QualityBasis, RoutingProfile};
 pub use classifier::{Classification, Classifier};
 pub use decide::{

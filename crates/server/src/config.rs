@@ -165,8 +165,20 @@ impl ServerSection {
 pub struct RouterSection {
     /// Objective for `model: "auto"` without one.
     pub default_objective: Objective,
-    /// SQLite file for decision records (relative to this file).
-    pub audit_db: PathBuf,
+    /// Where decision records go: a SQLite file (relative to this file), or
+    /// a `postgres://` URL that several replicas share. The
+    /// `SWITCHYARD_AUDIT_DB` variable overrides it (keeps a password out of
+    /// the catalog).
+    pub audit_db: String,
+    /// Delete decision records older than this many days (checked hourly);
+    /// unset keeps them all.
+    pub audit_retention_days: Option<f64>,
+    /// Record writes that may wait for the database; past it new ones are
+    /// dropped (and counted in `switchyard_audit_records_dropped_total`).
+    pub audit_queue: usize,
+    /// `audit_db` came from the command line: it wins over the variable.
+    #[serde(skip)]
+    pub audit_db_from_cli: bool,
     /// Keep the prompt text in decision records (only its hash otherwise).
     pub store_prompts: bool,
     /// The objectives' numbers: near-tie tolerance, default quality floor,
@@ -185,7 +197,10 @@ impl Default for RouterSection {
     fn default() -> Self {
         RouterSection {
             default_objective: Objective::Balanced,
-            audit_db: PathBuf::from("switchyard-audit.db"),
+            audit_db: "switchyard-audit.db".into(),
+            audit_retention_days: None,
+            audit_queue: 4096,
+            audit_db_from_cli: false,
             store_prompts: false,
             policy: Policy::default(),
             evidence: None,
@@ -373,9 +388,31 @@ impl Catalog {
         self.models.iter().find(|m| m.id == id)
     }
 
-    /// The audit database's path, relative paths taken from the catalog's directory.
-    pub fn audit_db(&self) -> PathBuf {
-        self.relative(&self.router.audit_db)
+    /// The audit store: `SWITCHYARD_AUDIT_DB` when set, else `audit_db`; a
+    /// relative SQLite path is taken from the catalog's directory.
+    pub fn audit_target(&self) -> switchyard_router::AuditTarget {
+        let configured = std::env::var("SWITCHYARD_AUDIT_DB")
+            .ok()
+            .filter(|v| !v.trim().is_empty() && !self.router.audit_db_from_cli)
+            .unwrap_or_else(|| self.router.audit_db.clone());
+        match switchyard_router::AuditTarget::parse(configured.trim()) {
+            switchyard_router::AuditTarget::Sqlite(p) => {
+                switchyard_router::AuditTarget::Sqlite(self.relative(&p))
+            }
+            postgres => postgres,
+        }
+    }
+
+    /// The audit store's queue and retention.
+    pub fn audit_options(&self) -> switchyard_router::AuditOptions {
+        switchyard_router::AuditOptions {
+            queue: self.router.audit_queue.max(1),
+            retention: self
+                .router
+                .audit_retention_days
+                .filter(|d| d.is_finite() && *d > 0.0)
+                .map(|d| std::time::Duration::from_secs_f64(d * 86_400.0)),
+        }
     }
 
     /// A path from the catalog: relative ones are taken from its directory.

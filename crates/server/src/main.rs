@@ -37,9 +37,9 @@ enum Command {
         config: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: String,
-        /// Override `[router] audit_db`.
+        /// Override `[router] audit_db` (a SQLite file or a postgres:// URL).
         #[arg(long)]
-        audit_db: Option<PathBuf>,
+        audit_db: Option<String>,
     },
     /// Generate text from one model and print prompt/decode speed.
     Generate {
@@ -548,7 +548,9 @@ fn preview_cmd(
             chats.iter().map(|c| c.route.clone()).collect::<Vec<_>>()
         }
         PreviewSource::Audit { since, limit } => {
-            let audit = switchyard_router::AuditLog::open(&catalog.audit_db())?;
+            let target = catalog.audit_target();
+            let audit = switchyard_router::AuditLog::connect(&target, catalog.audit_options())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", target.describe()))?;
             let (requests, skipped) = view
                 .requests_from_audit(&audit, since, limit)
                 .map_err(|e| anyhow::anyhow!(e.message))?;

@@ -254,7 +254,11 @@ async fn get_decision(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    routed::get_decision(&state, &id).map(Json)
+    // The store answers on its own thread, behind queued writes.
+    tokio::task::spawn_blocking(move || routed::get_decision(&state, &id))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map(Json)
 }
 
 #[derive(serde::Deserialize)]
@@ -276,7 +280,10 @@ async fn list_decisions(
         task: q.task,
         since: q.since,
     };
-    routed::list_decisions(&state, q).map(Json)
+    tokio::task::spawn_blocking(move || routed::list_decisions(&state, q))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map(Json)
 }
 
 /// `POST /v1/routing/preview`'s body.
@@ -455,6 +462,11 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    if let Some(router) = &state.router {
+        state
+            .metrics
+            .audit(router.audit.queued(), router.audit.dropped());
+    }
     let engines = state.pool.ready();
     let body = state.metrics.render(
         engines.iter().map(|(_, e)| e.as_ref()),

@@ -3,7 +3,7 @@
 //! drain on SIGTERM/SIGINT).
 
 use std::future::IntoFuture;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,12 +81,14 @@ fn server_profiles(catalog: &Catalog) -> Vec<ModelProfile> {
 
 /// The router: profiles, the committed classifier, the audit database.
 fn router_state(catalog: &Catalog) -> anyhow::Result<RouterState> {
-    let audit_path = catalog.audit_db();
+    let target = catalog.audit_target();
+    let audit = switchyard_router::AuditLog::connect(&target, catalog.audit_options())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", target.describe()))?;
+    tracing::info!(store = audit.target(), "decision records");
     let mut state = RouterState::new(
         switchyard_router::Classifier::embedded().map_err(anyhow::Error::msg)?,
         server_profiles(catalog),
-        switchyard_router::AuditLog::open(&audit_path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", audit_path.display()))?,
+        audit,
         (catalog.router.default_objective, catalog.router.policy),
         catalog.router.store_prompts,
         std::env::var("SWITCHYARD_FAULT_MODELS")
@@ -312,17 +314,19 @@ pub fn start_engines(
 /// those still loading), serve until SIGTERM/SIGINT, then drain: refuse new
 /// work, let requests in flight finish within `shutdown_grace_s`, cancel the
 /// rest with a final error event, and exit 0.
-pub fn serve(config: &Path, addr: &str, audit_db: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn serve(config: &Path, addr: &str, audit_db: Option<String>) -> anyhow::Result<()> {
     let mut catalog = Catalog::load(config)?;
     if let Some(p) = audit_db {
         catalog.router.audit_db = p;
+        catalog.router.audit_db_from_cli = true;
     }
     let catalog = Arc::new(catalog);
     let state = Arc::new(app_state(catalog.clone())?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let finished = state.clone();
+    let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
@@ -377,7 +381,14 @@ pub fn serve(config: &Path, addr: &str, audit_db: Option<PathBuf>) -> anyhow::Re
                 }
             }
         }
-    })
+    });
+    // Records still queued are written before the process ends.
+    if let Some(router) = &finished.router {
+        if !router.audit.flush(Duration::from_secs(10)) {
+            tracing::warn!(queued = router.audit.queued(), "audit writes lost at exit");
+        }
+    }
+    served
 }
 
 /// How long after the drain ends open connections may keep the process.

@@ -128,6 +128,20 @@ pub struct ServerSection {
     pub tokenizer_threads: Option<usize>,
     /// Prompts that may wait for those threads; beyond, 503 + Retry-After.
     pub tokenizer_queue: usize,
+    /// OTLP/HTTP endpoint for traces (`http://collector:4318`), else the
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` variable; needs a binary built with
+    /// the `otel` feature (one without refuses to start with it set).
+    pub otlp_endpoint: Option<String>,
+}
+
+impl ServerSection {
+    /// Where traces go, if anywhere: the setting, then the standard variable.
+    pub fn otlp_endpoint(&self) -> Option<String> {
+        self.otlp_endpoint
+            .clone()
+            .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+            .filter(|e| !e.trim().is_empty())
+    }
 }
 
 impl Default for ServerSection {
@@ -143,6 +157,7 @@ impl Default for ServerSection {
             shutdown_grace_s: 30.0,
             tokenizer_threads: None,
             tokenizer_queue: 256,
+            otlp_endpoint: None,
         }
     }
 }

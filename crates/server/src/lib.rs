@@ -13,6 +13,8 @@ pub mod eval;
 pub mod job;
 pub mod metrics;
 pub mod openai;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod pool;
 pub mod preview;
 pub mod record;

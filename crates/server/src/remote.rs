@@ -332,6 +332,9 @@ impl Relay {
                 None => {
                     let ms = now.duration_since(self.started).as_secs_f64() * 1000.0;
                     self.ttft_ms = Some(ms);
+                    if let Some(a) = &self.access {
+                        a.first_token();
+                    }
                     self.state.metrics.ttft(&self.remote.id, ms / 1000.0);
                 }
                 Some(prev) => self

@@ -297,6 +297,9 @@ pub async fn route_chat(
         policy: router.policy,
     };
     let decision = decide(&profiles, &rr, &EngineLoad(state));
+    if let Some(a) = &v.access {
+        a.routed();
+    }
     let id = random_id("dec-");
     if let Err(e) = router
         .audit
@@ -406,6 +409,9 @@ pub async fn route_chat(
             job.params.logprobs.get_or_insert(0);
         }
         let submitted = Instant::now();
+        if let Some(a) = &v.access {
+            a.submitted(v.stream);
+        }
         let mut stream = match job
             .engine
             .submit(job.prompts[0].clone(), job.params.clone())

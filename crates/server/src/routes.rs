@@ -546,7 +546,12 @@ async fn chat_completions(
             ValidatedRequest::chat(req).map(|v| v.with_raw(raw).with_access(access))
         });
     match validated {
-        Ok(v) => answer(state, v).await,
+        Ok(v) => {
+            if let Some(a) = &v.access {
+                a.validated();
+            }
+            answer(state, v).await
+        }
         Err(e) => fail(&state, "none", e),
     }
 }
@@ -567,7 +572,12 @@ async fn completions(
             ValidatedRequest::completion(req).map(|v| v.with_raw(raw).with_access(access))
         });
     match validated {
-        Ok(v) => answer(state, v).await,
+        Ok(v) => {
+            if let Some(a) = &v.access {
+                a.validated();
+            }
+            answer(state, v).await
+        }
         Err(e) => fail(&state, "none", e),
     }
 }
@@ -876,6 +886,9 @@ async fn collect_inner(
                 }) => {
                     if first_token {
                         let t = started.elapsed().as_secs_f64();
+                        if let Some(a) = &job.access {
+                            a.first_token();
+                        }
                         state.metrics.ttft(&job.model, t);
                         ttft_ms = Some(t * 1000.0);
                         first_token = false;
@@ -910,6 +923,9 @@ async fn collect_inner(
     }
     if let Some(a) = &job.access {
         a.done(&job.model, prompt_tokens, completion, ttft_ms);
+        if let Some(o) = outs.first() {
+            a.queued(std::time::Duration::from_micros(o.usage.queued_us));
+        }
     }
     state.metrics.done(
         &job.model,
@@ -1119,6 +1135,9 @@ impl SseState {
                     None => {
                         let t = (now - self.started).as_secs_f64();
                         self.ttft_ms = Some(t * 1000.0);
+                        if let Some(a) = &self.job.access {
+                            a.first_token();
+                        }
                         self.state.metrics.ttft(&self.job.model, t)
                     }
                     Some(t) => self
@@ -1228,6 +1247,9 @@ impl SseState {
         let (p, c, cached) = self.usage;
         if let Some(a) = &self.job.access {
             a.done(&self.job.model, p, c, self.ttft_ms);
+            if let Some(us) = self.queued_us {
+                a.queued(std::time::Duration::from_micros(us));
+            }
         }
         self.state.metrics.done(
             &self.job.model,

@@ -321,6 +321,7 @@ pub fn serve(config: &Path, addr: &str, audit_db: Option<String>) -> anyhow::Res
         catalog.router.audit_db_from_cli = true;
     }
     let catalog = Arc::new(catalog);
+    let _traces = traces(&catalog)?;
     let state = Arc::new(app_state(catalog.clone())?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -389,6 +390,28 @@ pub fn serve(config: &Path, addr: &str, audit_db: Option<String>) -> anyhow::Res
         }
     }
     served
+}
+
+/// The trace exporter, when an endpoint is set (flushed when dropped).
+#[cfg(feature = "otel")]
+fn traces(catalog: &Catalog) -> anyhow::Result<Option<crate::otel::Traces>> {
+    let Some(endpoint) = catalog.server.otlp_endpoint() else {
+        return Ok(None);
+    };
+    let traces = crate::otel::install(&endpoint)?;
+    crate::access::TRACING.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(Some(traces))
+}
+
+/// Without the `otel` feature an endpoint is refused, not ignored.
+#[cfg(not(feature = "otel"))]
+fn traces(catalog: &Catalog) -> anyhow::Result<Option<()>> {
+    match catalog.server.otlp_endpoint() {
+        Some(e) => anyhow::bail!(
+            "traces to {e} (otlp_endpoint or OTEL_EXPORTER_OTLP_ENDPOINT) need a binary built with `--features otel`"
+        ),
+        None => Ok(None),
+    }
 }
 
 /// How long after the drain ends open connections may keep the process.

@@ -701,6 +701,23 @@ fn rank(
                     .then(by_time(ca, cb))
                     .then(by_quality(ca, cb))
             });
+            // An answer nobody can judge cannot be accepted as good enough:
+            // below the chain's last (the most expensive), only models with
+            // a threshold (or under the request's `min_confidence`) answer.
+            if req.options.min_confidence.is_none() {
+                let last = order.last().copied();
+                order.retain(|&i| {
+                    let c = &mut candidates[i];
+                    let keep = Some(i) == last || c.confidence_threshold.is_some();
+                    if !keep {
+                        c.not_in_chain = Some(format!(
+                            "not in the cascade: no confidence threshold for {} (switchyard eval calibrates one), so its answer could not be judged",
+                            task.as_str()
+                        ));
+                    }
+                    keep
+                });
+            }
             // Escalating to a model expected to be no better than one that
             // already answered only adds cost: such a model leaves the chain.
             let mut chain: Vec<usize> = Vec::with_capacity(order.len());
@@ -722,23 +739,6 @@ fn rank(
                     }
                     None => chain.push(i),
                 }
-            }
-            // An answer nobody can judge cannot be accepted as good enough:
-            // below the chain's last, only models with a threshold (or
-            // under the request's `min_confidence`) answer.
-            if req.options.min_confidence.is_none() {
-                let last = chain.last().copied();
-                chain.retain(|&i| {
-                    let c = &mut candidates[i];
-                    let keep = Some(i) == last || c.confidence_threshold.is_some();
-                    if !keep {
-                        c.not_in_chain = Some(format!(
-                            "not in the cascade: no confidence threshold for {} (switchyard eval calibrates one), so its answer could not be judged",
-                            task.as_str()
-                        ));
-                    }
-                    keep
-                });
             }
             order = chain;
         }
@@ -1170,6 +1170,26 @@ mod tests {
         );
         assert_eq!(d.order, ["big"]);
         assert!(d.why.contains("no escalation"), "{}", d.why);
+        // An unjudgeable model leaves before it can push a judgeable, cheaper
+        // one out: A (0.8, no threshold), B (0.75, threshold), C (0.9).
+        let mut models = [
+            model("a", 8192, Some(0.8), 0.1, 20.0),
+            model("b", 8192, Some(0.75), 0.5, 20.0),
+            model("c", 8192, Some(0.9), 5.0, 20.0),
+        ];
+        models[1]
+            .routing
+            .confidence_threshold
+            .insert(Task::KnowledgeQa, -0.5);
+        let d = decide(
+            &models,
+            &request(RoutingOptions {
+                objective: Some(Objective::Cascade),
+                ..Default::default()
+            }),
+            &Idle,
+        );
+        assert_eq!(d.order, ["b", "c"]);
     }
 
     #[test]

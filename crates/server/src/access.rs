@@ -100,10 +100,10 @@ impl Access {
         self.with(|f| f.marks.routed = Some(Instant::now()));
     }
 
-    /// The request went to its engine (`stream`: as a stream).
-    pub fn submitted(&self, stream: bool) {
+    /// The request went to its engine at `at` (`stream`: as a stream).
+    pub fn submitted(&self, at: Instant, stream: bool) {
         self.with(|f| {
-            f.marks.submitted = Some(Instant::now());
+            f.marks.submitted = Some(at);
             f.marks.stream = stream;
         });
     }

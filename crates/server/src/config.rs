@@ -365,6 +365,12 @@ impl Catalog {
                 .validate()
                 .map_err(|e| anyhow::anyhow!("{}: model {}: {e}", path.display(), m.id))?;
         }
+        if catalog.router.cascade_buffer_tokens == 0 {
+            anyhow::bail!(
+                "{}: [router] cascade_buffer_tokens must be at least 1 (a stream is judged on those tokens)",
+                path.display()
+            );
+        }
         let overlay = EvidenceOverlay::load(&catalog.evidence_path())?;
         for (id, measured) in overlay.models {
             // Evidence for a model no longer listed stays in the file, unused.

@@ -579,7 +579,7 @@ impl Pending {
 /// Submit every prompt of a job; engine errors keep their kind.
 pub fn submit(job: &Job) -> Result<Vec<Pending>, ApiError> {
     if let Some(a) = &job.access {
-        a.submitted(job.stream);
+        a.submitted(Instant::now(), job.stream);
     }
     job.prompts
         .iter()

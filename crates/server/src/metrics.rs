@@ -70,6 +70,9 @@ pub struct Routed<'a> {
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// Each engine counter's value at the last scrape, per (model, counter):
+    /// an engine's counts restart with it, the exported ones must not.
+    engine_counts: std::sync::Mutex<std::collections::HashMap<(String, &'static str), u64>>,
 }
 
 impl Default for Metrics {
@@ -99,7 +102,11 @@ impl Metrics {
         }
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
-        let m = Metrics { recorder, handle };
+        let m = Metrics {
+            recorder,
+            handle,
+            engine_counts: Default::default(),
+        };
         m.with(describe_all);
         m
     }
@@ -225,14 +232,35 @@ impl Metrics {
             for (id, s) in &stats {
                 engine_gauges(id, s);
                 let labels = [("model_name", id.clone())];
-                counter!("vllm:num_preemptions_total", &labels).absolute(s.preemptions);
-                counter!("vllm:prefix_cache_queries_total", &labels)
-                    .absolute(s.prompt_tokens_computed + s.prefix_cache_hit_tokens);
-                counter!("vllm:prefix_cache_hits_total", &labels)
-                    .absolute(s.prefix_cache_hit_tokens);
+                for (name, now) in [
+                    ("vllm:num_preemptions_total", s.preemptions),
+                    (
+                        "vllm:prefix_cache_queries_total",
+                        s.prompt_tokens_computed + s.prefix_cache_hit_tokens,
+                    ),
+                    ("vllm:prefix_cache_hits_total", s.prefix_cache_hit_tokens),
+                ] {
+                    counter!(name, &labels).increment(self.engine_delta(id, name, now));
+                }
             }
         });
         self.handle.render()
+    }
+}
+
+impl Metrics {
+    /// How much an engine counter grew since the last scrape; a smaller
+    /// value means the engine restarted (a reload) and counts from zero.
+    fn engine_delta(&self, model: &str, counter: &'static str, now: u64) -> u64 {
+        let Ok(mut last) = self.engine_counts.lock() else {
+            return 0;
+        };
+        let before = last.insert((model.to_string(), counter), now).unwrap_or(0);
+        if now >= before {
+            now - before
+        } else {
+            now
+        }
     }
 }
 

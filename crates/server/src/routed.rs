@@ -326,6 +326,18 @@ pub async fn route_chat(
             continue;
         }
         if let Some(remote) = state.remotes.get(model) {
+            if judged {
+                // Its tokens' probabilities are not ours to read: it could
+                // only be accepted unchecked, which a cascade never does
+                // below its chain's last.
+                escalations.attempts.push(Attempt {
+                    model: model.clone(),
+                    threshold_source: "none: a remote model".into(),
+                    why: "skipped: a remote model's answer cannot be judged here, so it answers a cascade only as the chain's last".into(),
+                    ..Default::default()
+                });
+                continue;
+            }
             // Sent upstream; a failure before the answer starts falls back.
             match remote.send(v.remote_path(), &v.raw, v.stream).await {
                 Ok(response) => {
@@ -371,13 +383,18 @@ pub async fn route_chat(
         // failed or refused load falls back to the next candidate.
         let engine = match state.pool.lease_if_ready(model, v.keep_alive) {
             Some(lease) => lease,
-            None => match state.pool.acquire(model, v.keep_alive).await {
-                Ok(lease) => lease,
-                Err(e) => {
-                    fallbacks.push((model.clone(), e.message));
-                    continue;
+            None => {
+                // A reserved answer holds its model, which this load may
+                // need to evict: the escalation wins over the reserve.
+                reserve = None;
+                match state.pool.acquire(model, v.keep_alive).await {
+                    Ok(lease) => lease,
+                    Err(e) => {
+                        fallbacks.push((model.clone(), e.message));
+                        continue;
+                    }
                 }
-            },
+            }
         };
         let prompt = match prompts.remove(model) {
             Some(p) => p,
@@ -410,7 +427,7 @@ pub async fn route_chat(
         }
         let submitted = Instant::now();
         if let Some(a) = &v.access {
-            a.submitted(v.stream);
+            a.submitted(submitted, v.stream);
         }
         let mut stream = match job
             .engine
@@ -482,14 +499,18 @@ pub async fn route_chat(
                         state.metrics.escalated(model);
                         escalations.cost_usd += cost;
                         escalations.attempts.push(attempt);
-                        pending.put_back(held.events);
-                        job.params.logprobs = client_logprobs;
-                        reserve = Some(Reserve {
-                            job,
-                            pending,
-                            profile,
-                            submitted,
-                        });
+                        // A finished answer is kept in case every later
+                        // model fails; a stream's would go on generating.
+                        if !v.stream {
+                            pending.put_back(held.events);
+                            job.params.logprobs = client_logprobs;
+                            reserve = Some(Reserve {
+                                job,
+                                pending,
+                                profile,
+                                submitted,
+                            });
+                        }
                         continue;
                     }
                     escalations.attempts.push(attempt);
@@ -533,6 +554,9 @@ pub async fn route_chat(
             escalations.cost_usd -= a.cost_usd.take().unwrap_or(0.0);
             a.accepted = true;
             a.why += "; served after all: every later model failed";
+        }
+        if let Some(a) = &v.access {
+            a.submitted(submitted, v.stream);
         }
         job.route = Some(served_ctx(
             state,

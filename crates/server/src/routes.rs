@@ -526,6 +526,10 @@ async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
 
 /// Count a failed request and answer it.
 fn fail(state: &AppState, model: &str, e: ApiError) -> Response {
+    // A name the catalog does not have is the caller's text: one label for
+    // all of them, not a series each.
+    let known = model == "none" || state.pool.contains(model) || state.remotes.get(model).is_some();
+    let model = if known { model } else { "unknown" };
     state.metrics.request(model, e.status.as_str());
     e.into_response()
 }

@@ -276,12 +276,33 @@ impl AuditLog {
         }
     }
 
+    /// Queue `op` behind the writes, waiting at most until `deadline` for
+    /// room (a stuck store must not hold a reader forever).
+    fn send_by(&self, mut op: Op, deadline: std::time::Instant) -> Result<(), AuditError> {
+        loop {
+            match self.ops.try_send(op) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Disconnected(_)) => {
+                    return Err(AuditError::Store("the audit store has stopped".into()))
+                }
+                Err(TrySendError::Full(back)) if std::time::Instant::now() < deadline => {
+                    op = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(TrySendError::Full(_)) => {
+                    return Err(AuditError::Store(
+                        "the audit store is not keeping up".into(),
+                    ))
+                }
+            }
+        }
+    }
+
     fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, AuditError> {
+        let deadline = std::time::Instant::now() + READ_TIMEOUT;
         let (tx, rx) = mpsc::channel();
-        self.ops
-            .send(make(tx))
-            .map_err(|_| AuditError::Store("the audit store has stopped".into()))?;
-        rx.recv_timeout(READ_TIMEOUT)
+        self.send_by(make(tx), deadline)?;
+        rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
             .map_err(|_| AuditError::Store("the audit store did not answer".into()))?
     }
 
@@ -329,8 +350,12 @@ impl AuditLog {
 
     /// Wait (at most `timeout`) until every write queued so far is done.
     pub fn flush(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
         let (tx, rx) = mpsc::channel();
-        self.ops.send(Op::Flush(tx)).is_ok() && rx.recv_timeout(timeout).is_ok()
+        self.send_by(Op::Flush(tx), deadline).is_ok()
+            && rx
+                .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+                .is_ok()
     }
 
     /// Delete the records created before `before` (Unix seconds) now.
@@ -376,14 +401,15 @@ fn work(
     purge(&mut store);
     let mut next_purge = std::time::Instant::now() + RETENTION_EVERY;
     loop {
+        // Due whether or not the queue ever runs dry.
+        if std::time::Instant::now() >= next_purge {
+            purge(&mut store);
+            next_purge = std::time::Instant::now() + RETENTION_EVERY;
+        }
         let wait = next_purge.saturating_duration_since(std::time::Instant::now());
         let op = match ops.recv_timeout(wait) {
             Ok(op) => op,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                purge(&mut store);
-                next_purge = std::time::Instant::now() + RETENTION_EVERY;
-                continue;
-            }
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
         match op {

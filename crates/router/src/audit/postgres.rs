@@ -29,9 +29,23 @@ pub struct PostgresStore {
     client: Client,
 }
 
-/// The URL with its password replaced, for messages.
+/// The URL with its password replaced, for messages (in the user part or
+/// as a `password=` parameter).
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (url, query) = match url.split_once('?') {
+        Some((base, q)) => {
+            let q: Vec<String> = q
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => kv.to_string(),
+                })
+                .collect();
+            (base, format!("?{}", q.join("&")))
+        }
+        None => (url, String::new()),
+    };
+    let base = match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
             match userinfo.split_once(':') {
@@ -40,12 +54,26 @@ pub fn redact(url: &str) -> String {
             }
         }
         _ => url.to_string(),
-    }
+    };
+    base + &query
+}
+
+/// A client for `url`, with timeouts so that a dead or unreachable server
+/// fails the store's operations instead of hanging its thread: 10 s to
+/// connect, TCP keepalives, 30 s per statement.
+fn connect(url: &str) -> Result<Client, postgres::Error> {
+    let mut config: postgres::Config = url.parse()?;
+    config
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .keepalives(true)
+        .keepalives_idle(std::time::Duration::from_secs(30))
+        .options("-c statement_timeout=30000");
+    config.connect(NoTls)
 }
 
 impl PostgresStore {
     pub fn connect(url: &str) -> Result<PostgresStore, AuditError> {
-        let mut client = Client::connect(url, NoTls)?;
+        let mut client = connect(url)?;
         migrate(&mut client)?;
         Ok(PostgresStore {
             url: url.to_string(),
@@ -60,7 +88,7 @@ impl PostgresStore {
     ) -> Result<T, AuditError> {
         match f(&mut self.client) {
             Err(_) if self.client.is_closed() => {
-                self.client = Client::connect(&self.url, NoTls)?;
+                self.client = connect(&self.url)?;
                 Ok(f(&mut self.client)?)
             }
             r => Ok(r?),
@@ -154,6 +182,10 @@ mod tests {
             "postgres://sy:***@db:5432/audit"
         );
         assert_eq!(super::redact("postgres://db/audit"), "postgres://db/audit");
+        assert_eq!(
+            super::redact("postgres://db/audit?sslmode=disable&password=secret"),
+            "postgres://db/audit?sslmode=disable&password=***"
+        );
         assert_eq!(
             super::redact("postgresql://sy@db/audit"),
             "postgresql://sy@db/audit"

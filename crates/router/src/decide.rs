@@ -1100,6 +1100,18 @@ mod tests {
         }
     }
 
+    fn cascade(models: &[ModelProfile], min_confidence: Option<f64>) -> Decision {
+        decide(
+            models,
+            &request(RoutingOptions {
+                objective: Some(Objective::Cascade),
+                min_confidence,
+                ..Default::default()
+            }),
+            &Idle,
+        )
+    }
+
     #[test]
     fn cascade_climbs_in_cost_and_skips_models_no_better() {
         let models = [
@@ -1115,14 +1127,7 @@ mod tests {
                 .confidence_threshold
                 .insert(Task::KnowledgeQa, -0.5);
         }
-        let d = decide(
-            &models,
-            &request(RoutingOptions {
-                objective: Some(Objective::Cascade),
-                ..Default::default()
-            }),
-            &Idle,
-        );
+        let d = cascade(&models, None);
         assert_eq!(d.order, ["cheap", "unknown", "big"]);
         let skipped = d
             .candidates
@@ -1146,28 +1151,13 @@ mod tests {
             .and_then(|c| c.not_in_chain.as_deref())
             .is_some_and(|w| w.contains("no confidence threshold")));
         // The request's own threshold judges every model.
-        let d = decide(
-            &models,
-            &request(RoutingOptions {
-                objective: Some(Objective::Cascade),
-                min_confidence: Some(-1.0),
-                ..Default::default()
-            }),
-            &Idle,
-        );
+        let d = cascade(&models, Some(-1.0));
         assert_eq!(d.order, ["cheap", "unknown", "uncalibrated", "big"]);
         // Without thresholds only the chain's last answers.
         for m in models.iter_mut() {
             m.routing.confidence_threshold.clear();
         }
-        let d = decide(
-            &models,
-            &request(RoutingOptions {
-                objective: Some(Objective::Cascade),
-                ..Default::default()
-            }),
-            &Idle,
-        );
+        let d = cascade(&models, None);
         assert_eq!(d.order, ["big"]);
         assert!(d.why.contains("no escalation"), "{}", d.why);
         // An unjudgeable model leaves before it can push a judgeable, cheaper
@@ -1181,14 +1171,7 @@ mod tests {
             .routing
             .confidence_threshold
             .insert(Task::KnowledgeQa, -0.5);
-        let d = decide(
-            &models,
-            &request(RoutingOptions {
-                objective: Some(Objective::Cascade),
-                ..Default::default()
-            }),
-            &Idle,
-        );
+        let d = cascade(&models, None);
         assert_eq!(d.order, ["b", "c"]);
     }
 

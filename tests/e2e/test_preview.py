@@ -89,6 +89,10 @@ def test_cli_preview_refuses_what_it_cannot_do(tmp_path):
     p = switchyard("preview", "--config", ROOT / "models.toml", "--input", requests, "--baseline", SMOL,
                    "--objective", "cheapest")
     assert p.returncode != 0 and "cheapest" in p.stderr
+    # A cascade's escalations depend on its answers: measured, not projected.
+    p = switchyard("preview", "--config", ROOT / "models.toml", "--input", requests, "--baseline", SMOL,
+                   "--objective", "cascade")
+    assert p.returncode != 0 and "eval --compare" in p.stderr
 
 
 def test_cli_preview_from_the_audit_store(client):
@@ -121,6 +125,7 @@ def test_api_preview(http):
     ({"requests": [], "baseline": SMOL}, "requests"),
     ({"requests": REQUESTS, "baseline": "gpt-9"}, "baseline"),
     ({"requests": REQUESTS, "baseline": SMOL, "objective": "cheapest"}, "objective"),
+    ({"requests": REQUESTS, "baseline": SMOL, "objective": "cascade"}, "objective"),
     ({"requests": [{"messages": 3}], "baseline": SMOL}, "requests"),
     ({"requests": REQUESTS, "baseline": SMOL, "strong_share": 1.5}, "strong_share"),
 ])

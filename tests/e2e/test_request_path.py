@@ -297,6 +297,22 @@ def test_keys_and_rate_limit(keyed_server):
         assert c.get("/v1/models", headers={"Authorization": "Bearer key-b"}).status_code == 200
 
 
+def test_decisions_page_is_behind_the_keys(keyed_server):
+    """`/ui` is a shell; everything it shows comes through the API's key
+    check, so without a key the page asks for one and shows no decision."""
+    from test_ui import rendered
+    url, _, _ = keyed_server
+    with httpx.Client(base_url=url, timeout=30) as c:
+        assert c.get("/ui").status_code == 200
+        for path in ["/v1/routing/decisions", "/v1/routing/preview/latest"]:
+            r = c.get(path)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", (path, r.text)
+    dom = rendered(url + "/ui")
+    form = re.search(r'<form id="key-form"([^>]*)>', dom)
+    assert form and "hidden" not in form.group(1), "the page asks for a key"
+    assert "<tr data-id=" not in dom
+
+
 def test_request_and_stream_idle_timeouts(keyed_server):
     url, _, _ = keyed_server
     key = {"Authorization": "Bearer key-b"}

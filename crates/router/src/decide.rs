@@ -248,6 +248,11 @@ pub struct Decision {
     pub objective: Objective,
     pub options: RoutingOptions,
     pub classification: Classification,
+    /// What the request needed of its model (tool calls, structured output),
+    /// kept so a replay of the record (`switchyard preview --from-audit`)
+    /// excludes the models the live decision excluded.
+    pub needs_tools: bool,
+    pub needs_json: bool,
     /// The objective's rule with its numbers, as applied.
     pub rule: String,
     /// Which benchmarks expected quality comes from for this request.
@@ -527,6 +532,8 @@ pub fn decide(models: &[ModelProfile], req: &RouteRequest, live: &dyn LiveLoad) 
         objective,
         options: req.options.clone(),
         classification: req.classification.clone(),
+        needs_tools: req.needs_tools,
+        needs_json: req.needs_json,
         rule,
         quality_scale: Some(quality_scale),
         policy: Some(policy),
@@ -938,6 +945,8 @@ pub fn pinned(
         objective,
         options,
         classification,
+        needs_tools: false,
+        needs_json: false,
         rule: "pinned: the request named its model".into(),
         quality_scale: None,
         policy: None,

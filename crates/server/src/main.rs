@@ -232,13 +232,7 @@ fn main() -> anyhow::Result<()> {
             execute,
         } => {
             let objective = objective
-                .map(|o| {
-                    switchyard_router::Objective::parse(&o).ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "unknown objective `{o}` (quality, cost, latency, balanced)"
-                        )
-                    })
-                })
+                .map(|o| preview::objective(&o).map_err(anyhow::Error::msg))
                 .transpose()?;
             let source = match (input, from_audit) {
                 (Some(path), _) => PreviewSource::File(path, execute),
@@ -797,6 +791,15 @@ fn eval_cmd(
     let needs_judge = suite.cases.iter().any(|c| c.check == eval::Check::Judge);
     if needs_judge && judge.is_none() {
         anyhow::bail!("the suite has judge cases: name a catalog model with --judge");
+    }
+    if let Some(judge) = judge {
+        match catalog.find(judge) {
+            None => anyhow::bail!("judge `{judge}` is not in {}", config.display()),
+            Some(m) if m.backend != switchyard_server::config::Backend::Local => {
+                anyhow::bail!("judge `{judge}` is remote: the judge runs locally")
+            }
+            Some(_) => {}
+        }
     }
     let prompts: Vec<Vec<ChatMessage>> = suite
         .cases

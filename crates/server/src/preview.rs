@@ -155,14 +155,31 @@ impl RouterView<'_> {
                 classification,
                 prompt_tokens: vec![("*".into(), o.prompt_tokens.max(1))],
                 max_tokens: (o.completion_tokens > 0).then_some(o.completion_tokens),
-                needs_tools: false,
-                needs_json: false,
+                // Records from before these were kept read as needing neither.
+                needs_tools: d["needs_tools"].as_bool().unwrap_or(false),
+                needs_json: d["needs_json"].as_bool().unwrap_or(false),
                 options,
                 default_objective: self.default_objective,
                 policy: self.policy,
             });
         }
         Ok((out, skipped))
+    }
+}
+
+/// The objective a whole preview sample is routed under. A cascade cannot be
+/// projected: whether it escalates depends on the answers' confidence, so
+/// its cost and quality are measured by `switchyard eval --compare`.
+pub fn objective(name: &str) -> Result<Objective, String> {
+    match Objective::parse(name) {
+        Some(Objective::Cascade) => Err(format!(
+            "objective `{name}` cannot be previewed: a cascade escalates on its answers' \
+             confidence, which needs the answers (measure it with `switchyard eval --compare`)"
+        )),
+        Some(o) => Ok(o),
+        None => Err(format!(
+            "unknown objective `{name}` (quality, cost, latency, balanced)"
+        )),
     }
 }
 
@@ -560,4 +577,43 @@ pub fn render_html(r: &PreviewReport) -> String {
             esc(&calibration_text(c))
         )),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_router::decide::pinned;
+    use switchyard_router::{AuditLog, RoutingOptions};
+
+    #[test]
+    fn a_replayed_record_keeps_what_the_request_needed() {
+        let classifier = Classifier::embedded().unwrap();
+        let view = RouterView {
+            profiles: &[],
+            classifier: &classifier,
+            default_objective: Objective::Balanced,
+            policy: Policy::default(),
+        };
+        let audit = AuditLog::open(std::path::Path::new(":memory:")).unwrap();
+        let turn = |content: &str| switchyard_engine::ChatMessage {
+            role: "user".into(),
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        };
+        for (id, tools, json) in [("dec-1", true, false), ("dec-2", false, true)] {
+            let c = routed::classify(&classifier, &[turn("What is the weather in Paris?")]);
+            let mut d = pinned("m", c, RoutingOptions::default(), Objective::Balanced);
+            (d.needs_tools, d.needs_json) = (tools, json);
+            audit.record(id, &d, "prompt", false).unwrap();
+        }
+        let (requests, skipped) = view.requests_from_audit(&audit, None, 10).unwrap();
+        assert_eq!(skipped, 0);
+        let mut needs: Vec<_> = requests
+            .iter()
+            .map(|r| (r.needs_tools, r.needs_json))
+            .collect();
+        needs.sort();
+        assert_eq!(needs, [(false, true), (true, false)]);
+    }
 }

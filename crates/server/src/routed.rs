@@ -692,7 +692,9 @@ pub async fn pin_ctx(
             return None;
         }
     };
-    let decision = switchyard_router::decide::pinned(model, classification, options, objective);
+    let mut decision = switchyard_router::decide::pinned(model, classification, options, objective);
+    decision.needs_tools = v.needs_tools;
+    decision.needs_json = v.needs_json;
     let id = random_id("dec-");
     if let Err(e) = router
         .audit

@@ -334,12 +334,9 @@ async fn routing_preview(
     }
     let objective = match &body.objective {
         None => None,
-        Some(o) => Some(switchyard_router::Objective::parse(o).ok_or_else(|| {
-            ApiError::invalid_param(
-                "objective",
-                format!("unknown objective `{o}` (quality, cost, latency, balanced)"),
-            )
-        })?),
+        Some(o) => Some(
+            crate::preview::objective(o).map_err(|e| ApiError::invalid_param("objective", e))?,
+        ),
     };
     state
         .blocking

@@ -6,6 +6,14 @@ use std::process::Command;
 
 use serde_json::Value;
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -193,6 +201,152 @@ fn eval_writes_evidence_that_routing_reads() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains(":1: answer is not a regex"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The default catalog's evidence (`models.evidence.json`) is our own
+/// measurement on the shipped suites: each record names a committed suite
+/// by its hash, and running that suite again on the default models
+/// reproduces the recorded score (greedy decoding; one case of slack for
+/// floating-point differences between machines).
+#[test]
+fn the_default_evidence_is_reproduced_by_the_shipped_suites() {
+    let root = root();
+    let overlay: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("models.evidence.json")).unwrap())
+            .unwrap();
+    let mut runs =
+        std::collections::BTreeMap::<(String, String, String), Vec<(String, usize)>>::new();
+    for (model, m) in overlay["models"].as_object().unwrap() {
+        for (task, e) in m["quality"].as_object().unwrap() {
+            let source = e["source"].as_str().unwrap();
+            let suite = source
+                .split_whitespace()
+                .skip_while(|w| *w != "--suite")
+                .nth(1)
+                .unwrap_or_else(|| panic!("{model}/{task}: no --suite in `{source}`"));
+            let max_tokens = source
+                .split_whitespace()
+                .skip_while(|w| *w != "--max-tokens")
+                .nth(1)
+                .unwrap_or("64");
+            let hash = source
+                .split("suite sha256 ")
+                .nth(1)
+                .and_then(|s| s.split(',').next())
+                .unwrap_or_else(|| panic!("{model}/{task}: no suite hash in `{source}`"));
+            let bytes = std::fs::read(root.join(suite)).unwrap();
+            let digest = sha256_hex(&bytes);
+            assert!(
+                digest.starts_with(hash),
+                "{model}/{task}: {suite} has changed since it was measured ({digest} vs {hash}): rerun switchyard eval"
+            );
+            let k: usize = e["value"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            runs.entry((suite.to_string(), task.clone(), max_tokens.to_string()))
+                .or_default()
+                .push((model.clone(), k));
+        }
+    }
+    assert_eq!(runs.len(), 3, "one record per shipped suite: {runs:?}");
+    for ((suite, task, max_tokens), expected) in runs {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .current_dir(&root)
+            .args([
+                "eval",
+                "--config",
+                "models.toml",
+                "--suite",
+                &suite,
+                "--task",
+                &task,
+                "--max-tokens",
+                &max_tokens,
+                "--dry-run",
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for (model, k) in expected {
+            let line = stdout
+                .lines()
+                .find(|l| l.starts_with(&format!("{model}: ")))
+                .unwrap_or_else(|| panic!("{model} did not run {suite}: {stdout}"));
+            let got: usize = line[model.len() + 2..]
+                .split('/')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(
+                got.abs_diff(k) <= 1,
+                "{model} on {suite}: {got} right now, {k} recorded in models.evidence.json"
+            );
+        }
+    }
+}
+
+/// A suite graded by a judge model from the catalog runs end to end.
+#[test]
+fn a_judge_grades_what_no_rule_can() {
+    let dir = std::env::temp_dir().join(format!("switchyard-judge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = catalog(&dir);
+    let suite = dir.join("summaries.jsonl");
+    std::fs::write(
+        &suite,
+        [
+            r#"{"prompt": "Summarise in three words: the cat sat on the mat all day.", "answer": "A cat rested.", "check": "judge"}"#,
+            r#"{"prompt": "Reply with the word yes.", "answer": "yes", "check": "exact"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let suite_arg = suite.display().to_string();
+    let args = [
+        "eval",
+        "--config",
+        &config,
+        "--suite",
+        &suite_arg,
+        "--task",
+        "summarization",
+        "--max-tokens",
+        "12",
+        "--dry-run",
+    ];
+    let out = switchyard(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--judge"), "{err}");
+    let out = switchyard(&[&args[..], &["--judge", "smol"]].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Both cases are graded (the judge answered the one no rule could).
+    assert!(
+        stdout.contains("smol: ") && stdout.contains("/2 = "),
+        "{stdout}"
+    );
+    let out = switchyard(&[&args[..], &["--judge", "gpt-9"]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("judge `gpt-9` is not in"),
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -102,3 +102,24 @@ def test_cascade_fields_are_honoured_or_refused_by_name(http, body, param):
     r = http.post("/v1/chat/completions", json={"messages": CODE, "max_tokens": 2, **body})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
+
+
+def test_the_decision_listing_filters_escalations_in_the_store(http):
+    escalated = cascade(http, min_confidence=0.0)["routing"]["decision_id"]
+    accepted = cascade(http, min_confidence=-1000.0)["routing"]["decision_id"]
+
+    def listed(**params):
+        r = http.get("/v1/routing/decisions", params={"limit": 1000, **params})
+        assert r.status_code == 200, r.text
+        return {d["id"] for d in r.json()["data"]}
+
+    found = listed(escalated="true", objective="cascade", outcome="served")
+    assert escalated in found and accepted not in found
+    assert {escalated, accepted} <= listed(objective="cascade")
+    assert not {escalated, accepted} & (listed(objective="cost") | listed(pinned="true") | listed(outcome="open"))
+    # A bad filter is named, never ignored.
+    for params, param in [({"objective": "cheapest"}, "objective"), ({"outcome": "lost"}, "outcome")]:
+        r = http.get("/v1/routing/decisions", params=params)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    r = http.get("/v1/routing/decisions", params={"modle": "x"})
+    assert r.status_code == 400 and "modle" in r.json()["error"]["message"], r.text

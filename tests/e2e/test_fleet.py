@@ -97,6 +97,16 @@ def test_two_replicas_share_one_audit_store_and_survive_kill9(postgres, tmp_path
                     assert rec["id"] == i and rec["outcome"]["served_model"], rec
                 listed = httpx.get(f"{reader}/v1/routing/decisions", params={"limit": 100}).json()["data"]
                 assert set(ids_a + ids_b) <= {d["id"] for d in listed}
+            # The listing's filters run in PostgreSQL (SQL over the records' JSON).
+            objective = httpx.get(f"{url_a}/v1/routing/decisions/{ids_a[0]}").json()["decision"]["objective"]
+            ids = set(ids_a + ids_b)
+            for params, matches in [({"outcome": "served", "objective": objective}, True), ({"outcome": "open"}, False),
+                                    ({"outcome": "error"}, False), ({"fallback": "true"}, False),
+                                    ({"escalated": "true"}, False), ({"pinned": "true"}, False)]:
+                r = httpx.get(f"{url_b}/v1/routing/decisions", params={"limit": 100, **params})
+                assert r.status_code == 200, r.text
+                found = ids & {d["id"] for d in r.json()["data"]}
+                assert found == (ids if matches else set()), params
             # A's records are committed (its queue is empty): SIGKILL loses none.
             deadline = time.time() + 10
             while _gauge(url_a, "switchyard_audit_queue_depth") != 0:

@@ -262,11 +262,20 @@ async fn get_decision(
 }
 
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DecisionQuery {
     limit: Option<usize>,
     model: Option<String>,
     task: Option<String>,
     since: Option<f64>,
+    objective: Option<String>,
+    outcome: Option<String>,
+    #[serde(default)]
+    fallback: bool,
+    #[serde(default)]
+    escalated: bool,
+    #[serde(default)]
+    pinned: bool,
 }
 
 async fn list_decisions(
@@ -274,11 +283,36 @@ async fn list_decisions(
     query: Result<axum::extract::Query<DecisionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let axum::extract::Query(q) = query.map_err(|e| ApiError::invalid(e.to_string()))?;
+    if let Some(o) = &q.objective {
+        switchyard_router::Objective::parse(o).ok_or_else(|| {
+            ApiError::invalid_param(
+                "objective",
+                format!("unknown objective `{o}` (quality, cost, latency, balanced, cascade)"),
+            )
+        })?;
+    }
+    let outcome = q
+        .outcome
+        .as_deref()
+        .map(|o| {
+            switchyard_router::audit::OutcomeKind::parse(o).ok_or_else(|| {
+                ApiError::invalid_param(
+                    "outcome",
+                    format!("unknown outcome `{o}` (served, error, open)"),
+                )
+            })
+        })
+        .transpose()?;
     let q = switchyard_router::audit::Query {
         limit: q.limit.unwrap_or(20).min(1000),
         model: q.model,
         task: q.task,
         since: q.since,
+        objective: q.objective,
+        outcome,
+        fallback: q.fallback,
+        escalated: q.escalated,
+        pinned: q.pinned,
     };
     tokio::task::spawn_blocking(move || routed::list_decisions(&state, q))
         .await

@@ -96,12 +96,50 @@ pub struct DecisionRecord {
     pub outcome: Outcome,
 }
 
+/// Which records a listing returns, newest first. Every filter runs in the
+/// store (SQL over the record's JSON), so `limit` counts matching records.
 #[derive(Debug, Default, Clone)]
 pub struct Query {
     pub limit: usize,
     pub model: Option<String>,
     pub task: Option<String>,
     pub since: Option<f64>,
+    /// The decision's objective (`quality`, `cost`, ...).
+    pub objective: Option<String>,
+    pub outcome: Option<OutcomeKind>,
+    /// Only records where a fallback served (or tried to).
+    pub fallback: bool,
+    /// Only cascades that escalated (an attempt was not accepted).
+    pub escalated: bool,
+    /// Only requests that named their model.
+    pub pinned: bool,
+}
+
+/// Where a request ended: served, failed, or not finished yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeKind {
+    Served,
+    Error,
+    Open,
+}
+
+impl OutcomeKind {
+    pub fn parse(s: &str) -> Option<OutcomeKind> {
+        match s {
+            "served" => Some(OutcomeKind::Served),
+            "error" => Some(OutcomeKind::Error),
+            "open" => Some(OutcomeKind::Open),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Served => "served",
+            OutcomeKind::Error => "error",
+            OutcomeKind::Open => "open",
+        }
+    }
 }
 
 /// Where records are kept: `postgres://` or `postgresql://` URLs name a
@@ -485,7 +523,7 @@ mod tests {
             limit: 10,
             model: model.map(Into::into),
             task: task.map(Into::into),
-            since: None,
+            ..Default::default()
         };
         assert_eq!(log.list(&q(Some("m1"), None)).unwrap().len(), 1);
         assert_eq!(log.list(&q(None, Some("math"))).unwrap().len(), 2);
@@ -495,6 +533,152 @@ mod tests {
         assert!(log.get("dec-1").unwrap().is_none());
         assert_eq!(log.dropped(), 0);
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn every_listing_filter_runs_in_the_store() {
+        let log = AuditLog::open(std::path::Path::new(":memory:")).unwrap();
+        let c = Classification {
+            task: Task::Code,
+            task_confidence: 0.9,
+            difficulty: Difficulty::Easy,
+            difficulty_confidence: 0.9,
+            p_hard: 0.1,
+        };
+        let attempt = |accepted| Attempt {
+            model: "small".into(),
+            accepted,
+            ..Default::default()
+        };
+        let served = |model: &str| Outcome {
+            served_model: Some(model.into()),
+            ..Default::default()
+        };
+        // (id, pinned, objective, outcome or None for a request still open)
+        let records = [
+            ("pinned", true, Objective::Cost, Some(served("m1"))),
+            (
+                "failed",
+                false,
+                Objective::Quality,
+                Some(Outcome {
+                    error: Some("engine failed".into()),
+                    ..Default::default()
+                }),
+            ),
+            (
+                "fell-back",
+                false,
+                Objective::Balanced,
+                Some(Outcome {
+                    fallbacks: vec![("m1".into(), "unreachable".into())],
+                    ..served("m2")
+                }),
+            ),
+            (
+                "escalated",
+                false,
+                Objective::Cascade,
+                Some(Outcome {
+                    attempts: vec![attempt(false), attempt(true)],
+                    ..served("m2")
+                }),
+            ),
+            (
+                "accepted",
+                false,
+                Objective::Cascade,
+                Some(Outcome {
+                    attempts: vec![attempt(true)],
+                    ..served("m1")
+                }),
+            ),
+            ("open", false, Objective::Quality, None),
+        ];
+        for (id, is_pinned, objective, outcome) in &records {
+            let mut d = pinned("m1", c.clone(), RoutingOptions::default(), *objective);
+            d.pinned = *is_pinned;
+            log.record(id, &d, id, false).unwrap();
+            if let Some(o) = outcome {
+                log.complete(id, o).unwrap();
+            }
+        }
+        let ids = |q: Query| -> Vec<String> {
+            let mut ids: Vec<String> = log
+                .list(&Query { limit: 100, ..q })
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(
+            ids(Query {
+                pinned: true,
+                ..Default::default()
+            }),
+            ["pinned"]
+        );
+        assert_eq!(
+            ids(Query {
+                fallback: true,
+                ..Default::default()
+            }),
+            ["fell-back"]
+        );
+        assert_eq!(
+            ids(Query {
+                escalated: true,
+                ..Default::default()
+            }),
+            ["escalated"]
+        );
+        assert_eq!(
+            ids(Query {
+                objective: Some("cascade".into()),
+                ..Default::default()
+            }),
+            ["accepted", "escalated"]
+        );
+        assert_eq!(
+            ids(Query {
+                outcome: Some(OutcomeKind::Error),
+                ..Default::default()
+            }),
+            ["failed"]
+        );
+        assert_eq!(
+            ids(Query {
+                outcome: Some(OutcomeKind::Open),
+                ..Default::default()
+            }),
+            ["open"]
+        );
+        assert_eq!(
+            ids(Query {
+                outcome: Some(OutcomeKind::Served),
+                ..Default::default()
+            }),
+            ["accepted", "escalated", "fell-back", "pinned"]
+        );
+        // Filters combine, and the limit counts matches, not rows scanned.
+        assert_eq!(
+            ids(Query {
+                objective: Some("quality".into()),
+                outcome: Some(OutcomeKind::Open),
+                ..Default::default()
+            }),
+            ["open"]
+        );
+        let newest_cascade = log
+            .list(&Query {
+                limit: 1,
+                objective: Some("cascade".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(newest_cascade.len(), 1);
     }
 
     /// A store whose first insert waits until the test lets it go.

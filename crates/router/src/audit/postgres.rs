@@ -159,8 +159,28 @@ impl Store for PostgresStore {
                 "SELECT record FROM decisions
                  WHERE ($1::text IS NULL OR served_model = $1) AND ($2::text IS NULL OR task = $2)
                    AND ($3::float8 IS NULL OR created >= $3)
+                   AND ($5::text IS NULL OR record #>> '{decision,objective}' = $5)
+                   AND ($6::text IS NULL
+                        OR ($6 = 'error' AND record #>> '{outcome,error}' IS NOT NULL)
+                        OR ($6 = 'served' AND record #>> '{outcome,error}' IS NULL
+                            AND record #>> '{outcome,served_model}' IS NOT NULL)
+                        OR ($6 = 'open' AND record #>> '{outcome,error}' IS NULL
+                            AND record #>> '{outcome,served_model}' IS NULL))
+                   AND (NOT $7::bool OR jsonb_array_length(COALESCE(record #> '{outcome,fallbacks}', '[]'::jsonb)) > 0)
+                   AND (NOT $8::bool OR jsonb_path_exists(record, '$.outcome.attempts[*] ? (@.accepted == false)'))
+                   AND (NOT $9::bool OR record #>> '{decision,pinned}' = 'true')
                  ORDER BY created DESC LIMIT $4",
-                &[&q.model, &q.task, &q.since, &limit],
+                &[
+                    &q.model,
+                    &q.task,
+                    &q.since,
+                    &limit,
+                    &q.objective,
+                    &q.outcome.map(|o| o.as_str()),
+                    &q.fallback,
+                    &q.escalated,
+                    &q.pinned,
+                ],
             )
         })?;
         rows.into_iter().map(|r| record(r.get(0))).collect()

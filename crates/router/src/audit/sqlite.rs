@@ -100,10 +100,31 @@ impl Store for SqliteStore {
         let mut stmt = self.conn.prepare(
             "SELECT record FROM decisions
              WHERE (?1 IS NULL OR served_model = ?1) AND (?2 IS NULL OR task = ?2) AND (?3 IS NULL OR created >= ?3)
+               AND (?5 IS NULL OR json_extract(record, '$.decision.objective') = ?5)
+               AND (?6 IS NULL
+                    OR (?6 = 'error' AND json_extract(record, '$.outcome.error') IS NOT NULL)
+                    OR (?6 = 'served' AND json_extract(record, '$.outcome.error') IS NULL
+                        AND json_extract(record, '$.outcome.served_model') IS NOT NULL)
+                    OR (?6 = 'open' AND json_extract(record, '$.outcome.error') IS NULL
+                        AND json_extract(record, '$.outcome.served_model') IS NULL))
+               AND (?7 = 0 OR json_array_length(record, '$.outcome.fallbacks') > 0)
+               AND (?8 = 0 OR EXISTS (SELECT 1 FROM json_each(record, '$.outcome.attempts')
+                                      WHERE json_extract(value, '$.accepted') = 0))
+               AND (?9 = 0 OR json_extract(record, '$.decision.pinned') = 1)
              ORDER BY created DESC LIMIT ?4",
         )?;
         let rows = stmt.query_map(
-            params![q.model, q.task, q.since, q.limit.max(1) as i64],
+            params![
+                q.model,
+                q.task,
+                q.since,
+                q.limit.max(1) as i64,
+                q.objective,
+                q.outcome.map(|o| o.as_str()),
+                q.fallback,
+                q.escalated,
+                q.pinned
+            ],
             |r| r.get::<_, String>(0),
         )?;
         let mut out = Vec::new();

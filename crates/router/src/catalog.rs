@@ -32,6 +32,24 @@ pub struct Evidence {
     pub value: String,
     /// Where it came from (URL or "measured locally: <command>").
     pub source: String,
+    /// For a score `switchyard eval` measured: its provenance, field by field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured: Option<Measurement>,
+}
+
+/// Where a measured score came from: the suite (its name and the SHA-256 of
+/// its file), how many cases and how many were right, the 95% Wilson
+/// interval, the date (UTC) and the command that measures it again.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Measurement {
+    pub suite: String,
+    pub suite_sha256: String,
+    pub n: usize,
+    pub correct: usize,
+    pub ci95: [f64; 2],
+    pub date: String,
+    pub command: String,
 }
 
 /// Price per million tokens: given, or derived from the machine's hourly
@@ -208,6 +226,7 @@ mod tests {
             benchmark: "b".into(),
             value: "v".into(),
             source: "s".into(),
+            measured: None,
         };
         let mut p = RoutingProfile::default();
         assert_eq!(p.validate(), Ok(()));

@@ -1080,6 +1080,7 @@ mod tests {
                     benchmark: "MMLU".into(),
                     value: format!("{}", score * 100.0),
                     source: "test".into(),
+                    measured: None,
                 },
             );
         }
@@ -1454,6 +1455,7 @@ mod tests {
             benchmark: "MMLU-Pro".into(),
             value: format!("{}", score * 100.0),
             source: "test".into(),
+            measured: None,
         };
         let mut base = model("base", 8192, None, 1.0, 10.0);
         base.routing.general = Some(general(0.7));
@@ -1502,6 +1504,7 @@ mod tests {
             benchmark: "MATH".into(),
             value: format!("{}", score * 100.0),
             source: "test".into(),
+            measured: None,
         };
         // On the easy benchmark "small" looks as good; on the hard one it is not.
         let mut small = model("small", 8192, Some(0.90), 0.1, 10.0);
@@ -1631,6 +1634,7 @@ mod tests {
                     benchmark: "MMLU-Pro".into(),
                     value: String::new(),
                     source: "test".into(),
+                    measured: None,
                 });
                 m.routing.capabilities.tools = s.tools;
                 if let Some(t) = s.threshold {
@@ -1644,6 +1648,7 @@ mod tests {
                             benchmark: "GPQA".into(),
                             value: String::new(),
                             source: "test".into(),
+                            measured: None,
                         },
                     );
                 }

@@ -3,7 +3,7 @@
 //! 1. [`classifier`]: task family and difficulty of the prompt, with confidences;
 //! 2. [`decide`]: hard filters, then quality/cost/latency scores under the
 //!    caller's objective, with latency from live engine load ([`decide::LiveLoad`]);
-//! 3. [`audit`]: every decision and its outcome in SQLite;
+//! 3. [`audit`]: every decision and its outcome in SQLite or PostgreSQL;
 //! 4. [`preview`]: a sample of requests replayed through [`decide`] against one
 //!    baseline model (projected cost, quality, time; the cost/quality frontier).
 //!

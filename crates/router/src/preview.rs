@@ -407,6 +407,7 @@ mod tests {
                     benchmark: "test bench".into(),
                     value: format!("{score}"),
                     source: "test".into(),
+                    measured: None,
                 },
             );
         }

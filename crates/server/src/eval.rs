@@ -241,6 +241,15 @@ pub fn evidence(suite: &Suite, k: usize, n: usize, date: &str, command: &str) ->
             "measured locally: {command} (suite sha256 {}, n = {n}, {date})",
             &suite.sha256[..16]
         ),
+        measured: Some(switchyard_router::catalog::Measurement {
+            suite: suite.name.clone(),
+            suite_sha256: suite.sha256.clone(),
+            n,
+            correct: k,
+            ci95: [lo, hi],
+            date: date.to_string(),
+            command: command.to_string(),
+        }),
     }
 }
 

@@ -820,9 +820,11 @@ fn eval_cmd(
         civil_date(days)
     };
     let command = format!(
-        "switchyard eval --suite {} --task {}{} --max-tokens {max_tokens}",
+        "switchyard eval --config {} --suite {} --task {}{}{} --max-tokens {max_tokens}",
+        config.display(),
         suite_path.display(),
         task.as_str(),
+        models.map_or(String::new(), |m| format!(" --models {m}")),
         limit.map_or(String::new(), |n| format!(" --limit {n}"))
     );
     let mut results = Vec::new();

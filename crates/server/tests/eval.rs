@@ -121,6 +121,30 @@ fn eval_writes_evidence_that_routing_reads() {
         "{source}"
     );
     assert!(e["value"].as_str().unwrap().contains("95% CI"), "{e}");
+    // The same provenance, field by field.
+    let m = &e["measured"];
+    assert_eq!(m["suite"], "code-basics", "{m}");
+    assert_eq!(
+        m["suite_sha256"].as_str().unwrap(),
+        sha256_hex(&std::fs::read(&suite).unwrap())
+    );
+    assert_eq!(
+        (m["n"].as_u64(), m["correct"].as_f64()),
+        (Some(4), Some(score * 4.0)),
+        "{m}"
+    );
+    let ci = [
+        m["ci95"][0].as_f64().unwrap(),
+        m["ci95"][1].as_f64().unwrap(),
+    ];
+    assert!(ci[0] <= score && score <= ci[1], "{m}");
+    assert!(
+        m["command"]
+            .as_str()
+            .unwrap()
+            .starts_with("switchyard eval --config "),
+        "{m}"
+    );
 
     // After: the router reads the measured evidence.
     let after = route(&dir);
@@ -209,8 +233,11 @@ fn eval_writes_evidence_that_routing_reads() {
 /// The default catalog's evidence (`models.evidence.json`) is our own
 /// measurement on the shipped suites: each record names a committed suite
 /// by its hash, and running that suite again on the default models
-/// reproduces the recorded score (greedy decoding; one case of slack for
-/// floating-point differences between machines).
+/// reproduces the recorded score within a few cases: greedy decoding, but
+/// batched CPU decoding is not batch-invariant (which prompts share a step
+/// changes the sums' order), so a near tie can go either way; reruns have
+/// moved single cases (`scripts/measure-evidence`). A broken engine, model
+/// or checker moves far more than that.
 #[test]
 fn the_default_evidence_is_reproduced_by_the_shipped_suites() {
     let root = root();
@@ -218,42 +245,43 @@ fn the_default_evidence_is_reproduced_by_the_shipped_suites() {
         serde_json::from_str(&std::fs::read_to_string(root.join("models.evidence.json")).unwrap())
             .unwrap();
     let mut runs =
-        std::collections::BTreeMap::<(String, String, String), Vec<(String, usize)>>::new();
+        std::collections::BTreeMap::<(String, String, String), Vec<(String, usize, usize)>>::new();
     for (model, m) in overlay["models"].as_object().unwrap() {
         for (task, e) in m["quality"].as_object().unwrap() {
-            let source = e["source"].as_str().unwrap();
-            let suite = source
-                .split_whitespace()
-                .skip_while(|w| *w != "--suite")
-                .nth(1)
-                .unwrap_or_else(|| panic!("{model}/{task}: no --suite in `{source}`"));
-            let max_tokens = source
-                .split_whitespace()
-                .skip_while(|w| *w != "--max-tokens")
-                .nth(1)
-                .unwrap_or("64");
-            let hash = source
-                .split("suite sha256 ")
-                .nth(1)
-                .and_then(|s| s.split(',').next())
-                .unwrap_or_else(|| panic!("{model}/{task}: no suite hash in `{source}`"));
-            let bytes = std::fs::read(root.join(suite)).unwrap();
-            let digest = sha256_hex(&bytes);
-            assert!(
-                digest.starts_with(hash),
-                "{model}/{task}: {suite} has changed since it was measured ({digest} vs {hash}): rerun switchyard eval"
-            );
-            let k: usize = e["value"]
+            let measured = &e["measured"];
+            let command = measured["command"]
                 .as_str()
-                .unwrap()
-                .split('/')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
-            runs.entry((suite.to_string(), task.clone(), max_tokens.to_string()))
+                .unwrap_or_else(|| panic!("{model}/{task}: no measured.command in {e}"));
+            let flag = |name: &str| {
+                command
+                    .split_whitespace()
+                    .skip_while(|w| *w != name)
+                    .nth(1)
+                    .map(str::to_string)
+            };
+            let suite = flag("--suite").unwrap_or_else(|| panic!("{model}/{task}: `{command}`"));
+            assert_eq!(
+                flag("--config").as_deref(),
+                Some("models.toml"),
+                "{command}"
+            );
+            assert_eq!(
+                flag("--limit"),
+                None,
+                "{model}/{task} was measured on part of its suite"
+            );
+            let max_tokens = flag("--max-tokens").unwrap_or_else(|| "64".into());
+            let digest = sha256_hex(&std::fs::read(root.join(&suite)).unwrap());
+            assert_eq!(
+                measured["suite_sha256"].as_str(),
+                Some(digest.as_str()),
+                "{model}/{task}: {suite} has changed since it was measured: rerun scripts/measure-evidence"
+            );
+            let k = measured["correct"].as_u64().unwrap() as usize;
+            let n = measured["n"].as_u64().unwrap() as usize;
+            runs.entry((suite, task.clone(), max_tokens))
                 .or_default()
-                .push((model.clone(), k));
+                .push((model.clone(), k, n));
         }
     }
     assert_eq!(runs.len(), 3, "one record per shipped suite: {runs:?}");
@@ -280,7 +308,7 @@ fn the_default_evidence_is_reproduced_by_the_shipped_suites() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        for (model, k) in expected {
+        for (model, k, n) in expected {
             let line = stdout
                 .lines()
                 .find(|l| l.starts_with(&format!("{model}: ")))
@@ -291,8 +319,9 @@ fn the_default_evidence_is_reproduced_by_the_shipped_suites() {
                 .unwrap()
                 .parse()
                 .unwrap();
+            let slack = (n / 20).max(2);
             assert!(
-                got.abs_diff(k) <= 1,
+                got.abs_diff(k) <= slack,
                 "{model} on {suite}: {got} right now, {k} recorded in models.evidence.json"
             );
         }

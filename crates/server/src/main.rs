@@ -779,27 +779,23 @@ fn eval_cmd(
         Some(list) => list.split(',').map(|s| s.trim().to_string()).collect(),
         None => catalog.local_models().map(|m| m.id.clone()).collect(),
     };
-    for id in &ids {
-        match catalog.find(id) {
-            None => anyhow::bail!("model `{id}` is not in {}", config.display()),
-            Some(m) if m.backend != switchyard_server::config::Backend::Local => {
-                anyhow::bail!("model `{id}` is remote: eval runs local models")
-            }
-            Some(_) => {}
+    // Eval runs the models (and the judge) here: each must be a local one.
+    let local = |role: &str, id: &str| match catalog.find(id) {
+        None => anyhow::bail!("{role} `{id}` is not in {}", config.display()),
+        Some(m) if m.backend != switchyard_server::config::Backend::Local => {
+            anyhow::bail!("{role} `{id}` is remote: eval runs local models")
         }
+        Some(_) => Ok(()),
+    };
+    for id in &ids {
+        local("model", id)?;
     }
     let needs_judge = suite.cases.iter().any(|c| c.check == eval::Check::Judge);
     if needs_judge && judge.is_none() {
         anyhow::bail!("the suite has judge cases: name a catalog model with --judge");
     }
     if let Some(judge) = judge {
-        match catalog.find(judge) {
-            None => anyhow::bail!("judge `{judge}` is not in {}", config.display()),
-            Some(m) if m.backend != switchyard_server::config::Backend::Local => {
-                anyhow::bail!("judge `{judge}` is remote: the judge runs locally")
-            }
-            Some(_) => {}
-        }
+        local("judge", judge)?;
     }
     let prompts: Vec<Vec<ChatMessage>> = suite
         .cases

@@ -118,7 +118,8 @@ def test_the_decision_listing_filters_escalations_in_the_store(http):
     assert {escalated, accepted} <= listed(objective="cascade")
     assert not {escalated, accepted} & (listed(objective="cost") | listed(pinned="true") | listed(outcome="open"))
     # A bad filter is named, never ignored.
-    for params, param in [({"objective": "cheapest"}, "objective"), ({"outcome": "lost"}, "outcome")]:
+    for params, param in [({"objective": "cheapest"}, "objective"), ({"outcome": "lost"}, "outcome"),
+                          ({"task": "cooking"}, "task")]:
         r = http.get("/v1/routing/decisions", params=params)
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
     r = http.get("/v1/routing/decisions", params={"modle": "x"})

@@ -13,10 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import free_port
+from conftest import SMOL, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 KNOWLEDGE = [{"role": "user", "content": "What is the capital of Canada?"}]
+# Neither default model has code evidence: both stand in a cascade's chain.
+CODE = [{"role": "user", "content": "Write a Python function that returns the reverse of a string."}]
 
 
 def _pg_bin():
@@ -97,16 +99,26 @@ def test_two_replicas_share_one_audit_store_and_survive_kill9(postgres, tmp_path
                     assert rec["id"] == i and rec["outcome"]["served_model"], rec
                 listed = httpx.get(f"{reader}/v1/routing/decisions", params={"limit": 100}).json()["data"]
                 assert set(ids_a + ids_b) <= {d["id"] for d in listed}
-            # The listing's filters run in PostgreSQL (SQL over the records' JSON).
+            # The listing's filters run in PostgreSQL (SQL over the records' JSON):
+            # a pinned request on A, a cascade that escalates on B, and the routed
+            # ones above, each found by its own filter and by no other.
+            pinned = httpx.post(url_a + "/v1/chat/completions", timeout=60, json={
+                "model": SMOL, "messages": KNOWLEDGE, "max_tokens": 2, "routing": {"objective": "cost"}})
+            pinned_id = pinned.headers["x-switchyard-decision-id"]
+            escalated_id = httpx.post(url_b + "/v1/chat/completions", timeout=60, json={
+                "model": "auto", "messages": CODE, "max_tokens": 4, "temperature": 0,
+                "routing": {"cascade": True, "min_confidence": 0.0}}).json()["routing"]["decision_id"]
             objective = httpx.get(f"{url_a}/v1/routing/decisions/{ids_a[0]}").json()["decision"]["objective"]
-            ids = set(ids_a + ids_b)
-            for params, matches in [({"outcome": "served", "objective": objective}, True), ({"outcome": "open"}, False),
-                                    ({"outcome": "error"}, False), ({"fallback": "true"}, False),
-                                    ({"escalated": "true"}, False), ({"pinned": "true"}, False)]:
+            routed = set(ids_a + ids_b)
+            everything = routed | {pinned_id, escalated_id}
+            for params, want in [({"outcome": "served", "objective": objective}, routed),
+                                 ({"pinned": "true"}, {pinned_id}),
+                                 ({"escalated": "true", "objective": "cascade"}, {escalated_id}),
+                                 ({"outcome": "served"}, everything), ({"outcome": "open"}, set()),
+                                 ({"outcome": "error"}, set()), ({"fallback": "true"}, set())]:
                 r = httpx.get(f"{url_b}/v1/routing/decisions", params={"limit": 100, **params})
                 assert r.status_code == 200, r.text
-                found = ids & {d["id"] for d in r.json()["data"]}
-                assert found == (ids if matches else set()), params
+                assert everything & {d["id"] for d in r.json()["data"]} == want, params
             # A's records are committed (its queue is empty): SIGKILL loses none.
             deadline = time.time() + 10
             while _gauge(url_a, "switchyard_audit_queue_depth") != 0:

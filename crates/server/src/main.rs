@@ -143,8 +143,8 @@ enum Command {
         dry_run: bool,
         /// Also compare serving strategies on the suite: each model alone,
         /// routing under each objective, and the confidence cascade (with
-        /// thresholds cross-fitted on the other half of the suite). Cases
-        /// run one at a time so that each one's cost is measured.
+        /// thresholds cross-fitted on the other half of the suite). Each
+        /// case's cost is measured (cases run one at a time).
         #[arg(long)]
         compare: bool,
     },
@@ -677,7 +677,7 @@ fn execute_sample(
 }
 
 /// One greedy completion: its text, each token's log-probability, its
-/// tokens and how long it took (meaningful when run one at a time).
+/// tokens and how long it took.
 struct Completion {
     text: String,
     logprobs: Vec<f32>,
@@ -686,13 +686,14 @@ struct Completion {
 }
 
 /// Greedy completions of `prompts` (chat messages each) on one engine,
-/// with each token's log-probability: submitted together so that they
-/// batch, or `one_at_a_time` so that each one's time is its own.
+/// with each token's log-probability, one at a time: batched decoding is
+/// not batch-invariant (which prompts share a step depends on timing and
+/// changes the sums' order), so a measurement made in batches would not be
+/// the same twice; one at a time it is, and each one's time is its own.
 fn complete_all(
     engine: &Engine,
     prompts: &[Vec<ChatMessage>],
     max_tokens: usize,
-    one_at_a_time: bool,
 ) -> anyhow::Result<Vec<Completion>> {
     let submit = |messages: &Vec<ChatMessage>| -> anyhow::Result<_> {
         let tokens = engine.encode_chat(messages)?;
@@ -728,14 +729,7 @@ fn complete_all(
             seconds: started.elapsed().as_secs_f64(),
         })
     };
-    if one_at_a_time {
-        return prompts.iter().map(|p| drain(submit(p)?)).collect();
-    }
-    let streams = prompts
-        .iter()
-        .map(submit)
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    streams.into_iter().map(drain).collect()
+    prompts.iter().map(|p| drain(submit(p)?)).collect()
 }
 
 /// `switchyard eval`'s options besides the catalog, the suite and the task.
@@ -821,8 +815,8 @@ fn eval_cmd(
         suite_path.display(),
         task.as_str(),
         models.map_or(String::new(), |m| format!(" --models {m}")),
-        limit.map_or(String::new(), |n| format!(" --limit {n}"))
-    );
+        limit.map_or(String::new(), |n| format!(" --limit {n}")),
+    ) + &judge.map_or(String::new(), |j| format!(" --judge {j}"));
     let mut results = Vec::new();
     // Under --compare: the router, and each model's answers to replay.
     let offline = compare.then(|| OfflineRouter::load(config)).transpose()?;
@@ -831,7 +825,7 @@ fn eval_cmd(
         let started = Instant::now();
         let outputs = {
             let engine = load_engine(config, id, |_| {})?;
-            complete_all(&engine, &prompts, max_tokens, compare)?
+            complete_all(&engine, &prompts, max_tokens)?
         };
         let mut verdicts: Vec<Option<bool>> = suite
             .cases
@@ -853,9 +847,10 @@ fn eval_cmd(
                 })
                 .collect();
             let engine = load_engine(config, judge, |_| {})?;
-            for (&i, reply) in pending.iter().zip(complete_all(&engine, &asks, 4, false)?) {
+            for (&i, reply) in pending.iter().zip(complete_all(&engine, &asks, 4)?) {
                 verdicts[i] = Some(eval::judge_says_yes(&reply.text));
             }
+            println!("{id}: {} of its answers graded by {judge}", pending.len());
         }
         let k = verdicts.iter().filter(|v| **v == Some(true)).count();
         let n = verdicts.len();

@@ -283,6 +283,10 @@ async fn list_decisions(
     query: Result<axum::extract::Query<DecisionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let axum::extract::Query(q) = query.map_err(|e| ApiError::invalid(e.to_string()))?;
+    if let Some(t) = &q.task {
+        switchyard_router::Task::parse(t)
+            .ok_or_else(|| ApiError::invalid_param("task", format!("unknown task `{t}`")))?;
+    }
     if let Some(o) = &q.objective {
         switchyard_router::Objective::parse(o).ok_or_else(|| {
             ApiError::invalid_param(

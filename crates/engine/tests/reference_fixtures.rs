@@ -180,15 +180,19 @@ fn exact_gemma3() -> switchyard_engine::LoadedModel {
 /// Prefill logits of llama.cpp's top-10 tokens, including a prompt longer than
 /// the 512-token sliding window, agree with ours within quantization noise:
 /// within 1.0 of llama.cpp's (a wrong layer or mask moves them by many
-/// units), and within 0.75 of the exact logits (our own forward pass on
-/// the weights dequantized to f32), no further from them than llama.cpp's
-/// summed over the prompts (measured 1.94 against 2.84 over seven prompts;
-/// ours is the closer on four, and at most 0.65 off, on a 14-token prompt
-/// where llama.cpp is 0.62 off). Both quantize activations to 8 bits,
-/// llama.cpp per 256 values for K-quant layers and ours per 32, so the two
-/// part by up to the sum of their errors: measured up to 0.92 (0.67 now, on
-/// a prompt where ours is 0.13 from exact and llama.cpp 0.71); the bound
-/// was 0.75 when candle ran our K-quant layers as llama.cpp does.
+/// units), within 1.25 of the exact logits (our own forward pass on the
+/// weights dequantized to f32) on every prompt, and no further from them
+/// than llama.cpp's summed over the prompts (measured 1.94 against 2.84
+/// over seven prompts with the AVX-512 kernels, ours the closer on four;
+/// 2.65 with the AVX2 ones, the closer on five). Both quantize
+/// activations to 8 bits, llama.cpp per 256 values for K-quant layers and
+/// ours per 32, so the two part by up to the sum of their errors: measured
+/// up to 0.92 (0.67 now, on a prompt where ours is 0.13 from exact and
+/// llama.cpp 0.71). Which activations round up or down near a tie depends
+/// on the order the CPU's kernels sum in, so one prompt's error is a draw:
+/// on the 14-token prompt where llama.cpp is 0.62 off, ours measured 0.65
+/// with the AVX-512 kernels and 1.08 with the AVX2 ones (the bound was 0.75
+/// until an AVX2-only machine ran it); the sum is the stable comparison.
 #[test]
 fn gemma3_prefill_logits_match_llama_cpp() {
     let loaded = load(GEMMA3);
@@ -229,7 +233,7 @@ fn gemma3_prefill_logits_match_llama_cpp() {
             tokens.len()
         );
         assert!(
-            ours_off < 0.75,
+            ours_off < 1.25,
             "{} tokens: ours is {ours_off} from the exact logits",
             tokens.len()
         );

@@ -362,14 +362,22 @@ def test_sigterm_drains_and_exits_zero(keyed_server):
             break
         time.sleep(0.1)
 
-    t = threading.Thread(target=stream)
-    t.start()
-    deadline = time.time() + 30
     # Tokens flowing, not just the role chunk: this server's 1.5 s idle
-    # timeout could end a stream whose first token is slow on a busy machine.
-    while tokens() < 3:
-        assert time.time() < deadline and (t.is_alive() or tokens() >= 3), events[-3:]
-        time.sleep(0.02)
+    # timeout ends a stream whose first token is slow on a busy machine (2
+    # cores shared with the other servers); such a start is retried, since
+    # what is tested here is the drain, not the first token's latency.
+    for attempt in range(3):
+        events.clear()
+        t = threading.Thread(target=stream)
+        t.start()
+        deadline = time.time() + 30
+        while tokens() < 3 and t.is_alive():
+            assert time.time() < deadline, events[-3:]
+            time.sleep(0.02)
+        if tokens() >= 3:
+            break
+        t.join(5)
+        assert '"code":"timeout"' in "".join(events), events[-3:]
     assert t.is_alive(), "the stream ended before the signal"
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)

@@ -2,6 +2,7 @@
 import os
 import re
 import socket
+import time
 
 import httpx
 import openai
@@ -41,6 +42,23 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def wait_ready(proc, url, log=None, timeout=120):
+    """Wait until a started `switchyard serve` answers /ready with 200; fail
+    (with its log, when given) if it exits or takes longer than `timeout`."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise AssertionError(f"the server at {url} did not become ready"
+                                 + (f":\n{log.read_text()}" if log else ""))
+        time.sleep(0.05)
 
 
 def kv_used(http, model):

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import SMOL, free_port
+from conftest import SMOL, free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 KNOWLEDGE = [{"role": "user", "content": "What is the capital of Canada?"}]
@@ -56,16 +56,8 @@ def _replica(url, log):
     p = subprocess.Popen([os.environ["SWITCHYARD_BIN"], "serve", "--config", str(ROOT / "models.toml"),
                           "--addr", f"127.0.0.1:{port}"], env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            if httpx.get(base + "/ready", timeout=1).status_code == 200:
-                return p, base
-        except httpx.HTTPError:
-            pass
-        assert p.poll() is None, "replica exited during start-up"
-        time.sleep(0.5)
-    p.kill()
-    raise AssertionError("replica did not become ready")
+    wait_ready(p, base)
+    return p, base
 
 
 def _gauge(base, name):

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import free_port
+from conftest import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOL_FILE = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -63,15 +63,7 @@ performance = {{ prefill_tok_s = 150.0, decode_tok_s = 50.0, source = "test" }}
     proc = subprocess.Popen([binary, "serve", "--config", str(d / "models.toml"), "--addr", f"127.0.0.1:{port}"],
                             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "SWITCHYARD_API_KEY": ""})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.time() < deadline, (d / "server.log").read_text()
-        time.sleep(0.05)
+    wait_ready(proc, url, d / "server.log", timeout=60)
     yield url, d
     proc.kill()
 

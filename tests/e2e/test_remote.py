@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import free_port
+from conftest import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOL_FILE = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -28,15 +28,8 @@ def start(binary, d, name, toml, env):
     proc = subprocess.Popen([binary, "serve", "--config", str(d / f"{name}.toml"), "--addr", f"127.0.0.1:{port}"],
                             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.time() < deadline, (d / f"{name}.log").read_text()
-        time.sleep(0.05)
+    wait_ready(proc, url, d / f"{name}.log", timeout=60)
+    return proc, url
 
 
 class Stub(BaseHTTPRequestHandler):

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import httpx
-import openai
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

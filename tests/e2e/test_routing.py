@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import GEMMA, SMOL, free_port
+from conftest import GEMMA, SMOL, free_port, wait_ready
 
 KNOWLEDGE = [{"role": "user", "content": "What is the capital of Australia?"}]
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,16 +89,8 @@ def _start(port, db, log, env_extra):
     p = subprocess.Popen([os.environ["SWITCHYARD_BIN"], "serve", "--config", str(ROOT / "models.toml"),
                           "--addr", f"127.0.0.1:{port}", "--audit-db", str(db)],
                          env=env, stdout=log, stderr=subprocess.STDOUT)
-    for _ in range(240):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                return p
-        except httpx.HTTPError:
-            pass
-        assert p.poll() is None, "server exited during start-up"
-        time.sleep(0.5)
-    p.kill()
-    raise AssertionError("server did not become ready")
+    wait_ready(p, f"http://127.0.0.1:{port}")
+    return p
 
 
 def test_fallback_under_fault_injection_and_record_survives_kill9(tmp_path):

@@ -59,6 +59,15 @@ fn eval_writes_evidence_that_routing_reads() {
     )
     .unwrap();
     let suite_arg = suite.display().to_string();
+    let eval = |args: &[&str]| {
+        switchyard(
+            &[
+                &["eval", "--config", &config, "--suite", &suite_arg][..],
+                args,
+            ]
+            .concat(),
+        )
+    };
     // Before: nobody has code evidence.
     let route = |dir: &std::path::Path| -> Value {
         let input = dir.join("req.jsonl");
@@ -85,17 +94,7 @@ fn eval_writes_evidence_that_routing_reads() {
     let before = route(&dir);
     assert_eq!(before["quality_basis"], "unknown", "{before}");
 
-    let out = switchyard(&[
-        "eval",
-        "--config",
-        &config,
-        "--suite",
-        &suite_arg,
-        "--task",
-        "code",
-        "--max-tokens",
-        "24",
-    ]);
+    let out = eval(&["--task", "code", "--max-tokens", "24"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -163,12 +162,7 @@ fn eval_writes_evidence_that_routing_reads() {
 
     // --compare: the strategies replayed from the same answers; with one
     // model, every strategy serves its answers at its cost.
-    let out = switchyard(&[
-        "eval",
-        "--config",
-        &config,
-        "--suite",
-        &suite_arg,
+    let out = eval(&[
         "--task",
         "code",
         "--max-tokens",
@@ -207,9 +201,7 @@ fn eval_writes_evidence_that_routing_reads() {
     }
 
     // Clear errors: an unknown task, a bad suite line.
-    let out = switchyard(&[
-        "eval", "--config", &config, "--suite", &suite_arg, "--task", "cooking",
-    ]);
+    let out = eval(&["--task", "cooking"]);
     assert!(
         !out.status.success()
             && String::from_utf8_lossy(&out.stderr).contains("unknown task `cooking`")
@@ -219,9 +211,7 @@ fn eval_writes_evidence_that_routing_reads() {
         "{\"prompt\": \"x\", \"answer\": \"(\", \"check\": \"regex\"}\n",
     )
     .unwrap();
-    let out = switchyard(&[
-        "eval", "--config", &config, "--suite", &suite_arg, "--task", "code",
-    ]);
+    let out = eval(&["--task", "code"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains(":1: answer is not a regex"),
